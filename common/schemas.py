@@ -1,0 +1,103 @@
+"""Request and response models of both services: the API contract, shown in `/docs`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TOP_K = 1000
+
+
+class ResizeMode(str, Enum):
+    """How an upload becomes a 224x224 image (the brief's preprocessing experiment)."""
+
+    resize = "resize"
+    center_crop = "center-crop"
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer the services produce themselves."""
+
+    error: str = Field(description="What is wrong, for a human.")
+    code: str = Field(description="Stable machine-readable reason.", examples=["not_an_image"])
+
+
+class PreprocessResponse(BaseModel):
+    """Where the normalized 224x224 PNG was stored, and what it is."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.png",
+                    "width": 224,
+                    "height": 224,
+                    "sha256": "3f1c...e9",
+                }
+            ]
+        }
+    )
+
+    gcs_path: str = Field(description="`gs://bucket/key`, or `file://` on local storage.")
+    width: int = Field(description="Width of the stored image in pixels.")
+    height: int = Field(description="Height of the stored image in pixels.")
+    sha256: str = Field(description="SHA-256 of the stored PNG bytes; also its key.")
+
+
+class ClassifyRequest(BaseModel):
+    """A stored image to classify."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.png"}]},
+    )
+
+    gcs_path: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="Path returned by `/preprocess`: `gs://bucket/key` or `file://...`.",
+        ),
+    ]
+    top_k: Annotated[
+        int, Field(ge=1, le=MAX_TOP_K, description="How many ranked classes to return.")
+    ] = 5
+
+
+class Prediction(BaseModel):
+    """One ImageNet class and its probability."""
+
+    label: str = Field(description="Human ImageNet class name.", examples=["Labrador retriever"])
+    index: int = Field(ge=0, lt=1000, description="ImageNet class index (0-999).")
+    confidence: float = Field(ge=0.0, le=1.0, description="Softmax probability.")
+
+
+class ClassifyResponse(BaseModel):
+    """The top-1 class, the ranked top-k, and which model produced them."""
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "label": "Labrador retriever",
+                    "confidence": 0.93,
+                    "index": 208,
+                    "top_k": [
+                        {"label": "Labrador retriever", "index": 208, "confidence": 0.93},
+                        {"label": "golden retriever", "index": 207, "confidence": 0.03},
+                    ],
+                    "model": "mobilenet_v2:abc123",
+                }
+            ]
+        },
+    )
+
+    label: str
+    confidence: float
+    index: int
+    top_k: list[Prediction]
+    model: str = Field(description="BentoML model tag `name:version` that answered.")

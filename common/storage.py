@@ -1,0 +1,195 @@
+"""Where preprocessed images live: a GCS bucket, or a local folder as the embedded default.
+
+Both backends share one small interface. Writes are create-only and all-or-nothing (nothing
+partial is ever visible); reads accept only locations inside the configured bucket or folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from common.config import Settings
+from common.errors import (
+    ForbiddenLocation,
+    InvalidPath,
+    ObjectNotFound,
+    StorageUnavailable,
+    UploadTooLarge,
+)
+
+MAX_KEY_BYTES = 1024  # GCS's own limit on object names
+STORAGE_RETRY_AFTER_S = 5
+
+
+class Storage(Protocol):
+    """The two operations the services need from a store of images."""
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> tuple[str, bool]:
+        """Store `data` under `key` unless it exists; return (URI, whether this call wrote it)."""
+        ...
+
+    def read(self, uri: str, max_bytes: int) -> bytes:
+        """Read the object at `uri`, refusing anything outside this store or over `max_bytes`."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """Refuse names that are empty, overlong, hold control characters or `.`/`..` segments."""
+    if not key:
+        raise InvalidPath("the path names no object")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidPath(f"object names are limited to {MAX_KEY_BYTES} bytes")
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in key):
+        raise InvalidPath("the path contains control characters")
+    for candidate in (key, unquote(key)):
+        if any(segment in (".", "..") for segment in candidate.replace("\\", "/").split("/")):
+            raise InvalidPath("the path may not contain '.' or '..' segments")
+    return key
+
+
+class LocalStorage:
+    """A folder on disk; URIs are `file://` so they travel in the same `gcs_path` field."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+
+    def uri_for(self, key: str) -> str:
+        return (self.root / key).as_uri()
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> tuple[str, bool]:
+        target = self.root / check_key(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Write a private temp file, then hard-link it into place: the link is atomic and
+        # fails if the name exists, so readers never see a partial file and nothing is
+        # overwritten.
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        try:
+            os.link(tmp.name, target)
+            created = True
+        except FileExistsError:
+            created = False
+        finally:
+            os.unlink(tmp.name)
+        return self.uri_for(key), created
+
+    def read(self, uri: str, max_bytes: int) -> bytes:
+        path = self._resolve(uri)
+        try:
+            with open(path, "rb") as file:
+                data = file.read(max_bytes + 1)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise ObjectNotFound(f"no stored object at {uri}") from exc
+        if len(data) > max_bytes:
+            raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
+        return data
+
+    def _resolve(self, uri: str) -> Path:
+        parts = urlsplit(uri)
+        if parts.scheme == "gs":
+            raise ForbiddenLocation(
+                f"this service stores images in a local folder; {uri!r} is not readable here"
+            )
+        if parts.scheme != "file":
+            raise InvalidPath("expected a gs://bucket/key or file:// path")
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise InvalidPath("a file:// path takes no host, query or fragment")
+        check_key(parts.path.lstrip("/"))
+        # strict=False: a missing file is a 404 below, not an error here. resolve() follows
+        # symlinks, so a link inside the folder that points out of it is refused too.
+        path = Path(unquote(parts.path)).resolve()
+        if not path.is_relative_to(self.root):
+            raise ForbiddenLocation("the path is outside this service's storage folder")
+        return path
+
+
+class GCSStorage:
+    """One Google Cloud Storage bucket through `google-cloud-storage`."""
+
+    def __init__(self, bucket: str, timeout_s: float) -> None:
+        from google.cloud import storage  # imported here: local storage needs no GCS client
+
+        self.bucket_name = bucket
+        self.timeout_s = timeout_s
+        self._bucket = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT")).bucket(
+            bucket
+        )
+
+    def uri_for(self, key: str) -> str:
+        return f"gs://{self.bucket_name}/{key}"
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str) -> tuple[str, bool]:
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self._bucket.blob(check_key(key))
+        try:
+            with _storage_errors():
+                # if_generation_match=0 makes the upload create-only, so the default retry
+                # policy may safely retry it; a single-request upload is all-or-nothing.
+                blob.upload_from_string(
+                    data, content_type=content_type, if_generation_match=0, timeout=self.timeout_s
+                )
+            created = True
+        except PreconditionFailed:
+            created = False
+        return self.uri_for(key), created
+
+    def read(self, uri: str, max_bytes: int) -> bytes:
+        key = self._key_of(uri)
+        with _storage_errors():
+            blob = self._bucket.get_blob(key, timeout=self.timeout_s)
+            if blob is None:
+                raise ObjectNotFound(f"no object at {uri}")
+            if blob.size is not None and blob.size > max_bytes:
+                raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
+            return blob.download_as_bytes(
+                if_generation_match=blob.generation, timeout=self.timeout_s
+            )
+
+    def _key_of(self, uri: str) -> str:
+        if not uri.startswith("gs://"):
+            if uri.startswith("file:"):
+                raise ForbiddenLocation("this service reads from a GCS bucket, not local files")
+            raise InvalidPath("expected a gs://bucket/key path")
+        bucket, _, key = uri.removeprefix("gs://").partition("/")
+        if bucket != self.bucket_name:
+            raise ForbiddenLocation(f"bucket {bucket!r} is not this service's bucket")
+        return check_key(key)
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Turn storage outages into 503 + Retry-After and a missing object into 404."""
+    from google.api_core import exceptions as google_errors
+    from requests import exceptions as http_errors
+
+    try:
+        yield
+    except google_errors.NotFound as exc:
+        raise ObjectNotFound("no such object") from exc
+    except (
+        google_errors.RetryError,
+        google_errors.ServerError,
+        google_errors.TooManyRequests,
+        http_errors.RequestException,
+    ) as exc:
+        raise StorageUnavailable(
+            "storage is unavailable; try again shortly", retry_after_s=STORAGE_RETRY_AFTER_S
+        ) from exc
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    """GCS when a bucket is configured, else the local folder (the embedded default)."""
+    if settings.bucket:
+        return GCSStorage(settings.bucket, settings.storage_timeout_s)
+    return LocalStorage(settings.storage_dir)

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Import Keras MobileNetV2 (ImageNet) into the BentoML model store, with its class names.
+
+Weights come from Keras' own `weights="imagenet"` download, or from a local HDF5/Keras
+weights file (`--weights PATH`). Importing the same weights again reuses the stored model
+instead of piling up identical versions.
+
+    python scripts/import_model.py                      # Keras downloads the weights
+    python scripts/import_model.py --weights ../shared/models/mobilenet_v2_imagenet.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+MODEL_NAME = "mobilenet_v2"
+CLASS_INDEX_URL = (
+    "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
+)
+CLASS_INDEX_MD5 = "c2c37ea517e94d9795004a39431a14cb"  # the hash Keras pins for this file
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def class_index_file(path: Path | None) -> Path:
+    """The class index: the given file, or Keras' cached download of it."""
+    if path is not None:
+        return path
+    import keras
+
+    return Path(
+        keras.utils.get_file(
+            "imagenet_class_index.json",
+            CLASS_INDEX_URL,
+            cache_subdir="models",
+            file_hash=CLASS_INDEX_MD5,
+        )
+    )
+
+
+def check_class_index(path: Path) -> None:
+    index = json.loads(path.read_text())
+    if sorted(map(int, index)) != list(range(1000)):
+        raise SystemExit(f"{path}: expected 1000 ImageNet classes keyed 0..999")
+
+
+def find_existing(name: str, weights_id: str) -> str | None:
+    """Tag of a stored model imported from the same weights, if any."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        models = bentoml.models.list(name)
+    except NotFound:
+        return None
+    for model in models:
+        if model.info.metadata.get("weights_id") == weights_id:
+            return str(model.tag)
+    return None
+
+
+def import_model(name: str, weights: Path | None, class_index: Path | None) -> str:
+    import bentoml
+    import keras
+
+    weights_id = f"sha256:{sha256_of(weights)}" if weights else f"keras-imagenet:{keras.__version__}"
+    if existing := find_existing(name, weights_id):
+        print(f"{existing} already holds these weights ({weights_id}); nothing to do")
+        return existing
+
+    index_path = class_index_file(class_index)
+    check_class_index(index_path)
+    model = keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3),
+        weights=str(weights) if weights else "imagenet",
+        include_top=True,
+        classes=1000,
+    )
+    with bentoml.models.create(
+        name,
+        labels={"framework": "keras", "dataset": "imagenet", "architecture": "mobilenet_v2"},
+        metadata={
+            "weights_id": weights_id,
+            "weights_source": str(weights) if weights else "keras weights='imagenet'",
+            "keras_version": keras.__version__,
+            "input": "uint8 RGB 224x224, scaled to [-1, 1] (mobilenet_v2.preprocess_input)",
+            "parameters": model.count_params(),
+        },
+    ) as stored:
+        model.save(stored.path_of("model.keras"))
+        shutil.copyfile(index_path, stored.path_of("imagenet_class_index.json"))
+    print(f"imported {stored.tag} from {weights_id}")
+    return str(stored.tag)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, help="local MobileNetV2 weights file (.h5)")
+    parser.add_argument("--class-index", type=Path, help="local imagenet_class_index.json")
+    parser.add_argument("--name", default=MODEL_NAME, help="model name in the BentoML store")
+    args = parser.parse_args(argv)
+    for path in (args.weights, args.class_index):
+        if path is not None and not path.is_file():
+            parser.error(f"{path} is not a file")
+    import_model(args.name, args.weights, args.class_index)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

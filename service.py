@@ -1,0 +1,159 @@
+"""The classify Bento: MobileNetV2 (ImageNet, 224x224) behind BentoML adaptive batching.
+
+`POST /classify` reads a stored image, decodes it off the event loop and awaits
+`predict_batch`; calls from concurrent requests meet in BentoML's batcher, so the model runs
+once per batch. Pixels travel to the batch route as raw bytes (base64 in JSON), never as JSON
+lists of numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import anyio
+import bentoml
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import JSONResponse
+
+from common.config import settings
+from common.errors import ServiceError, error_response
+from common.images import MODEL_SIZE, decode_image, set_pixel_limit, to_model_pixels
+from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
+from common.storage import storage_from_settings
+
+MODEL_TAG = os.environ.get("CLASSIFY_MODEL", "mobilenet_v2:latest")
+BATCHING = os.environ.get("CLASSIFY_BATCHING", "on").lower() not in ("off", "0", "false")
+MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "32"))
+# The batcher answers 503 to a request it predicts will wait longer than this; small values
+# shed most requests under load (see README), so it is sized well above a full batch's time.
+MAX_LATENCY_MS = int(os.environ.get("CLASSIFY_MAX_LATENCY_MS", "10000"))
+TF_THREADS = int(os.environ.get("CLASSIFY_TF_THREADS", "0")) or None
+NUM_CLASSES = 1000
+PIXEL_BYTES = MODEL_SIZE * MODEL_SIZE * 3
+
+
+class ModelInput(BaseModel):
+    """One 224x224 RGB image as raw uint8 bytes (HWC), base64 in JSON."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    pixels: bytes = Field(min_length=PIXEL_BYTES, max_length=PIXEL_BYTES)
+
+
+class ModelOutput(BaseModel):
+    """Softmax over the 1000 ImageNet classes as little-endian float32 bytes, base64 in JSON."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    probabilities: bytes = Field(min_length=NUM_CLASSES * 4, max_length=NUM_CLASSES * 4)
+
+
+def load_labels(class_index_path: str) -> list[str]:
+    """Human class names by index from Keras' `imagenet_class_index.json` (spaces, not `_`)."""
+    with open(class_index_path) as file:
+        index = json.load(file)
+    return [index[str(i)][1].replace("_", " ") for i in range(NUM_CLASSES)]
+
+
+@bentoml.service(
+    name="classify",
+    workers=1,
+    threads=1,  # one model call at a time; TensorFlow uses both cores inside it
+    traffic={"timeout": 60},
+    # BentoML 1.4.40 recycles its inter-service HTTP session every 100 calls while calls are
+    # in flight (sporadic 500s under load, upstream #5540/#5544); effectively disable that.
+    runner_connection={"max_requests": 1_000_000_000, "max_age": 1e9},
+    labels={"owner": "image-services", "stage": "classify"},
+)
+class Classify:
+    model_ref = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        if TF_THREADS:
+            tf.config.threading.set_intra_op_parallelism_threads(TF_THREADS)
+        self.settings = settings()
+        set_pixel_limit(self.settings.max_image_pixels)
+        self.storage = storage_from_settings(self.settings)
+        stored_model = self.model_ref
+        self.model_name = str(stored_model.tag)
+        self.labels = load_labels(stored_model.path_of("imagenet_class_index.json"))
+        keras_model = tf.keras.models.load_model(stored_model.path_of("model.keras"), compile=False)
+
+        # A fixed signature: one graph for every batch size (eager calls with varying batch
+        # sizes grow memory by gigabytes). Scaling to [-1, 1] is MobileNetV2's preprocess_input.
+        @tf.function(input_signature=[tf.TensorSpec([None, MODEL_SIZE, MODEL_SIZE, 3], tf.uint8)])
+        def predict(pixels: tf.Tensor) -> tf.Tensor:
+            scaled = tf.cast(pixels, tf.float32) / 127.5 - 1.0
+            return keras_model(scaled, training=False)
+
+        self._predict = predict
+        self._predict(np.zeros((1, MODEL_SIZE, MODEL_SIZE, 3), np.uint8))  # trace once
+        self._warmed_through_api = False
+        self._unbatched_limiter = anyio.CapacityLimiter(1)
+
+    async def __is_ready__(self) -> bool:
+        """Ready once one image has gone through the real route, batcher included."""
+        if not self._warmed_through_api:
+            blank = ModelInput(pixels=bytes(PIXEL_BYTES))
+            await self._infer(blank)
+            self._warmed_through_api = True
+        return True
+
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=MAX_BATCH_SIZE,
+        max_latency_ms=MAX_LATENCY_MS,
+    )
+    def predict_batch(self, images: list[ModelInput]) -> list[ModelOutput]:
+        """Run MobileNetV2 once on a batch of 224x224 RGB images (internal; used by /classify)."""
+        batch = np.stack(
+            [np.frombuffer(image.pixels, np.uint8).reshape(MODEL_SIZE, MODEL_SIZE, 3) for image in images]
+        )
+        probabilities = self._predict(batch).numpy().astype("<f4")
+        return [ModelOutput(probabilities=row.tobytes()) for row in probabilities]
+
+    @bentoml.api(route="/classify", input_spec=ClassifyRequest, output_spec=ClassifyResponse)
+    async def classify(self, gcs_path: str, top_k: int = 5) -> ClassifyResponse | JSONResponse:
+        """Classify a stored image with MobileNetV2 and return the top class and the top-k."""
+        try:
+            pixels = await anyio.to_thread.run_sync(self._load_pixels, gcs_path)
+        except ServiceError as exc:
+            return error_response(exc)
+        probabilities = await self._infer(ModelInput(pixels=pixels.tobytes()))
+        return self._answer(probabilities, top_k)
+
+    def _load_pixels(self, gcs_path: str) -> np.ndarray:
+        data = self.storage.read(gcs_path, self.settings.max_upload_bytes)
+        image = decode_image(data, self.settings.max_image_pixels)
+        return to_model_pixels(image, self.settings.resize_mode)
+
+    async def _infer(self, image: ModelInput) -> np.ndarray:
+        if BATCHING:
+            (output,) = await self.to_async.predict_batch([image])
+        else:
+            (output,) = await anyio.to_thread.run_sync(
+                self.predict_batch.local, [image], limiter=self._unbatched_limiter
+            )
+        if isinstance(output, dict):  # the self-call client may hand back plain JSON
+            output = ModelOutput.model_validate(output)
+        return np.frombuffer(output.probabilities, dtype="<f4")
+
+    def _answer(self, probabilities: np.ndarray, top_k: int) -> ClassifyResponse:
+        ranked = np.argsort(probabilities)[::-1][:top_k]
+        predictions = [
+            Prediction(label=self.labels[i], index=int(i), confidence=float(probabilities[i]))
+            for i in ranked
+        ]
+        best = predictions[0]
+        return ClassifyResponse(
+            label=best.label,
+            confidence=best.confidence,
+            index=best.index,
+            top_k=predictions,
+            model=self.model_name,
+        )

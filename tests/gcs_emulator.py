@@ -1,0 +1,50 @@
+"""Run `gcp-storage-emulator`, made to honour create-only uploads (`ifGenerationMatch=0`).
+
+The emulator ignores preconditions (see ../shared/notes/gcs-emulator.md), so a second
+create-only upload would silently overwrite. Real GCS answers 412; this wrapper makes the
+emulator do the same on inserts, so "uploading twice writes once" is tested for real.
+Usage: python tests/gcs_emulator.py start --host 127.0.0.1 --port N --in-memory ...
+"""
+
+from __future__ import annotations
+
+import http.server
+import sys
+from http import HTTPStatus
+
+from gcp_storage_emulator.handlers import objects
+
+_original_insert = objects.insert
+
+
+def _object_name(request) -> str | None:
+    if "name" in request.query:
+        return request.query["name"][0]
+    data = request.data
+    if isinstance(data, dict):
+        return (data.get("meta") or {}).get("name") or data.get("name")
+    return None
+
+
+def insert_create_only(request, response, storage, *args, **kwargs):
+    """Answer 412 like GCS when `ifGenerationMatch=0` and the object already exists."""
+    if request.query.get("ifGenerationMatch", [None])[0] == "0":
+        name = _object_name(request)
+        bucket_objects = storage.objects.get(request.params["bucket_name"], {})
+        if name is not None and name in bucket_objects:
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+            return None
+    return _original_insert(request, response, storage, *args, **kwargs)
+
+
+def main() -> None:
+    objects.insert = insert_create_only  # before the server module captures the routes
+    http.server.HTTPServer.request_queue_size = 128  # default backlog 5 drops SYNs under load
+    from gcp_storage_emulator.__main__ import main as emulator_main
+
+    emulator_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
