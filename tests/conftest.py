@@ -1,0 +1,211 @@
+"""Fixtures that start real things: a GCS emulator, the model import, `bentoml serve` processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from common.config import Settings
+from common.storage import GCSStorage, LocalStorage, Storage
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+BENTOML = str(Path(PYTHON).with_name("bentoml"))
+MODEL_ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models")).resolve()
+WEIGHTS = MODEL_ASSETS / "mobilenet_v2_imagenet.h5"
+PHOTOS = MODEL_ASSETS / "images"
+TEST_BUCKET = "test-bucket"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    tail = log.read_text()[-4000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} not ready after {timeout_s} s\n{tail}")
+
+
+@dataclass
+class Server:
+    """A `bentoml serve` process on a free 127.0.0.1 port, its log kept for failures."""
+
+    target: str
+    env: dict[str, str]
+    log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        command = [BENTOML, "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def wait_ready(self, timeout_s: float = 120) -> Server:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.target} exited:\n{self.log.read_text()[-4000:]}")
+            return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+
+        wait_until(ready, timeout_s, self.target, self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def model_assets() -> Path:
+    if not WEIGHTS.is_file():
+        pytest.fail(
+            f"offline MobileNetV2 weights not found at {WEIGHTS}; set MODEL_ASSETS to the folder "
+            "holding mobilenet_v2_imagenet.h5, imagenet_class_index.json and images/"
+        )
+    return MODEL_ASSETS
+
+
+@pytest.fixture(scope="session")
+def bentoml_home(tmp_path_factory: pytest.TempPathFactory, model_assets: Path) -> Path:
+    """A private BentoML store holding MobileNetV2 imported from the real offline weights."""
+    home = tmp_path_factory.mktemp("bentoml-home")
+    env = {**os.environ, "BENTOML_HOME": str(home), "MODEL_ASSETS": str(model_assets)}
+    subprocess.run([str(REPO / "scripts" / "ensure-model")], env=env, check=True, cwd=REPO)
+    return home
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`gcp-storage-emulator` (made to honour create-only uploads) on a free port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("emulator") / "emulator.log"
+    command = [PYTHON, str(REPO / "tests" / "gcs_emulator.py"), "start", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--in-memory", "--default-bucket", TEST_BUCKET, "-q"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    # The test process's own google-cloud-storage clients talk to the emulator too.
+    os.environ["STORAGE_EMULATOR_HOST"] = url
+    try:
+        wait_until(lambda: httpx.get(url, timeout=2).text == "OK", 20, "GCS emulator", log)
+        yield url
+    finally:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@dataclass
+class Backend:
+    """One storage configuration: the env the services get, and a store to inspect from tests."""
+
+    name: str
+    env: dict[str, str]
+    storage: Storage
+    settings: Settings
+
+
+def make_backend(name: str, tmp: Path, emulator_url: str | None) -> Backend:
+    if name == "gcs":
+        env = {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": str(emulator_url)}
+        settings = Settings.from_env(env)
+        return Backend(name, env, GCSStorage(TEST_BUCKET, timeout_s=10), settings)
+    env = {"STORAGE_DIR": str(tmp / "storage")}
+    settings = Settings.from_env(env)
+    return Backend(name, env, LocalStorage(settings.storage_dir), settings)
+
+
+@pytest.fixture(scope="session", params=["local", "gcs"])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Backend:
+    emulator = request.getfixturevalue("gcs_emulator") if request.param == "gcs" else None
+    return make_backend(request.param, tmp_path_factory.mktemp(request.param), emulator)
+
+
+def service_env(bentoml_home: Path, backend_env: dict[str, str], **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("BUCKET", "STORAGE_DIR", "STORAGE_EMULATOR_HOST")
+    }
+    env.update(BENTOML_HOME=str(bentoml_home), TF_CPP_MIN_LOG_LEVEL="2", **backend_env, **extra)
+    return env
+
+
+@dataclass
+class Services:
+    """Both services, started on one storage backend."""
+
+    backend: Backend
+    classify: Server
+    preprocess: Server
+
+
+@pytest.fixture(scope="session")
+def services(
+    backend: Backend, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Services]:
+    logs = tmp_path_factory.mktemp(f"logs-{backend.name}")
+    env = service_env(bentoml_home, backend.env)
+    classify = Server("service:Classify", env, logs / "classify.log").start()
+    preprocess = Server("preprocess.service:Preprocess", env, logs / "preprocess.log").start()
+    try:
+        preprocess.wait_ready()
+        classify.wait_ready()
+        yield Services(backend, classify, preprocess)
+    finally:
+        classify.stop()
+        preprocess.stop()
+
+
+@pytest.fixture(scope="session")
+def photos(model_assets: Path) -> dict[str, bytes]:
+    return {path.stem: path.read_bytes() for path in sorted(PHOTOS.glob("*.jpg"))}
+
+
+@pytest.fixture(scope="session")
+def keras_reference(model_assets: Path):
+    """In-process Keras MobileNetV2 on the same weights: probabilities for uint8 pixel arrays."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = tf.keras.applications.MobileNetV2(weights=str(WEIGHTS))
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        batch = tf.keras.applications.mobilenet_v2.preprocess_input(
+            np.asarray(pixels, dtype="float32")[None]
+        )
+        return model(batch, training=False).numpy()[0]
+
+    return predict

@@ -1,0 +1,70 @@
+"""Small helpers the tests share: calling the services and looking inside storage."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+from conftest import Backend
+from google.cloud import storage as gcs
+from PIL import Image
+
+# Labels the offline weights give (../shared/models/README.md), per preprocessing mode.
+EXPECTED_LABELS = {
+    "resize": {
+        "grace_hopper": "military uniform",
+        "cat": "Egyptian cat",
+        "parrot": "macaw",
+        "bird": "chickadee",
+        "dragonfly": "dragonfly",
+        "missvickie_potato_chips": "packet",
+    },
+    "center-crop": {
+        "grace_hopper": "mortarboard",
+        "cat": "Egyptian cat",
+        "parrot": "macaw",
+        "bird": "chickadee",
+        "dragonfly": "dragonfly",
+        "missvickie_potato_chips": "packet",
+    },
+}
+
+
+def upload(url: str, data: bytes, mode: str | None = None, name: str = "image.jpg") -> httpx.Response:
+    form = {"mode": mode} if mode else None
+    return httpx.post(f"{url}/preprocess", files={"image": (name, data)}, data=form, timeout=60)
+
+
+def classify(url: str, gcs_path: str, **extra: object) -> httpx.Response:
+    return httpx.post(f"{url}/classify", json={"gcs_path": gcs_path, **extra}, timeout=60)
+
+
+def stored_keys(backend: Backend) -> set[str]:
+    """Every object the backend holds (temporary files included, so partial writes show)."""
+    if backend.name == "gcs":
+        client = gcs.Client(project="test")
+        return {blob.name for blob in client.list_blobs("test-bucket")}
+    root = backend.settings.storage_dir
+    return {str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()}
+
+
+def object_version(backend: Backend, uri: str) -> object:
+    """Something that changes whenever the object at `uri` is written."""
+    if backend.name == "gcs":
+        bucket, _, key = uri.removeprefix("gs://").partition("/")
+        return gcs.Client(project="test").bucket(bucket).get_blob(key).generation
+    stat = os.stat(Path(uri.removeprefix("file://")))
+    return (stat.st_ino, stat.st_mtime_ns)
+
+
+def pixels_of(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
