@@ -112,7 +112,10 @@ class Classify:
     def predict_batch(self, images: list[ModelInput]) -> list[ModelOutput]:
         """Run MobileNetV2 once on a batch of 224x224 RGB images (internal; used by /classify)."""
         batch = np.stack(
-            [np.frombuffer(image.pixels, np.uint8).reshape(MODEL_SIZE, MODEL_SIZE, 3) for image in images]
+            [
+                np.frombuffer(image.pixels, np.uint8).reshape(MODEL_SIZE, MODEL_SIZE, 3)
+                for image in images
+            ]
         )
         probabilities = self._predict(batch).numpy().astype("<f4")
         return [ModelOutput(probabilities=row.tobytes()) for row in probabilities]

@@ -1,7 +1,7 @@
 """`image-pipeline`: send image files through preprocess then classify, print a table.
 
-    image-pipeline photo.jpg
-    image-pipeline ../shared/models/images --mode center-crop
+image-pipeline photo.jpg
+image-pipeline ../shared/models/images --mode center-crop
 """
 
 from __future__ import annotations

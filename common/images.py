@@ -30,7 +30,7 @@ def set_pixel_limit(max_pixels: int) -> None:
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode `data` (first frame for animations) into an upright RGB image, or raise a 4xx error."""
+    """Decode `data` (first frame of an animation) to upright RGB, or raise a 4xx error."""
     image = _open_allowed(data, max_pixels)
     width, height = image.size
     if width * height > max_pixels:

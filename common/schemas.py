@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_TOP_K = 1000
 
 
-class ResizeMode(str, Enum):
+class ResizeMode(StrEnum):
     """How an upload becomes a 224x224 image (the brief's preprocessing experiment)."""
 
     resize = "resize"

@@ -121,9 +121,7 @@ class GCSStorage:
 
         self.bucket_name = bucket
         self.timeout_s = timeout_s
-        self._bucket = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT")).bucket(
-            bucket
-        )
+        self._bucket = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT")).bucket(bucket)
 
     def uri_for(self, key: str) -> str:
         return f"gs://{self.bucket_name}/{key}"

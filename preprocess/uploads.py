@@ -58,7 +58,9 @@ class UploadGuard:
             raise NotMultipart(
                 f"send the image as multipart/form-data in field {self.file_field!r}"
             )
-        too_large = UploadTooLarge(f"the upload exceeds the limit of {self.max_upload_bytes:,} bytes")
+        too_large = UploadTooLarge(
+            f"the upload exceeds the limit of {self.max_upload_bytes:,} bytes"
+        )
         declared = Request(scope).headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise too_large
@@ -92,7 +94,7 @@ class UploadGuard:
                 raise UnexpectedForm(f"missing file field {self.file_field!r}")
             if len(files) > 1 or not isinstance(files[0], UploadFile):
                 raise UnexpectedForm(
-                    f"field {self.file_field!r} must be exactly one file upload (URLs are not fetched)"
+                    f"field {self.file_field!r} must be one file upload (URLs are not fetched)"
                 )
             for name in self.fields - {self.file_field}:
                 if any(isinstance(value, UploadFile) for value in form.getlist(name)):

@@ -74,7 +74,9 @@ def import_model(name: str, weights: Path | None, class_index: Path | None) -> s
     import bentoml
     import keras
 
-    weights_id = f"sha256:{sha256_of(weights)}" if weights else f"keras-imagenet:{keras.__version__}"
+    weights_id = (
+        f"sha256:{sha256_of(weights)}" if weights else f"keras-imagenet:{keras.__version__}"
+    )
     if existing := find_existing(name, weights_id):
         print(f"{existing} already holds these weights ({weights_id}); nothing to do")
         return existing

@@ -33,7 +33,9 @@ EXPECTED_LABELS = {
 }
 
 
-def upload(url: str, data: bytes, mode: str | None = None, name: str = "image.jpg") -> httpx.Response:
+def upload(
+    url: str, data: bytes, mode: str | None = None, name: str = "image.jpg"
+) -> httpx.Response:
     form = {"mode": mode} if mode else None
     return httpx.post(f"{url}/preprocess", files={"image": (name, data)}, data=form, timeout=60)
 

@@ -1,0 +1,87 @@
+"""Adaptive batching: concurrent requests share model calls and each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import re
+
+import httpx
+import numpy as np
+import pytest
+from helpers import encode, pixels_of, upload
+from PIL import Image, ImageOps
+
+CONCURRENT_REQUESTS = 32
+
+
+def distinct_images(photos: dict[str, bytes]) -> list[bytes]:
+    """32 different 224x224 PNGs made from the photos (crops, flips, rotations)."""
+    variants = []
+    for data in photos.values():
+        photo = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224))
+        for step in range(6):
+            variant = photo.rotate(90 * (step % 4)) if step < 4 else ImageOps.mirror(photo)
+            if step == 5:
+                variant = ImageOps.flip(photo)
+            variants.append(encode(variant, "PNG"))
+    return variants[:CONCURRENT_REQUESTS]
+
+
+def batch_histogram(metrics_text: str) -> tuple[float, float]:
+    """(count, sum) of `bentoml_service_adaptive_batch_size` for the model's batch method."""
+    count = total = 0.0
+    for line in metrics_text.splitlines():
+        if (
+            not line.startswith("bentoml_service_adaptive_batch_size_")
+            or "predict_batch" not in line
+        ):
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if re.match(r"bentoml_service_adaptive_batch_size_count\{", line):
+            count += value
+        elif re.match(r"bentoml_service_adaptive_batch_size_sum\{", line):
+            total += value
+    return count, total
+
+
+async def _classify_all(url: str, paths: list[str]) -> list[dict]:
+    async with httpx.AsyncClient(timeout=120) as client:
+        responses = await asyncio.gather(
+            *(client.post(f"{url}/classify", json={"gcs_path": path}) for path in paths)
+        )
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.is_error]
+    return [r.json() for r in responses]
+
+
+def test_concurrent_requests_form_batches_and_get_their_own_answers(
+    services, photos, keras_reference
+):
+    images = distinct_images(photos)
+    assert len(set(images)) == CONCURRENT_REQUESTS
+    stored = [upload(services.preprocess.url, png).json() for png in images]
+    paths = [item["gcs_path"] for item in stored]
+    expected = {
+        item["gcs_path"]: keras_reference(pixels_of(png))
+        for item, png in zip(stored, images, strict=True)
+    }
+    order = list(range(CONCURRENT_REQUESTS))
+    random.Random(7).shuffle(order)
+    shuffled = [paths[i] for i in order]
+
+    metrics_url = f"{services.classify.url}/metrics"
+    count_before, sum_before = batch_histogram(httpx.get(metrics_url).text)
+    results = asyncio.run(_classify_all(services.classify.url, shuffled))
+    count_after, sum_after = batch_histogram(httpx.get(metrics_url).text)
+
+    for path, result in zip(shuffled, results, strict=True):
+        reference = expected[path]
+        assert result["index"] == int(np.argmax(reference)), path
+        assert result["confidence"] == pytest.approx(float(reference.max()), abs=1e-4)
+
+    batches = count_after - count_before
+    samples = sum_after - sum_before
+    assert samples == CONCURRENT_REQUESTS
+    assert batches < CONCURRENT_REQUESTS, "every request ran alone: no batch formed"
+    print(f"{samples:.0f} requests ran in {batches:.0f} model calls")

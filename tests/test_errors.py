@@ -1,0 +1,156 @@
+"""Bad input gets the right 4xx with a JSON message, nothing is stored, and service goes on."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from helpers import classify, encode, stored_keys, upload
+from PIL import Image
+
+MIB = 1024 * 1024
+
+
+def _jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
+    return encode(Image.new("RGB", size, (200, 30, 30)), "JPEG")
+
+
+def _bomb_png() -> bytes:
+    """50 megapixels of one grey: a ~50 KB file that declares more pixels than the limit."""
+    return encode(Image.new("L", (10_000, 5_000), 128), "PNG", optimize=True)
+
+
+def _corrupt_png() -> bytes:
+    data = bytearray(encode(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG"))
+    data[100:140] = b"\x00" * 40  # damages the IDAT stream; the CRC check fails
+    return bytes(data)
+
+
+UPLOAD_CASES = {
+    "not an image": (b"hello, I am text pretending to be a photo\n", 415, "not_an_image", "not a"),
+    "truncated jpeg": (_jpeg((640, 480))[:2000], 422, "corrupt_image", "truncated"),
+    "corrupt png": (_corrupt_png(), 422, "corrupt_image", "corrupt"),
+    "empty upload": (b"", 400, "empty_upload", "empty"),
+    "unsupported format": (
+        encode(Image.new("RGB", (8, 8)), "TIFF"),
+        415,
+        "unsupported_format",
+        "TIFF",
+    ),
+    "too many pixels": (_bomb_png(), 413, "too_many_pixels", "limit"),
+    "over the size limit": (b"\xff\xd8" + b"\0" * (21 * MIB), 413, "upload_too_large", "limit"),
+}
+
+
+def _assert_error(response: httpx.Response, status: int, code: str, words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["code"] == code
+    assert words.lower() in body["error"].lower(), body
+
+
+def _assert_still_serves(services, photos) -> None:
+    good = upload(services.preprocess.url, photos["cat"])
+    assert good.status_code == 200, good.text
+    answer = classify(services.classify.url, good.json()["gcs_path"])
+    assert answer.status_code == 200 and answer.json()["label"] == "Egyptian cat"
+
+
+@pytest.mark.parametrize("case", UPLOAD_CASES)
+def test_bad_uploads_are_refused_and_nothing_is_stored(services, photos, case):
+    data, status, code, words = UPLOAD_CASES[case]
+    before = stored_keys(services.backend)
+    _assert_error(upload(services.preprocess.url, data), status, code, words)
+    assert stored_keys(services.backend) == before
+    _assert_still_serves(services, photos)
+
+
+def test_malformed_requests_to_preprocess(services, photos):
+    url = f"{services.preprocess.url}/preprocess"
+    cases = [
+        (
+            httpx.post(url, files={"picture": ("a.jpg", photos["cat"])}),
+            400,
+            "invalid_form",
+            "picture",
+        ),
+        (
+            httpx.post(url, data={"mode": "resize"}, files={}),
+            415,
+            "expected_multipart",
+            "multipart",
+        ),
+        (
+            httpx.post(url, json={"image": "http://127.0.0.1/x.jpg"}),
+            415,
+            "expected_multipart",
+            "multipart",
+        ),
+        (
+            httpx.post(url, files={"image": (None, "http://127.0.0.1:1/x.jpg")}),
+            400,
+            "invalid_form",
+            "one file upload (URLs are not fetched)",
+        ),
+    ]
+    for response, status, code, words in cases:
+        _assert_error(response, status, code, words)
+    only_mode = httpx.post(url, files={"mode": (None, "resize")})
+    _assert_error(only_mode, 400, "invalid_form", "missing file field 'image'")
+    bad_mode = upload(services.preprocess.url, photos["cat"], mode="stretch")
+    assert bad_mode.status_code == 400 and "mode" in bad_mode.text
+    _assert_still_serves(services, photos)
+
+
+def test_bad_paths_to_classify(services, photos):
+    gcs = services.backend.name == "gcs"
+    ok_path = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]
+    missing = ok_path.replace("preprocessed/", "preprocessed/missing-")
+    other_place = "file:///etc/passwd" if gcs else "gs://test-bucket/preprocessed/x.png"
+    cases = [
+        ("not a path", 400, "invalid_path", "expected"),
+        ("http://127.0.0.1/x.png", 400, "invalid_path", "expected"),
+        (
+            "gs://other-bucket/preprocessed/x.png" if gcs else "file:///etc/passwd",
+            403,
+            "outside_storage",
+            "",
+        ),
+        (other_place, 403, "outside_storage", ""),
+        (ok_path.replace("preprocessed/", "preprocessed/../"), 400, "invalid_path", ".."),
+        (ok_path.replace("preprocessed/", "preprocessed/%2e%2e/"), 400, "invalid_path", ".."),
+        (missing, 404, "not_found", "no"),
+    ]
+    for path, status, code, words in cases:
+        _assert_error(classify(services.classify.url, path), status, code, words)
+    _assert_still_serves(services, photos)
+
+
+def test_stored_object_that_is_not_an_image(services, photos):
+    uri, _ = services.backend.storage.put_if_absent("uploads/notes.png", b"plain text", "image/png")
+    _assert_error(classify(services.classify.url, uri), 415, "not_an_image", "not a")
+    _assert_still_serves(services, photos)
+
+
+def test_invalid_classify_bodies(services, photos):
+    url = f"{services.classify.url}/classify"
+    for body in ({}, {"path": "gs://x/y"}, {"gcs_path": ""}, {"gcs_path": "x", "top_k": 0}):
+        response = httpx.post(url, json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert "error" in response.json()
+    assert (
+        httpx.post(
+            url, content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
+    _assert_still_serves(services, photos)
+
+
+def test_bomb_sample_is_small_on_the_wire_but_huge_in_pixels():
+    """The generated bomb really is small on the wire and large in pixels."""
+    bomb = _bomb_png()
+    assert len(bomb) < 200_000
+    assert Image.open(io.BytesIO(bomb)).size == (10_000, 5_000)

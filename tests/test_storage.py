@@ -1,0 +1,100 @@
+"""Both storage backends through the same interface: local folder and the real GCS client."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import make_backend
+
+from common import errors
+
+MAX = 1_000_000
+
+
+@pytest.fixture(params=["local", "gcs"])
+def store(request, tmp_path):
+    emulator = request.getfixturevalue("gcs_emulator") if request.param == "gcs" else None
+    backend = make_backend(request.param, tmp_path, emulator)
+    yield backend
+    if backend.name == "gcs":
+        import httpx
+
+        httpx.get(f"{emulator}/wipe?keep-buckets=1")
+
+
+def test_create_only_writes_once_and_reads_back(store):
+    key = "preprocessed/object.png"
+    uri, created = store.storage.put_if_absent(key, b"first", "image/png")
+    assert created
+    again, created_again = store.storage.put_if_absent(key, b"second", "image/png")
+    assert (again, created_again) == (uri, False)
+    assert store.storage.read(uri, MAX) == b"first"
+
+
+def test_missing_object_is_not_found(store):
+    uri, _ = store.storage.put_if_absent("preprocessed/a.png", b"x", "image/png")
+    with pytest.raises(errors.ObjectNotFound):
+        store.storage.read(uri.replace("a.png", "b.png"), MAX)
+
+
+def test_objects_over_the_read_limit_are_refused(store):
+    uri, _ = store.storage.put_if_absent("preprocessed/big.png", b"x" * 100, "image/png")
+    with pytest.raises(errors.UploadTooLarge):
+        store.storage.read(uri, 99)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "",
+        "bucket/key",
+        "https://storage.googleapis.com/test-bucket/x",
+        "ftp://test-bucket/x",
+        "gs://test-bucket/a/../b",
+        "gs://test-bucket/a/%2e%2e/b",
+        "gs://test-bucket/a/./b",
+        "gs://test-bucket/a\nb",
+        "gs://test-bucket/a\x00b",
+        "gs://test-bucket/" + "x" * 1100,
+        "gs://test-bucket/",
+    ],
+)
+def test_malformed_paths_are_refused_before_any_read(store, path):
+    if store.name == "local" and path.startswith("gs://"):
+        expected = (errors.ForbiddenLocation,)
+    else:
+        expected = (errors.InvalidPath, errors.ForbiddenLocation)
+    with pytest.raises(expected):
+        store.storage.read(path, MAX)
+
+
+def test_other_buckets_are_forbidden(store):
+    with pytest.raises(errors.ForbiddenLocation):
+        store.storage.read("gs://another-bucket/preprocessed/x.png", MAX)
+
+
+def test_local_paths_outside_the_folder_are_forbidden(tmp_path):
+    backend = make_backend("local", tmp_path, None)
+    root = backend.settings.storage_dir.resolve()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    (root / "preprocessed").mkdir(parents=True, exist_ok=True)
+    os.symlink(secret, root / "preprocessed" / "link.png")
+    for uri in (
+        secret.as_uri(),
+        (root / "preprocessed" / "link.png").as_uri(),
+        "file://" + str(root) + "/../secret.txt",
+        "file://evil.example" + str(root / "x.png"),
+    ):
+        with pytest.raises((errors.ForbiddenLocation, errors.InvalidPath)):
+            backend.storage.read(uri, MAX)
+
+
+def test_local_writes_leave_no_temporary_files(tmp_path):
+    backend = make_backend("local", tmp_path, None)
+    backend.storage.put_if_absent("preprocessed/a.png", b"abc", "image/png")
+    backend.storage.put_if_absent("preprocessed/a.png", b"abc", "image/png")
+    files = [p.name for p in Path(backend.settings.storage_dir).rglob("*") if p.is_file()]
+    assert files == ["a.png"]
