@@ -1,4 +1,8 @@
-"""Request and response models of both services: the API contract, shown in `/docs`."""
+"""Request and response models of both services: the API contract, shown in `/docs`.
+
+Model-level examples use OpenAPI 3.0's singular `example`: BentoML's schema builder rejects
+the JSON-Schema `examples` key on a model.
+"""
 
 from __future__ import annotations
 
@@ -29,14 +33,12 @@ class PreprocessResponse(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.png",
-                    "width": 224,
-                    "height": 224,
-                    "sha256": "3f1c...e9",
-                }
-            ]
+            "example": {
+                "gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.png",
+                "width": 224,
+                "height": 224,
+                "sha256": "3f1c...e9",
+            }
         }
     )
 
@@ -51,7 +53,7 @@ class ClassifyRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.png"}]},
+        json_schema_extra={"example": {"gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.png"}},
     )
 
     gcs_path: Annotated[
@@ -81,18 +83,16 @@ class ClassifyResponse(BaseModel):
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
-            "examples": [
-                {
-                    "label": "Labrador retriever",
-                    "confidence": 0.93,
-                    "index": 208,
-                    "top_k": [
-                        {"label": "Labrador retriever", "index": 208, "confidence": 0.93},
-                        {"label": "golden retriever", "index": 207, "confidence": 0.03},
-                    ],
-                    "model": "mobilenet_v2:abc123",
-                }
-            ]
+            "example": {
+                "label": "Labrador retriever",
+                "confidence": 0.93,
+                "index": 208,
+                "top_k": [
+                    {"label": "Labrador retriever", "index": 208, "confidence": 0.93},
+                    {"label": "golden retriever", "index": 207, "confidence": 0.03},
+                ],
+                "model": "mobilenet_v2:abc123",
+            }
         },
     )
 
