@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from common.config import settings
+from common.docs import DocsAlias
 from common.errors import ServiceError, error_response
 from common.images import MODEL_SIZE, decode_image, set_pixel_limit, to_model_pixels
 from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
@@ -160,3 +161,6 @@ class Classify:
             top_k=predictions,
             model=self.model_name,
         )
+
+
+Classify.add_asgi_middleware(DocsAlias)

@@ -14,6 +14,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from common.config import settings
+from common.docs import DocsAlias
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
 from common.images import decode_image, encode_png, normalize, set_pixel_limit
 from common.schemas import PreprocessResponse, ResizeMode
@@ -72,6 +73,7 @@ class Preprocess:
         )
 
 
+Preprocess.add_asgi_middleware(DocsAlias)
 Preprocess.add_asgi_middleware(
     UploadGuard,
     path="/preprocess",

@@ -1,0 +1,46 @@
+"""What BentoML provides around the APIs: OpenAPI with our models, probes, metrics; pins."""
+
+from __future__ import annotations
+
+import tomllib
+
+import httpx
+import yaml
+from conftest import REPO
+
+
+def test_openapi_shows_the_request_and_response_models(services):
+    classify = httpx.get(f"{services.classify.url}/docs.json").json()
+    preprocess = httpx.get(f"{services.preprocess.url}/docs.json").json()
+    assert "/classify" in classify["paths"] and "/preprocess" in preprocess["paths"]
+    schemas = classify["components"]["schemas"]
+    request = next(s for name, s in schemas.items() if name.startswith("ClassifyRequest"))
+    assert set(request["properties"]) == {"gcs_path", "top_k"}
+    assert request["example"]["gcs_path"].startswith("gs://")
+    response = next(s for name, s in schemas.items() if name.startswith("ClassifyResponse"))
+    assert {"label", "confidence", "index", "top_k", "model"} <= set(response["properties"])
+    for server in (services.classify, services.preprocess):
+        docs = httpx.get(f"{server.url}/docs", follow_redirects=True)
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_probes_and_metrics(services):
+    for server in (services.classify, services.preprocess):
+        assert httpx.get(f"{server.url}/livez").status_code == 200
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert "bentoml_service_request_total" in httpx.get(f"{server.url}/metrics").text
+
+
+def _pins(packages: list[str]) -> dict[str, str]:
+    return dict(package.split("==") for package in packages)
+
+
+def test_bentofiles_pin_what_pyproject_pins():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = _pins(project["dependencies"])
+    classify = _pins(yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"])
+    preprocess_file = REPO / "preprocess" / "bentofile.yaml"
+    preprocess = _pins(yaml.safe_load(preprocess_file.read_text())["python"]["packages"])
+    assert preprocess == base
+    assert classify == base | _pins(project["optional-dependencies"]["classify"])
+    assert not any(name.startswith("tensorflow") for name in preprocess)
