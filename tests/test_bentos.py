@@ -1,0 +1,87 @@
+"""`scripts/build`: both Bentos build with what they need, export, and serve the pipeline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BENTOML, REPO, Server, make_backend, service_env
+from helpers import EXPECTED_LABELS, classify, upload
+
+
+@pytest.fixture(scope="module")
+def built(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    export_dir = tmp_path_factory.mktemp("exported")
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTO_EXPORT_DIR": str(export_dir)}
+    result = subprocess.run(
+        [str(REPO / "scripts" / "build")], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    classify_tag, preprocess_tag = result.stdout.split()[-2:]
+    exported = sorted(path.name for path in export_dir.iterdir())
+    assert exported == sorted(
+        f"{tag.replace(':', '-')}.bento" for tag in (classify_tag, preprocess_tag)
+    )
+    return {"classify": classify_tag, "preprocess": preprocess_tag, "home": str(bentoml_home)}
+
+
+def _bento_dir(built: dict[str, str], name: str) -> Path:
+    tag_name, version = built[name].split(":")
+    return Path(built["home"]) / "bentos" / tag_name / version
+
+
+def _requirements(folder: Path) -> dict[str, str]:
+    lines = (folder / "env" / "python" / "requirements.txt").read_text().splitlines()
+    return dict(line.split("==", 1) for line in lines if "==" in line)
+
+
+def test_classify_bento_carries_the_model_and_tensorflow(built):
+    folder = _bento_dir(built, "classify")
+    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
+    assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
+    requirements = _requirements(folder)
+    assert requirements["tensorflow-cpu"] == "2.21.0"
+    assert requirements["bentoml"] == "1.4.40"
+    sources = {str(p.relative_to(folder / "src")) for p in (folder / "src").rglob("*.py")}
+    assert {"service.py", "common/storage.py", "common/images.py"} <= sources
+    assert "common/client.py" not in sources and not any(s.startswith("tests") for s in sources)
+
+
+def test_preprocess_bento_has_shared_code_but_no_tensorflow(built):
+    folder = _bento_dir(built, "preprocess")
+    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
+    assert manifest["models"] == []
+    requirements = _requirements(folder)
+    assert not any(name.startswith(("tensorflow", "keras", "tf-")) for name in requirements)
+    assert requirements["pillow"] == "13.0.0"
+    sources = {str(p.relative_to(folder / "src")) for p in (folder / "src").rglob("*.py")}
+    assert {"preprocess/service.py", "preprocess/uploads.py", "common/storage.py"} <= sources
+    assert "service.py" not in sources
+
+
+def test_built_bentos_serve_the_pipeline(built, bentoml_home, photos, tmp_path):
+    backend = make_backend("local", tmp_path, None)
+    env = service_env(bentoml_home, backend.env)
+    servers = [
+        Server(built[name], env, tmp_path / f"{name}.log").start()
+        for name in ("classify", "preprocess")
+    ]
+    try:
+        classify_server, preprocess_server = (server.wait_ready() for server in servers)
+        stored = upload(preprocess_server.url, photos["parrot"])
+        assert stored.status_code == 200, stored.text
+        answer = classify(classify_server.url, stored.json()["gcs_path"])
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["label"] == EXPECTED_LABELS["resize"]["parrot"]
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_bentoml_cli_lists_both(built):
+    env = {**os.environ, "BENTOML_HOME": built["home"]}
+    listing = subprocess.run([BENTOML, "list"], env=env, capture_output=True, text=True).stdout
+    assert built["classify"] in listing and built["preprocess"] in listing
