@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+from common.auth import BearerAuth, internal_headers
 from common.config import settings
 from common.docs import DocsAlias
 from common.errors import ServiceError, error_response
@@ -94,6 +95,7 @@ class Classify:
         self._predict = predict
         self._predict(np.zeros((1, MODEL_SIZE, MODEL_SIZE, 3), np.uint8))  # trace once
         self._warmed_through_api = False
+        self._self_client_authorized = False
         self._unbatched_limiter = anyio.CapacityLimiter(1)
 
     async def __is_ready__(self) -> bool:
@@ -138,7 +140,7 @@ class Classify:
 
     async def _infer(self, image: ModelInput) -> np.ndarray:
         if BATCHING:
-            (output,) = await self.to_async.predict_batch([image])
+            (output,) = await self._self_client().predict_batch([image])
         else:
             (output,) = await anyio.to_thread.run_sync(
                 self.predict_batch.local, [image], limiter=self._unbatched_limiter
@@ -146,6 +148,20 @@ class Classify:
         if isinstance(output, dict):  # the self-call client may hand back plain JSON
             output = ModelOutput.model_validate(output)
         return np.frombuffer(output.probabilities, dtype="<f4")
+
+    def _self_client(self):
+        """The client for calls to our own routes, carrying the internal-call credential.
+
+        BentoML creates its self-call session lazily from `default_headers` (and recreates it
+        from the same dict), so adding the header before the first call covers every call; if
+        a BentoML upgrade changed that, the warm-up call in `__is_ready__` would get 401 and
+        the service would never report ready.
+        """
+        client = self.to_async
+        if not self._self_client_authorized:
+            client.default_headers.update(internal_headers())
+            self._self_client_authorized = True
+        return client
 
     def _answer(self, probabilities: np.ndarray, top_k: int) -> ClassifyResponse:
         ranked = np.argsort(probabilities)[::-1][:top_k]
@@ -164,3 +180,4 @@ class Classify:
 
 
 Classify.add_asgi_middleware(DocsAlias)
+Classify.add_asgi_middleware(BearerAuth, token=settings().auth_token)

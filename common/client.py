@@ -7,6 +7,7 @@ image-pipeline ../shared/models/images --mode center-crop
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,27 +35,39 @@ class Outcome:
 class PipelineClient:
     """Calls the two services with explicit timeouts, so an unreachable service fails fast."""
 
-    def __init__(self, preprocess_url: str, classify_url: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        preprocess_url: str,
+        classify_url: str,
+        timeout_s: float,
+        token: str | None = None,
+        google_id_token: bool = False,
+    ) -> None:
         self.preprocess_url = preprocess_url.rstrip("/")
         self.classify_url = classify_url.rstrip("/")
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
+        self.auth = {
+            url: _authorization(url, token, google_id_token)
+            for url in (self.preprocess_url, self.classify_url)
+        }
 
     def run(self, file: Path, mode: str | None) -> Outcome:
         try:
             with open(file, "rb") as image:
                 data = {"mode": mode} if mode else None
                 stored = self._post(
-                    f"{self.preprocess_url}/preprocess", files={"image": image}, data=data
+                    self.preprocess_url, "/preprocess", files={"image": image}, data=data
                 )
             answer = self._post(
-                f"{self.classify_url}/classify", json={"gcs_path": stored["gcs_path"]}
+                self.classify_url, "/classify", json={"gcs_path": stored["gcs_path"]}
             )
         except (httpx.HTTPError, OSError, RuntimeError) as exc:
             return Outcome(file, error=str(exc) or type(exc).__name__)
         return Outcome(file, label=answer["label"], confidence=answer["confidence"])
 
-    def _post(self, url: str, **kwargs: object) -> dict:
-        response = self.http.post(url, **kwargs)
+    def _post(self, base_url: str, route: str, **kwargs: object) -> dict:
+        url = base_url + route
+        response = self.http.post(url, headers=self.auth[base_url], **kwargs)
         if response.is_error:
             try:
                 message = response.json().get("error", response.text)
@@ -62,6 +75,21 @@ class PipelineClient:
                 message = response.text
             raise RuntimeError(f"{url} answered {response.status_code}: {message}")
         return response.json()
+
+
+def _authorization(audience: str, token: str | None, google_id_token: bool) -> dict[str, str]:
+    """`Authorization` for one service: a shared token, or a Google ID token for its URL.
+
+    Cloud Run services deployed `--no-allow-unauthenticated` accept a Google-signed ID token
+    whose audience is the service URL (an access token gets 403).
+    """
+    if google_id_token:
+        import google.auth.transport.requests
+        import google.oauth2.id_token
+
+        request = google.auth.transport.requests.Request()
+        token = google.oauth2.id_token.fetch_id_token(request, audience)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def image_files(paths: Iterable[Path]) -> list[Path]:
@@ -85,12 +113,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["resize", "center-crop"], help="default: server's")
     parser.add_argument("--concurrency", type=int, default=4, help="files in flight at once")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP call")
+    parser.add_argument(
+        "--token", default=os.environ.get("AUTH_TOKEN"), help="shared bearer token ($AUTH_TOKEN)"
+    )
+    parser.add_argument(
+        "--google-id-token",
+        action="store_true",
+        help="send Google ID tokens for each service URL (Cloud Run, private services)",
+    )
     args = parser.parse_args(argv)
 
     files = image_files(args.paths)
     if not files:
         parser.error("no image files found")
-    client = PipelineClient(args.preprocess_url, args.classify_url, args.timeout)
+    client = PipelineClient(
+        args.preprocess_url, args.classify_url, args.timeout, args.token, args.google_id_token
+    )
     console = Console()
     with (
         Progress(console=console, transient=True, disable=len(files) < 2) as progress,

@@ -23,6 +23,7 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(40_000_000, gt=0)
     resize_mode: ResizeMode = ResizeMode.resize
     storage_timeout_s: float = Field(10.0, gt=0)
+    auth_token: str | None = Field(None, description="Bearer token required on working routes.")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -35,6 +36,7 @@ class Settings(BaseModel):
             "max_image_pixels": env.get("MAX_IMAGE_PIXELS"),
             "resize_mode": env.get("RESIZE_MODE"),
             "storage_timeout_s": env.get("STORAGE_TIMEOUT_S"),
+            "auth_token": env.get("AUTH_TOKEN") or None,
         }
         return cls.model_validate({k: v for k, v in values.items() if v is not None})
 

@@ -13,6 +13,7 @@ import bentoml
 from pydantic import Field
 from starlette.responses import JSONResponse
 
+from common.auth import BearerAuth
 from common.config import settings
 from common.docs import DocsAlias
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
@@ -74,6 +75,7 @@ class Preprocess:
 
 
 Preprocess.add_asgi_middleware(DocsAlias)
+Preprocess.add_asgi_middleware(BearerAuth, token=settings().auth_token)
 Preprocess.add_asgi_middleware(
     UploadGuard,
     path="/preprocess",

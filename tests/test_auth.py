@@ -1,0 +1,91 @@
+"""Token auth over real HTTP: no work is done and nothing is stored without the right token."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import PHOTOS, REPO, Server, make_backend, service_env
+from helpers import stored_keys
+from test_batching import batch_histogram
+
+TOKEN = "local-shared-secret"
+
+
+@pytest.fixture(scope="module")
+def protected(bentoml_home, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("auth")
+    backend = make_backend("local", tmp, None)
+    env = service_env(bentoml_home, backend.env, AUTH_TOKEN=TOKEN)
+    servers = {
+        "classify": Server("service:Classify", env, tmp / "classify.log").start(),
+        "preprocess": Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start(),
+    }
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        yield backend, servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_every_working_route_needs_the_token(protected, photos):
+    backend, servers = protected
+    classify, preprocess = servers["classify"].url, servers["preprocess"].url
+    metrics = f"{classify}/metrics"
+    batches_before = batch_histogram(httpx.get(metrics, headers=_bearer(TOKEN)).text)
+    keys_before = stored_keys(backend)
+    blank = {"images": [{"pixels": "AAAA"}]}
+    for headers in ({}, _bearer("wrong"), {"Authorization": TOKEN}, {"x-internal-call": "guess"}):
+        calls = [
+            httpx.post(f"{preprocess}/preprocess", files={"image": photos["cat"]}, headers=headers),
+            httpx.post(f"{classify}/classify", json={"gcs_path": "x"}, headers=headers),
+            httpx.post(f"{classify}/predict_batch", json=blank, headers=headers),
+            httpx.get(metrics, headers=headers),
+        ]
+        for response in calls:
+            assert response.status_code == 401, response.text
+            assert response.json()["code"] == "unauthorized"
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    assert stored_keys(backend) == keys_before
+    assert batch_histogram(httpx.get(metrics, headers=_bearer(TOKEN)).text) == batches_before
+
+    for server in servers.values():
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert httpx.get(f"{server.url}/livez").status_code == 200
+
+
+def test_right_token_runs_the_pipeline(protected, photos):
+    _, servers = protected
+    stored = httpx.post(
+        f"{servers['preprocess'].url}/preprocess",
+        files={"image": photos["bird"]},
+        headers=_bearer(TOKEN),
+    )
+    assert stored.status_code == 200, stored.text
+    answer = httpx.post(
+        f"{servers['classify'].url}/classify",
+        json={"gcs_path": stored.json()["gcs_path"]},
+        headers=_bearer(TOKEN),
+    )
+    assert answer.status_code == 200 and answer.json()["label"] == "chickadee"
+
+
+def test_client_command_sends_the_token(protected):
+    _, servers = protected
+    command = [sys.executable, "-m", "common.client", str(PHOTOS / "parrot.jpg")]
+    command += ["--preprocess-url", servers["preprocess"].url]
+    command += ["--classify-url", servers["classify"].url]
+    denied = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert denied.returncode == 1 and "401" in denied.stdout
+    allowed = subprocess.run(
+        [*command, "--token", TOKEN], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert allowed.returncode == 0 and "macaw" in allowed.stdout, allowed.stdout
