@@ -1,0 +1,237 @@
+"""scripts/deploy and scripts/teardown, run with a recording `gcloud`/`docker`/`bentoml` first
+on PATH (nothing reaches Google), plus a check against the real gcloud CLI that every
+subcommand and flag they use exists."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+RECORDER = """#!/usr/bin/env bash
+printf '%s' "$(basename "$0")" >> "$RECORD"
+printf ' %q' "$@" >> "$RECORD"
+printf '\\n' >> "$RECORD"
+if [ "$(basename "$0")" = gcloud ] && [ "$1 $2 $3" = "run services describe" ]; then
+  echo "https://$4-abc123-uc.a.run.app"
+fi
+"""
+SETTINGS = {"PROJECT_ID": "demo-project", "REGION": "europe-west1", "BUCKET": "demo-images"}
+REGISTRY = "europe-west1-docker.pkg.dev/demo-project/image-services"
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("gcloud", "docker", "bentoml"):
+        stub = bin_dir / name
+        stub.write_text(RECORDER)
+        stub.chmod(0o755)
+    record = tmp_path / "record.txt"
+    record.touch()
+    return {
+        **os.environ,
+        **SETTINGS,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "RECORD": str(record),
+        "BENTOML": str(bin_dir / "bentoml"),
+    }
+
+
+def run_script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(REPO / "scripts" / args[0]), *args[1:]],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def recorded(env: dict[str, str]) -> list[list[str]]:
+    return [shlex.split(line) for line in Path(env["RECORD"]).read_text().splitlines()]
+
+
+def printed(output: str) -> list[list[str]]:
+    return [shlex.split(line[2:]) for line in output.splitlines() if line.startswith("+ ")]
+
+
+def test_dry_runs_print_everything_and_run_nothing(stubs):
+    deploy = run_script(stubs, "deploy", "--dry-run", "--setup", "--invoker", "user:me@x.org")
+    teardown = run_script(stubs, "teardown", "--dry-run", "--delete-bucket", "--delete-repository")
+    assert deploy.returncode == 0, deploy.stderr
+    assert teardown.returncode == 0, teardown.stderr
+    assert recorded(stubs) == []
+    assert len(printed(deploy.stdout)) == 19 and len(printed(teardown.stdout)) == 6
+    assert "would delete (dry run)" in teardown.stdout
+
+
+def test_teardown_commands_and_order(stubs):
+    result = run_script(stubs, "teardown")
+    assert result.returncode == 0, result.stderr
+    assert recorded(stubs) == [
+        [
+            "gcloud",
+            "run",
+            "services",
+            "delete",
+            "classify",
+            "--region",
+            "europe-west1",
+            "--project",
+            "demo-project",
+            "--quiet",
+        ],
+        [
+            "gcloud",
+            "run",
+            "services",
+            "delete",
+            "preprocess",
+            "--region",
+            "europe-west1",
+            "--project",
+            "demo-project",
+            "--quiet",
+        ],
+        [
+            "gcloud",
+            "artifacts",
+            "docker",
+            "images",
+            "delete",
+            f"{REGISTRY}/classify",
+            "--delete-tags",
+            "--quiet",
+        ],
+        [
+            "gcloud",
+            "artifacts",
+            "docker",
+            "images",
+            "delete",
+            f"{REGISTRY}/preprocess",
+            "--delete-tags",
+            "--quiet",
+        ],
+    ]
+    assert "deleted:" in result.stdout and "kept gs://demo-images" in result.stdout
+
+
+def test_teardown_deletes_repository_and_bucket_only_when_asked(stubs):
+    result = run_script(stubs, "teardown", "--delete-repository", "--delete-bucket")
+    assert result.returncode == 0, result.stderr
+    assert recorded(stubs)[4:] == [
+        [
+            "gcloud",
+            "artifacts",
+            "repositories",
+            "delete",
+            "image-services",
+            "--location",
+            "europe-west1",
+            "--project",
+            "demo-project",
+            "--quiet",
+        ],
+        ["gcloud", "storage", "rm", "--recursive", "gs://demo-images", "--project", "demo-project"],
+    ]
+    assert "bucket gs://demo-images and its objects" in result.stdout
+
+
+def test_deploy_runs_exactly_what_its_dry_run_prints(stubs, bentoml_home):
+    env = {**stubs, "BENTOML_HOME": str(bentoml_home)}
+    dry = run_script(
+        env, "deploy", "--dry-run", "--setup", "--tag", "t1", "--invoker", "user:a@b.c"
+    )
+    real = run_script(env, "deploy", "--setup", "--tag", "t1", "--invoker", "user:a@b.c")
+    assert real.returncode == 0, real.stderr[-3000:]
+    commands = recorded(env)
+    expected = [cmd for cmd in printed(dry.stdout) if cmd[0] != "scripts/build"]
+    built = {c[2].split(":")[0]: c[2] for c in commands if c[1:2] == ["containerize"]}
+    expected = [
+        [built[arg.split(":")[0]] if arg.endswith(":BUILT_TAG") else arg for arg in cmd]
+        for cmd in expected
+    ]
+    assert [Path(c[0]).name for c in commands] == [Path(c[0]).name for c in expected]
+    assert [c[1:] for c in commands] == [c[1:] for c in expected]
+
+    deploys = {c[3]: c for c in commands if c[:3] == ["gcloud", "run", "deploy"]}
+    assert list(deploys) == ["preprocess", "classify"]
+    classify = deploys["classify"]
+    assert classify[classify.index("--image") + 1] == f"{REGISTRY}/classify:t1"
+    assert "--no-allow-unauthenticated" in classify
+    assert classify[classify.index("--service-account") + 1].startswith("classify-sa@")
+    assert "httpGet.path=/readyz" in classify[classify.index("--startup-probe") + 1]
+    assert classify[classify.index("--min-instances") + 1] == "0"
+    roles = {
+        (c[c.index("--member") + 1], c[c.index("--role") + 1]) for c in commands if "--role" in c
+    }
+    assert (
+        "serviceAccount:preprocess-sa@demo-project.iam.gserviceaccount.com",
+        "roles/storage.objectCreator",
+    ) in roles
+    assert (
+        "serviceAccount:classify-sa@demo-project.iam.gserviceaccount.com",
+        "roles/storage.objectViewer",
+    ) in roles
+    assert ("user:a@b.c", "roles/run.invoker") in roles
+    assert "https://classify-abc123-uc.a.run.app" in real.stdout
+
+
+def test_missing_project_is_a_clear_error(stubs):
+    env = {key: value for key, value in stubs.items() if key not in ("PROJECT_ID", "BUCKET")}
+    result = run_script(env, "teardown")
+    assert result.returncode == 2 and "PROJECT_ID is not set" in result.stderr
+    assert recorded(env) == [["gcloud", "config", "get-value", "project"]]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@cache
+def gcloud_help(*words: str) -> str:
+    result = subprocess.run(
+        ["gcloud", *words, "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1", "PAGER": "cat"},
+        timeout=60,
+    )
+    return ANSI.sub("", result.stdout) if result.returncode == 0 else ""
+
+
+def command_path(args: list[str]) -> list[str]:
+    """The longest run of leading words that gcloud's help names as a command."""
+    words = []
+    for word in args:
+        if word.startswith("-"):
+            break
+        candidate = [*words, word]
+        if f"gcloud {' '.join(candidate)} -" not in gcloud_help(*candidate):
+            break
+        words = candidate
+    return words
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
+def test_every_gcloud_subcommand_and_flag_exists(stubs):
+    deploy = run_script(stubs, "deploy", "--dry-run", "--setup", "--invoker", "user:me@x.org")
+    teardown = run_script(stubs, "teardown", "--dry-run", "--delete-bucket", "--delete-repository")
+    commands = [c[1:] for c in printed(deploy.stdout + teardown.stdout) if c[0] == "gcloud"]
+    assert len(commands) >= 20
+    for args in commands:
+        path = command_path(args)
+        assert len(path) >= 2, f"not a gcloud command: {args}"
+        text = gcloud_help(*path)
+        for flag in (a.split("=")[0] for a in args if a.startswith("--")):
+            assert re.search(rf"{re.escape(flag)}\b", text), f"gcloud {' '.join(path)}: no {flag}"
