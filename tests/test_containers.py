@@ -1,0 +1,198 @@
+"""Real container images: `bentoml containerize --backend buildah`, run with podman, the full
+pipeline against them, and the docker-compose stack through podman-compose.
+
+No registry is reachable here, so the test (only the test) substitutes a local Debian base
+image for BentoML's standard one; the shipped bentofiles keep the standard base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import BENTOML, REPO, free_port, wait_until
+from helpers import EXPECTED_LABELS, classify, upload
+
+TOOLS = ("podman", "buildah", "debootstrap", "runc")
+MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
+pytestmark = pytest.mark.skipif(
+    bool(MISSING), reason=f"{', '.join(MISSING)} not installed (.ci/run installs them with apt)"
+)
+CONTAINERS = REPO / "tests" / "containers"
+BASE_IMAGE = "localhost/image-services-test-base:latest"
+SCRATCH = Path(os.environ.get("CONTAINER_SCRATCH", "/tmp/image-services-containers"))
+
+
+def container_env() -> dict[str, str]:
+    """The environment tests/containers/env.sh sets up (runc, overlay in a scratch folder)."""
+    out = subprocess.run(
+        ["bash", "-c", f"source {CONTAINERS / 'env.sh'} && env -0"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args], env=container_env(), capture_output=True, text=True, check=check
+    )
+
+
+@pytest.fixture(scope="module")
+def images(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Both Bentos built on the local base and containerized with buildah."""
+    env = {**container_env(), "BENTOML_HOME": str(bentoml_home)}
+    subprocess.run([str(CONTAINERS / "build-base-image"), BASE_IMAGE], env=env, check=True)
+    tmp = tmp_path_factory.mktemp("bentofiles")
+    built = {}
+    for name, bentofile in (
+        ("classify", "bentofile.yaml"),
+        ("preprocess", "preprocess/bentofile.yaml"),
+    ):
+        config = yaml.safe_load((REPO / bentofile).read_text())
+        config["docker"]["base_image"] = BASE_IMAGE  # test-only substitution
+        test_bentofile = tmp / f"{name}.yaml"
+        test_bentofile.write_text(yaml.safe_dump(config))
+        tag = (
+            subprocess.run(
+                [BENTOML, "build", "-f", str(test_bentofile), ".", "--output", "tag"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.split()[-1]
+            .removeprefix("__tag__:")
+        )
+        image = f"localhost/{name}:test"
+        started = time.monotonic()
+        result = subprocess.run(
+            [BENTOML, "containerize", tag, "--backend", "buildah", "--image-tag", image],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        inspect = json.loads(podman("image", "inspect", image).stdout)[0]
+        built[name] = {
+            "image": image,
+            "bento": tag,
+            "build_s": round(time.monotonic() - started, 1),
+            "size_mb": round(inspect["Size"] / 1e6),
+            "user": inspect["Config"].get("User", ""),
+        }
+    return built
+
+
+class Container:
+    """`podman run -d --network host -e PORT=...`: traffic stays on 127.0.0.1."""
+
+    def __init__(self, image: str, data_dir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = ["run", "-d", "--network", "host", "-e", f"PORT={self.port}"]
+        args += ["-e", "STORAGE_DIR=/data", "-v", f"{data_dir}:/data"]
+        for key, value in env.items():
+            args += ["-e", f"{key}={value}"]
+        started = time.monotonic()
+        self.id = podman(*args, image).stdout.strip()
+        wait_until(
+            lambda: httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200,
+            180,
+            image,
+        )
+        self.ready_s = round(time.monotonic() - started, 1)
+
+    def stop(self) -> None:
+        podman("stop", "-t", "10", self.id, check=False)
+        podman("rm", "-f", self.id, check=False)
+
+
+def test_images_run_as_non_root_and_preprocess_has_no_tensorflow(images):
+    for built in images.values():
+        assert built["user"] not in ("", "root", "0"), built
+    listing = podman(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/app/.venv/bin/python",
+        images["preprocess"]["image"],
+        "-c",
+        "import importlib.util as u; print(u.find_spec('tensorflow') is None)",
+    )
+    assert listing.stdout.strip() == "True"
+
+
+def test_pipeline_against_the_two_containers(images, photos, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o777)  # the containers' non-root user writes here
+    preprocess = Container(images["preprocess"]["image"], data)
+    classify_container = Container(images["classify"]["image"], data)
+    try:
+        uid = podman("exec", classify_container.id, "id", "-u").stdout.strip()
+        assert uid != "0"
+        for name, image_bytes in photos.items():
+            stored = upload(preprocess.url, image_bytes)
+            assert stored.status_code == 200, stored.text
+            assert stored.json()["gcs_path"].startswith("file:///data/preprocessed/")
+            answer = classify(classify_container.url, stored.json()["gcs_path"])
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["label"] == EXPECTED_LABELS["resize"][name]
+        figures = {
+            name: {**images[name], "ready_s": container.ready_s}
+            for name, container in (("classify", classify_container), ("preprocess", preprocess))
+        }
+        print(json.dumps(figures, indent=2), file=sys.stderr)
+    finally:
+        classify_container.stop()
+        preprocess.stop()
+
+
+def compose_for_test(images: dict[str, dict], ports: dict[str, int]) -> dict:
+    """docker-compose.yml with the test's override: host networking, local images, free ports."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    services["gcs"]["build"]["context"] = str(REPO / "compose" / "gcs-emulator")
+    services["gcs"]["build"]["args"] = {"BASE_IMAGE": BASE_IMAGE}
+    services["gcs"]["command"] = ["--host", "127.0.0.1", "--port", str(ports["gcs"])]
+    for name, service in services.items():
+        service["network_mode"] = "host"
+        service.pop("ports", None)
+        if name != "gcs":
+            service["image"] = images[name]["image"]
+            service["environment"]["PORT"] = str(ports[name])
+            service["environment"]["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{ports['gcs']}"
+    return compose
+
+
+def test_compose_stack_runs_the_pipeline(images, photos, tmp_path):
+    ports = {name: free_port() for name in ("gcs", "classify", "preprocess")}
+    compose_file = tmp_path / "docker-compose.test.yml"
+    compose_file.write_text(yaml.safe_dump(compose_for_test(images, ports)))
+    compose = [str(Path(sys.executable).parent / "podman-compose"), "-f", str(compose_file)]
+    env = container_env()
+    up = subprocess.run([*compose, "up", "-d", "--build"], env=env, capture_output=True, text=True)
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        for name in ("classify", "preprocess"):
+            url = f"http://127.0.0.1:{ports[name]}/readyz"
+            wait_until(lambda u=url: httpx.get(u, timeout=2).status_code == 200, 180, name)
+        stored = upload(f"http://127.0.0.1:{ports['preprocess']}", photos["dragonfly"])
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["gcs_path"].startswith("gs://local-bucket/preprocessed/")
+        answer = classify(f"http://127.0.0.1:{ports['classify']}", stored.json()["gcs_path"])
+        assert answer.status_code == 200 and answer.json()["label"] == "dragonfly", answer.text
+    finally:
+        subprocess.run([*compose, "down", "-t", "10"], env=env, capture_output=True)
