@@ -3,13 +3,14 @@
 `POST /classify` reads a stored image, decodes it off the event loop and awaits
 `predict_batch`; calls from concurrent requests meet in BentoML's batcher, so the model runs
 once per batch. Pixels travel to the batch route as raw bytes (base64 in JSON), never as JSON
-lists of numbers.
+lists of numbers. The model runs on ONNX Runtime (default) or TensorFlow (`runtimes.py`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import anyio
 import bentoml
@@ -24,14 +25,19 @@ from common.errors import ServiceError, error_response
 from common.images import MODEL_SIZE, decode_image, set_pixel_limit, to_model_pixels
 from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from common.storage import storage_from_settings
+from runtimes import DEFAULT_RUNTIME, load_runtime
 
 MODEL_TAG = os.environ.get("CLASSIFY_MODEL", "mobilenet_v2:latest")
+RUNTIME = os.environ.get("CLASSIFY_RUNTIME", DEFAULT_RUNTIME)
 BATCHING = os.environ.get("CLASSIFY_BATCHING", "on").lower() not in ("off", "0", "false")
 MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "32"))
 # The batcher answers 503 to a request it predicts will wait longer than this; small values
 # shed most requests under load (see README), so it is sized well above a full batch's time.
 MAX_LATENCY_MS = int(os.environ.get("CLASSIFY_MAX_LATENCY_MS", "10000"))
-TF_THREADS = int(os.environ.get("CLASSIFY_TF_THREADS", "0")) or None
+# Threads inside one model call (intra-op); 0 = one per core.
+MODEL_THREADS = int(os.environ.get("CLASSIFY_MODEL_THREADS", "0")) or None
+# Model calls that may run at once: 1 lets the runtime use every core inside each call.
+CONCURRENT_CALLS = int(os.environ.get("CLASSIFY_CONCURRENT_CALLS", "1"))
 NUM_CLASSES = 1000
 PIXEL_BYTES = MODEL_SIZE * MODEL_SIZE * 3
 
@@ -62,7 +68,7 @@ def load_labels(class_index_path: str) -> list[str]:
 @bentoml.service(
     name="classify",
     workers=1,
-    threads=1,  # one model call at a time; TensorFlow uses both cores inside it
+    threads=CONCURRENT_CALLS,
     traffic={"timeout": 60},
     # BentoML 1.4.40 recycles its inter-service HTTP session every 100 calls while calls are
     # in flight (sporadic 500s under load, upstream #5540/#5544); effectively disable that.
@@ -73,30 +79,17 @@ class Classify:
     model_ref = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        import tensorflow as tf
-
-        if TF_THREADS:
-            tf.config.threading.set_intra_op_parallelism_threads(TF_THREADS)
         self.settings = settings()
         set_pixel_limit(self.settings.max_image_pixels)
         self.storage = storage_from_settings(self.settings)
         stored_model = self.model_ref
         self.model_name = str(stored_model.tag)
         self.labels = load_labels(stored_model.path_of("imagenet_class_index.json"))
-        keras_model = tf.keras.models.load_model(stored_model.path_of("model.keras"), compile=False)
-
-        # A fixed signature: one graph for every batch size (eager calls with varying batch
-        # sizes grow memory by gigabytes). Scaling to [-1, 1] is MobileNetV2's preprocess_input.
-        @tf.function(input_signature=[tf.TensorSpec([None, MODEL_SIZE, MODEL_SIZE, 3], tf.uint8)])
-        def predict(pixels: tf.Tensor) -> tf.Tensor:
-            scaled = tf.cast(pixels, tf.float32) / 127.5 - 1.0
-            return keras_model(scaled, training=False)
-
-        self._predict = predict
-        self._predict(np.zeros((1, MODEL_SIZE, MODEL_SIZE, 3), np.uint8))  # trace once
+        self.runtime = load_runtime(RUNTIME, Path(stored_model.path), MODEL_THREADS)
+        self.runtime.predict(np.zeros((1, MODEL_SIZE, MODEL_SIZE, 3), np.uint8))  # warm / trace
         self._warmed_through_api = False
         self._self_client_authorized = False
-        self._unbatched_limiter = anyio.CapacityLimiter(1)
+        self._model_limiter = anyio.CapacityLimiter(CONCURRENT_CALLS)
 
     async def __is_ready__(self) -> bool:
         """Ready once one image has gone through the real route, batcher included."""
@@ -120,7 +113,7 @@ class Classify:
                 for image in images
             ]
         )
-        probabilities = self._predict(batch).numpy().astype("<f4")
+        probabilities = self.runtime.predict(batch).astype("<f4")
         return [ModelOutput(probabilities=row.tobytes()) for row in probabilities]
 
     @bentoml.api(route="/classify", input_spec=ClassifyRequest, output_spec=ClassifyResponse)
@@ -143,7 +136,7 @@ class Classify:
             (output,) = await self._self_client().predict_batch([image])
         else:
             (output,) = await anyio.to_thread.run_sync(
-                self.predict_batch.local, [image], limiter=self._unbatched_limiter
+                self.predict_batch.local, [image], limiter=self._model_limiter
             )
         if isinstance(output, dict):  # the self-call client may hand back plain JSON
             output = ModelOutput.model_validate(output)

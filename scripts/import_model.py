@@ -2,8 +2,9 @@
 """Import Keras MobileNetV2 (ImageNet) into the BentoML model store, with its class names.
 
 Weights come from Keras' own `weights="imagenet"` download, or from a local HDF5/Keras
-weights file (`--weights PATH`). Importing the same weights again reuses the stored model
-instead of piling up identical versions.
+weights file (`--weights PATH`). The stored model holds the Keras model, an ONNX export of it
+(uint8 pixels in, softmax out, scaling included) for ONNX Runtime, and the class index.
+Importing the same weights again reuses the stored model instead of piling up versions.
 
     python scripts/import_model.py                      # Keras downloads the weights
     python scripts/import_model.py --weights ../shared/models/mobilenet_v2_imagenet.h5
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 MODEL_NAME = "mobilenet_v2"
+LAYOUT = 2  # bump when the stored files change, so older imports are not reused
 CLASS_INDEX_URL = (
     "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
 )
@@ -55,6 +57,24 @@ def check_class_index(path: Path) -> None:
         raise SystemExit(f"{path}: expected 1000 ImageNet classes keyed 0..999")
 
 
+def export_onnx(model, path: Path) -> None:  # model: a keras.Model
+    """Write `model` as ONNX taking uint8 NHWC pixels, with MobileNetV2's scaling inside."""
+    import tensorflow as tf
+    import tf2onnx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from runtimes import scale_pixels_tf
+
+    signature = (tf.TensorSpec((None, 224, 224, 3), tf.uint8, name="pixels"),)
+
+    @tf.function(input_signature=signature)
+    def predict(pixels: tf.Tensor) -> tf.Tensor:
+        return model(scale_pixels_tf(pixels), training=False)
+
+    proto, _ = tf2onnx.convert.from_function(predict, input_signature=signature, opset=17)
+    path.write_bytes(proto.SerializeToString())
+
+
 def find_existing(name: str, weights_id: str) -> str | None:
     """Tag of a stored model imported from the same weights, if any."""
     import bentoml
@@ -65,7 +85,8 @@ def find_existing(name: str, weights_id: str) -> str | None:
     except NotFound:
         return None
     for model in models:
-        if model.info.metadata.get("weights_id") == weights_id:
+        metadata = model.info.metadata
+        if metadata.get("weights_id") == weights_id and metadata.get("layout") == LAYOUT:
             return str(model.tag)
     return None
 
@@ -94,13 +115,16 @@ def import_model(name: str, weights: Path | None, class_index: Path | None) -> s
         labels={"framework": "keras", "dataset": "imagenet", "architecture": "mobilenet_v2"},
         metadata={
             "weights_id": weights_id,
+            "layout": LAYOUT,
             "weights_source": str(weights) if weights else "keras weights='imagenet'",
             "keras_version": keras.__version__,
             "input": "uint8 RGB 224x224, scaled to [-1, 1] (mobilenet_v2.preprocess_input)",
             "parameters": model.count_params(),
+            "files": "model.keras, model.onnx (opset 17), imagenet_class_index.json",
         },
     ) as stored:
         model.save(stored.path_of("model.keras"))
+        export_onnx(model, Path(stored.path_of("model.onnx")))
         shutil.copyfile(index_path, stored.path_of("imagenet_class_index.json"))
     print(f"imported {stored.tag} from {weights_id}")
     return str(stored.tag)

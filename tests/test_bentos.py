@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -20,12 +21,12 @@ def built(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         [str(REPO / "scripts" / "build")], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    classify_tag, preprocess_tag = result.stdout.split()[-2:]
-    exported = sorted(path.name for path in export_dir.iterdir())
-    assert exported == sorted(
-        f"{tag.replace(':', '-')}.bento" for tag in (classify_tag, preprocess_tag)
+    tags = dict(
+        zip(("classify", "preprocess", "tensorflow"), result.stdout.split()[-3:], strict=True)
     )
-    return {"classify": classify_tag, "preprocess": preprocess_tag, "home": str(bentoml_home)}
+    exported = sorted(path.name for path in export_dir.iterdir())
+    assert exported == sorted(f"{tag.replace(':', '-')}.bento" for tag in tags.values())
+    return {**tags, "home": str(bentoml_home)}
 
 
 def _bento_dir(built: dict[str, str], name: str) -> Path:
@@ -38,16 +39,26 @@ def _requirements(folder: Path) -> dict[str, str]:
     return dict(line.split("==", 1) for line in lines if "==" in line)
 
 
-def test_classify_bento_carries_the_model_and_tensorflow(built):
+def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(built):
     folder = _bento_dir(built, "classify")
     manifest = yaml.safe_load((folder / "bento.yaml").read_text())
     assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
+    assert manifest["envs"][0]["value"] == "onnxruntime"
     requirements = _requirements(folder)
-    assert requirements["tensorflow-cpu"] == "2.21.0"
+    assert requirements["onnxruntime"] == "1.32.0"
     assert requirements["bentoml"] == "1.4.40"
+    assert not any(name.startswith(("tensorflow", "keras", "tf2onnx")) for name in requirements)
     sources = {str(p.relative_to(folder / "src")) for p in (folder / "src").rglob("*.py")}
-    assert {"service.py", "common/storage.py", "common/images.py"} <= sources
+    assert {"service.py", "runtimes.py", "common/storage.py", "common/images.py"} <= sources
     assert "common/client.py" not in sources and not any(s.startswith("tests") for s in sources)
+
+
+def test_tensorflow_variant_carries_tensorflow(built):
+    folder = _bento_dir(built, "tensorflow")
+    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
+    assert manifest["envs"][0]["value"] == "tensorflow"
+    assert _requirements(folder)["tensorflow-cpu"] == "2.21.0"
+    assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
 
 
 def test_preprocess_bento_has_shared_code_but_no_tensorflow(built):
@@ -67,21 +78,28 @@ def test_built_bentos_serve_the_pipeline(built, bentoml_home, photos, tmp_path):
     env = service_env(bentoml_home, backend.env)
     servers = [
         Server(built[name], env, tmp_path / f"{name}.log").start()
-        for name in ("classify", "preprocess")
+        for name in ("classify", "preprocess", "tensorflow")
     ]
     try:
-        classify_server, preprocess_server = (server.wait_ready() for server in servers)
+        classify_server, preprocess_server, tensorflow_server = (s.wait_ready() for s in servers)
         stored = upload(preprocess_server.url, photos["parrot"])
         assert stored.status_code == 200, stored.text
-        answer = classify(classify_server.url, stored.json()["gcs_path"])
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["label"] == EXPECTED_LABELS["resize"]["parrot"]
+        answers = [
+            classify(server.url, stored.json()["gcs_path"])
+            for server in (classify_server, tensorflow_server)
+        ]
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["label"] == EXPECTED_LABELS["resize"]["parrot"]
+        onnx, tensorflow = (answer.json()["confidence"] for answer in answers)
+        assert abs(onnx - tensorflow) < 1e-4
     finally:
         for server in servers:
             server.stop()
 
 
-def test_bentoml_cli_lists_both(built):
+def test_bentoml_cli_lists_all_three(built):
     env = {**os.environ, "BENTOML_HOME": built["home"]}
-    listing = subprocess.run([BENTOML, "list"], env=env, capture_output=True, text=True).stdout
-    assert built["classify"] in listing and built["preprocess"] in listing
+    out = subprocess.run([BENTOML, "list", "-o", "json"], env=env, capture_output=True, text=True)
+    listed = {bento["tag"] for bento in json.loads(out.stdout)}
+    assert {built[name] for name in ("classify", "preprocess", "tensorflow")} <= listed

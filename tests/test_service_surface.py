@@ -41,6 +41,10 @@ def test_bentofiles_pin_what_pyproject_pins():
     classify = _pins(yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"])
     preprocess_file = REPO / "preprocess" / "bentofile.yaml"
     preprocess = _pins(yaml.safe_load(preprocess_file.read_text())["python"]["packages"])
+    tensorflow_file = REPO / "bentofile.tensorflow.yaml"
+    tensorflow = _pins(yaml.safe_load(tensorflow_file.read_text())["python"]["packages"])
+    extras = {name: _pins(pins) for name, pins in project["optional-dependencies"].items()}
     assert preprocess == base
-    assert classify == base | _pins(project["optional-dependencies"]["classify"])
-    assert not any(name.startswith("tensorflow") for name in preprocess)
+    assert classify == base | extras["classify"]
+    assert tensorflow == base | {"tensorflow-cpu": extras["tensorflow"]["tensorflow-cpu"]}
+    assert not any(name.startswith("tensorflow") for name in preprocess | classify)

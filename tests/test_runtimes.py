@@ -1,0 +1,87 @@
+"""Runtime acceptance: a runtime may serve only if it agrees with Keras (FP32).
+
+Top-1 must equal Keras' and every probability must be within 1e-4, on the shipped photos (both
+preprocessing modes) and on a held-out sample: 64 seeded random crops, flips, rotations and
+colour changes of the photos (no other labelled images are available offline).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+
+from common.images import decode_image, normalize
+from common.schemas import ResizeMode
+from runtimes import RUNTIMES, load_runtime
+
+TOLERANCE = 1e-4
+
+
+def held_out_sample(photos: dict[str, bytes], count: int = 64) -> np.ndarray:
+    rng = random.Random(2026)
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data in photos.values()]
+    sample = []
+    for _ in range(count):
+        image = rng.choice(images)
+        width, height = image.size
+        side = int(min(width, height) * rng.uniform(0.5, 1.0))
+        left, top = rng.randint(0, width - side), rng.randint(0, height - side)
+        image = image.crop((left, top, left + side, top + side)).rotate(rng.choice([0, 90, 180]))
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        image = ImageEnhance.Color(image).enhance(rng.uniform(0.6, 1.4))
+        sample.append(np.asarray(image.resize((224, 224), Image.Resampling.BILINEAR)))
+    return np.stack(sample)
+
+
+def photo_batch(photos: dict[str, bytes]) -> np.ndarray:
+    return np.stack(
+        [
+            np.asarray(normalize(decode_image(data, 10**8), mode))
+            for data in photos.values()
+            for mode in ResizeMode
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(bentoml_home: Path) -> Path:
+    (folder,) = [p for p in (bentoml_home / "models" / "mobilenet_v2").iterdir() if p.is_dir()]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def keras_model(model_assets: Path):
+    import tensorflow as tf
+
+    return tf.keras.applications.MobileNetV2(weights=str(model_assets / "mobilenet_v2_imagenet.h5"))
+
+
+@pytest.mark.parametrize("runtime_name", RUNTIMES)
+@pytest.mark.parametrize("sample", ["photos", "held-out"])
+def test_runtime_agrees_with_keras(runtime_name, sample, model_dir, keras_model, photos):
+    import tensorflow as tf
+
+    pixels = photo_batch(photos) if sample == "photos" else held_out_sample(photos)
+    expected = keras_model(
+        tf.keras.applications.mobilenet_v2.preprocess_input(pixels.astype("float32")),
+        training=False,
+    ).numpy()
+    runtime = load_runtime(runtime_name, model_dir)
+    # batch sizes the batcher forms, not just one
+    actual = np.concatenate(
+        [runtime.predict(pixels[i : i + 16]) for i in range(0, len(pixels), 16)]
+    )
+    assert actual.shape == (len(pixels), 1000)
+    np.testing.assert_array_equal(actual.argmax(axis=1), expected.argmax(axis=1))
+    assert np.abs(actual - expected).max() <= TOLERANCE
+
+
+def test_unknown_runtime_is_refused(model_dir):
+    with pytest.raises(ValueError, match="unknown runtime"):
+        load_runtime("caffe", model_dir)
