@@ -1,0 +1,470 @@
+#!/usr/bin/env python
+"""Benchmark classify (and preprocess) on this machine; write benchmarks/results.md and plots.
+
+    .venv/bin/python scripts/benchmark.py            # full run, ~6 minutes on 2 cores
+    .venv/bin/python scripts/benchmark.py --quick    # fewer requests, for a smoke test
+
+Everything runs side by side in one run, on 127.0.0.1 only, bounded in requests and time:
+1. raw model per runtime, in-process, batch 1/8/16/32 (the ceiling);
+2. the real classify service end to end at concurrency 1/4/16/32/64, per runtime, batching on
+   and off: throughput, latency percentiles, errors, mean batch size (from /metrics), server
+   CPU per request, start -> /readyz, peak RSS;
+3. the naive FastAPI baseline (the brief's design: Keras once per request);
+4. preprocess uploads/s at concurrency 16 for 1-3 MP JPEGs.
+Needs the model in the BentoML store (scripts/ensure-model) and the photos in $MODEL_ASSETS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import random
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from common.images import decode_image, encode_png, normalize, to_model_pixels  # noqa: E402
+from common.schemas import ResizeMode  # noqa: E402
+from common.storage import LocalStorage  # noqa: E402
+
+ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models"))
+CONCURRENCY = (1, 4, 16, 32, 64)
+BATCH_SIZES = (1, 8, 16, 32)
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+@dataclass
+class Config:
+    """One way of serving /classify."""
+
+    name: str
+    runtime: str
+    batching: bool
+    env: dict[str, str] = field(default_factory=dict)
+    naive: bool = False
+
+
+CONFIGS = (
+    Config("onnxruntime, batching on", "onnxruntime", True),
+    Config(
+        "onnxruntime, batching off",
+        "onnxruntime",
+        False,
+        {"CLASSIFY_CONCURRENT_CALLS": "2", "CLASSIFY_MODEL_THREADS": "1"},
+    ),
+    Config("tensorflow, batching on", "tensorflow", True),
+    Config("tensorflow, batching off", "tensorflow", False),
+    Config("naive FastAPI (brief's design)", "tensorflow", False, naive=True),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tree_rss_mb(process: psutil.Process) -> float:
+    try:
+        procs = [process, *process.children(recursive=True)]
+        return sum(p.memory_info().rss for p in procs) / 1e6
+    except psutil.Error:
+        return 0.0
+
+
+def tree_cpu_s(process: psutil.Process) -> float:
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+# ---------------------------------------------------------------- raw model, in-process
+
+
+def raw_benchmark(runtime_name: str, seconds: float) -> dict:
+    """Images/s and latency per batch size, in this (fresh) process; also load time and RSS."""
+    from runtimes import load_runtime
+
+    model_dir = stored_model_dir()
+    started = time.perf_counter()
+    runtime = load_runtime(runtime_name, model_dir)
+    runtime.predict(np.zeros((1, 224, 224, 3), np.uint8))
+    load_s = time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    results = {}
+    for batch in BATCH_SIZES:
+        pixels = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+        runtime.predict(pixels)
+        latencies = []
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        while time.perf_counter() - wall_start < seconds or len(latencies) < 3:
+            t0 = time.perf_counter()
+            runtime.predict(pixels)
+            latencies.append(time.perf_counter() - t0)
+        wall = time.perf_counter() - wall_start
+        results[batch] = {
+            "images_per_s": batch * len(latencies) / wall,
+            "latency_ms": 1000 * float(np.median(latencies)),
+            "cpu_ms_per_image": 1000 * (time.process_time() - cpu_start) / (batch * len(latencies)),
+        }
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "runtime": runtime_name,
+        "load_s": load_s,
+        "peak_rss_mb": peak_rss_mb,
+        "batches": results,
+    }
+
+
+def stored_model_dir() -> Path:
+    import bentoml
+
+    return Path(bentoml.models.get("mobilenet_v2:latest").path)
+
+
+def decode_cost_ms(paths: list[str]) -> float:
+    """CPU per request to read, decode and convert a stored PNG (as classify does)."""
+    cpu_start = time.process_time()
+    rounds = 20
+    for _ in range(rounds):
+        for path in paths:
+            data = Path(path.removeprefix("file://")).read_bytes()
+            to_model_pixels(decode_image(data, 10**8), ResizeMode.resize)
+    return 1000 * (time.process_time() - cpu_start) / (rounds * len(paths))
+
+
+# ---------------------------------------------------------------- served
+
+
+def prepare_images(storage_dir: Path, count: int = 32) -> list[str]:
+    """`count` distinct preprocessed PNGs (crops/flips of the photos) in local storage."""
+    from PIL import Image, ImageOps
+
+    storage = LocalStorage(storage_dir)
+    photos = [Image.open(p).convert("RGB") for p in sorted((ASSETS / "images").glob("*.jpg"))]
+    rng = random.Random(1)
+    paths = []
+    for index in range(count):
+        image = photos[index % len(photos)]
+        width, height = image.size
+        side = int(min(width, height) * rng.uniform(0.6, 1.0))
+        left, top = rng.randint(0, width - side), rng.randint(0, height - side)
+        image = image.crop((left, top, left + side, top + side))
+        if index % 2:
+            image = ImageOps.mirror(image)
+        png = encode_png(normalize(image, ResizeMode.resize))
+        uri, _ = storage.put_if_absent(f"preprocessed/bench-{index}.png", png, "image/png")
+        paths.append(uri)
+    return paths
+
+
+class ServerUnderTest:
+    """A server process: started, timed to /readyz, sampled for RSS, stopped."""
+
+    def __init__(self, command: list[str], env: dict[str, str], port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        handle, log = tempfile.mkstemp(prefix="bench-", suffix=".log")
+        self.log = Path(log)
+        started = time.monotonic()
+        self.popen = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=handle)
+        os.close(handle)
+        self.process = psutil.Process(self.popen.pid)
+        deadline = started + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.log}")
+            time.sleep(0.05)
+        else:
+            raise TimeoutError(f"not ready; see {self.log}")
+        self.ready_s = time.monotonic() - started
+        self.peak_rss_mb = tree_rss_mb(self.process)
+
+    def sample(self) -> None:
+        self.peak_rss_mb = max(self.peak_rss_mb, tree_rss_mb(self.process))
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+def start_server(config: Config, storage_dir: Path) -> ServerUnderTest:
+    port = free_port()
+    env = {**os.environ, "STORAGE_DIR": str(storage_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if config.naive:
+        weights = str(ASSETS / "mobilenet_v2_imagenet.h5")
+        command = [sys.executable, "benchmarks/naive_fastapi.py", "--port", str(port)]
+        return ServerUnderTest([*command, "--weights", weights], env, port)
+    env |= {
+        "CLASSIFY_RUNTIME": config.runtime,
+        "CLASSIFY_BATCHING": "on" if config.batching else "off",
+        **config.env,
+    }
+    command = [BENTOML, "serve", "service:Classify", "--host", "127.0.0.1", "--port", str(port)]
+    return ServerUnderTest(command, env, port)
+
+
+def batch_stats(metrics: str) -> tuple[float, float]:
+    count = total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_count{"):
+            count += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("bentoml_service_adaptive_batch_size_sum{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return count, total
+
+
+async def load(
+    url: str,
+    paths: list[str],
+    concurrency: int,
+    requests: int,
+    limit_s: float,
+    server: ServerUnderTest,
+) -> dict:
+    """`concurrency` clients each sending requests back to back; bounded in count and time."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent = 0
+    deadline = time.monotonic() + limit_s
+
+    async def client(http: httpx.AsyncClient, worker: int) -> None:
+        nonlocal sent
+        while sent < requests and time.monotonic() < deadline:
+            path = paths[(sent + worker) % len(paths)]
+            sent += 1
+            started = time.perf_counter()
+            try:
+                response = await http.post(f"{url}/classify", json={"gcs_path": path})
+                status = str(response.status_code)
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            if status == "200":
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors[status] = errors.get(status, 0) + 1
+
+    async def sampler() -> None:
+        while time.monotonic() < deadline and sent < requests:
+            server.sample()
+            await asyncio.sleep(0.5)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(sampler(), *(client(http, i) for i in range(concurrency)))
+        wall = time.perf_counter() - started
+    done = len(latencies)
+    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "requests": done + sum(errors.values()),
+        "throughput": done / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": errors,
+        "wall_s": wall,
+    }
+
+
+def served_benchmark(config: Config, paths: list[str], storage_dir: Path, quick: bool) -> dict:
+    server = start_server(config, storage_dir)
+    me = psutil.Process()
+    levels = {}
+    try:
+        for concurrency in CONCURRENCY:
+            requests = (40 if quick else 200) + (10 if quick else 25) * concurrency
+            asyncio.run(load(server.url, paths, concurrency, 2 * concurrency, 30, server))  # warm
+            metrics_before = _metrics(server)
+            cpu_before, client_before = tree_cpu_s(server.process), me.cpu_times()
+            result = asyncio.run(load(server.url, paths, concurrency, requests, 30, server))
+            client_after = me.cpu_times()
+            server_cpu = tree_cpu_s(server.process) - cpu_before
+            metrics_after = _metrics(server)
+            count = metrics_after[0] - metrics_before[0]
+            result["mean_batch"] = (metrics_after[1] - metrics_before[1]) / count if count else None
+            served = max(1, result["requests"])
+            result["server_cpu_ms_per_request"] = 1000 * server_cpu / served
+            client_cpu = (client_after.user + client_after.system) - (
+                client_before.user + client_before.system
+            )
+            result["client_cpu_share"] = client_cpu / (result["wall_s"] * (os.cpu_count() or 1))
+            levels[concurrency] = result
+            print(
+                f"  {config.name:34s} c={concurrency:<3d} {result['throughput']:7.1f} req/s "
+                f"p50 {result['p50_ms']:7.1f} ms  errors {result['errors']}",
+                flush=True,
+            )
+    finally:
+        server.stop()
+    return {
+        "config": asdict(config),
+        "ready_s": server.ready_s,
+        "peak_rss_mb": server.peak_rss_mb,
+        "levels": levels,
+    }
+
+
+def _metrics(server: ServerUnderTest) -> tuple[float, float]:
+    try:
+        return batch_stats(httpx.get(f"{server.url}/metrics", timeout=5).text)
+    except httpx.HTTPError:
+        return 0.0, 0.0
+
+
+# ---------------------------------------------------------------- preprocess
+
+
+def preprocess_benchmark(storage_dir: Path, quick: bool) -> dict:
+    from PIL import Image
+
+    photo = Image.open(ASSETS / "images" / "parrot.jpg").convert("RGB")
+    uploads = {}
+    for megapixels in (1, 2, 3):
+        scale = (megapixels * 1e6 / (photo.width * photo.height)) ** 0.5
+        size = (round(photo.width * scale), round(photo.height * scale))
+        buffer = io.BytesIO()
+        photo.resize(size, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+        uploads[megapixels] = buffer.getvalue()
+    port = free_port()
+    env = {**os.environ, "STORAGE_DIR": str(storage_dir)}
+    command = [BENTOML, "serve", "preprocess.service:Preprocess", "--host", "127.0.0.1"]
+    server = ServerUnderTest([*command, "--port", str(port)], env, port)
+    results = {}
+    try:
+        for megapixels, data in uploads.items():
+            results[megapixels] = asyncio.run(
+                _upload_load(server.url, data, 16, 48 if quick else 200, 30)
+            )
+            print(
+                f"  preprocess {megapixels} MP: {results[megapixels]['throughput']:.1f} uploads/s"
+            )
+    finally:
+        server.stop()
+    return {"ready_s": server.ready_s, "peak_rss_mb": server.peak_rss_mb, "levels": results}
+
+
+async def _upload_load(
+    url: str, data: bytes, concurrency: int, requests: int, limit_s: float
+) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.monotonic() + limit_s
+
+    async def client(http: httpx.AsyncClient, worker: int) -> None:
+        nonlocal sent, errors
+        while sent < requests and time.monotonic() < deadline:
+            sent += 1
+            # a distinct image each time (last bytes of a JPEG comment differ) so every upload
+            # is decoded, normalized and stored
+            body = data + f"{worker}-{sent}".encode()
+            started = time.perf_counter()
+            response = await http.post(f"{url}/preprocess", files={"image": ("x.jpg", body)})
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http, i) for i in range(concurrency)))
+        wall = time.perf_counter() - started
+    return {
+        "throughput": len(latencies) / wall,
+        "p50_ms": 1000 * float(np.median(latencies)),
+        "errors": errors,
+        "bytes": len(data),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = ("bentoml", "onnxruntime", "tensorflow-cpu", "numpy", "pillow", "fastapi", "uvicorn")
+    return {name: version(name) for name in names}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke test)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
+    parser.add_argument("--raw-only", help=argparse.SUPPRESS)  # internal: one raw runtime
+    args = parser.parse_args()
+    seconds = 1.0 if args.quick else 3.0
+    if args.raw_only:
+        print(json.dumps(raw_benchmark(args.raw_only, seconds)))
+        return 0
+
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
+        "versions": versions(),
+        "quick": args.quick,
+    }
+    print("raw model, in-process (one fresh process per runtime)", flush=True)
+    report["raw"] = {}
+    for runtime in ("onnxruntime", "tensorflow"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--raw-only", runtime, *(["--quick"] if args.quick else [])],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        ).stdout
+        report["raw"][runtime] = json.loads(out.strip().splitlines()[-1])
+        best = max(b["images_per_s"] for b in report["raw"][runtime]["batches"].values())
+        print(f"  {runtime}: best {best:.1f} images/s", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
+        storage_dir = Path(tmp)
+        paths = prepare_images(storage_dir)
+        report["decode_cpu_ms"] = decode_cost_ms(paths)
+        print("served /classify", flush=True)
+        report["served"] = [served_benchmark(c, paths, storage_dir, args.quick) for c in CONFIGS]
+        print("preprocess", flush=True)
+        report["preprocess"] = preprocess_benchmark(storage_dir, args.quick)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    from benchmark_report import write_report
+
+    write_report(report, args.out)
+    print(f"wrote {args.out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Turn scripts/benchmark.py's measurements into benchmarks/results.md and two plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+DEFAULT = "onnxruntime, batching on"
+NAIVE = "naive FastAPI (brief's design)"
+
+
+def _served(report: dict) -> dict[str, dict]:
+    return {entry["config"]["name"]: entry for entry in report["served"]}
+
+
+def _level(entry: dict, concurrency: int) -> dict:
+    levels = entry["levels"]
+    return levels.get(concurrency) or levels[str(concurrency)]
+
+
+def _raw_best(report: dict, runtime: str) -> float:
+    return max(b["images_per_s"] for b in report["raw"][runtime]["batches"].values())
+
+
+def _raw(report: dict, runtime: str, batch: int) -> dict:
+    batches = report["raw"][runtime]["batches"]
+    return batches.get(batch) or batches[str(batch)]
+
+
+def targets(report: dict) -> list[tuple[str, str, str, bool]]:
+    """(target, measured, goal, met) rows, all ratios from this one run."""
+    served = _served(report)
+    default, naive = served[DEFAULT], served[NAIVE]
+    tf_on, tf_off = served["tensorflow, batching on"], served["tensorflow, batching off"]
+    at32 = _level(default, 32)["throughput"]
+    naive32 = _level(naive, 32)["throughput"]
+    ort_raw = _raw_best(report, "onnxruntime")
+    tf_raw = max(_raw(report, "tensorflow", b)["images_per_s"] for b in (8, 16, 32))
+    c1 = _level(default, 1)["p50_ms"]
+    raw1 = _raw(report, "onnxruntime", 1)["latency_ms"]
+    overhead = overhead_ms(report, DEFAULT, 32)
+    errors = sum(
+        sum(level["errors"].values())
+        for entry in report["served"]
+        if not entry["config"]["naive"]
+        for level in entry["levels"].values()
+    )
+    rows = [
+        (
+            "default runtime at c=32 vs naive baseline",
+            f"{at32 / naive32:.2f}x",
+            ">= 2.5x (floor 2x)",
+            at32 / naive32 >= 2.5,
+        ),
+        (
+            "default runtime at c=32 vs its raw best",
+            f"{at32 / ort_raw:.2f}",
+            ">= 0.70",
+            at32 / ort_raw >= 0.70,
+        ),
+        (
+            "server CPU outside model + decode (c=32)",
+            f"{overhead:.2f} core-ms/req",
+            "<= 1.5",
+            overhead <= 1.5,
+        ),
+        (
+            "TensorFlow batched at c=32 vs raw batched best",
+            f"{_level(tf_on, 32)['throughput'] / tf_raw:.2f}",
+            ">= 0.85",
+            _level(tf_on, 32)["throughput"] / tf_raw >= 0.85,
+        ),
+        (
+            "TensorFlow batching on vs off at c=32",
+            f"{_level(tf_on, 32)['throughput'] / _level(tf_off, 32)['throughput']:.2f}x",
+            "> 1",
+            _level(tf_on, 32)["throughput"] > _level(tf_off, 32)["throughput"],
+        ),
+        ("p50 at c=1 minus raw batch-1 latency", f"{c1 - raw1:.1f} ms", "<= 5 ms", c1 - raw1 <= 5),
+        (
+            "errors at every concurrency up to 64 (all served configs)",
+            str(errors),
+            "0",
+            errors == 0,
+        ),
+        (
+            "classify peak RSS (default runtime)",
+            f"{default['peak_rss_mb']:.0f} MB",
+            "<= 500 MB",
+            default["peak_rss_mb"] <= 500,
+        ),
+        (
+            "classify start -> ready (default runtime)",
+            f"{default['ready_s']:.1f} s",
+            "<= 5 s",
+            default["ready_s"] <= 5,
+        ),
+    ]
+    return rows
+
+
+def overhead_ms(report: dict, name: str, concurrency: int) -> float:
+    """Server CPU per request minus model CPU (at the batch size formed) minus decode CPU."""
+    entry = _served(report)[name]
+    level = _level(entry, concurrency)
+    runtime = entry["config"]["runtime"]
+    batch = level.get("mean_batch") or 1
+    nearest = min((1, 8, 16, 32), key=lambda b: abs(b - batch))
+    model_ms = _raw(report, runtime, nearest)["cpu_ms_per_image"]
+    return level["server_cpu_ms_per_request"] - model_ms - report["decode_cpu_ms"]
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def write_report(report: dict, out: Path) -> None:
+    plot_throughput(report, out / "throughput.png")
+    plot_latency(report, out / "latency.png")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Measured {report['date']} on {report['machine']}; load generator on the same cores.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+        "",
+        "Rerun: `scripts/ensure-model && .venv/bin/python scripts/benchmark.py` (about 6 minutes;",
+        "`--quick` for a smoke run). Timings on a shared 2-core machine are noisy: compare the",
+        "ratios within one run, not absolute numbers across runs.",
+        "",
+        "![throughput](throughput.png)",
+        "",
+        "![latency](latency.png)",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | goal | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {t} | {m} | {g} | {'yes' if ok else '**no**'} |" for t, m, g, ok in targets(report)
+    ]
+    lines += [
+        "",
+        "## Raw model, in-process",
+        "",
+        "| runtime | batch | images/s | latency (ms) | CPU ms/image |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for runtime, entry in report["raw"].items():
+        for batch, b in entry["batches"].items():
+            lines.append(
+                row(
+                    runtime,
+                    batch,
+                    f"{b['images_per_s']:.1f}",
+                    f"{b['latency_ms']:.1f}",
+                    f"{b['cpu_ms_per_image']:.1f}",
+                )
+            )
+    lines += ["", "| runtime | load + first call (s) | peak RSS (MB) |", "| --- | --- | --- |"]
+    for runtime, entry in report["raw"].items():
+        lines.append(f"| {runtime} | {entry['load_s']:.2f} | {entry['peak_rss_mb']:.0f} |")
+    lines += [
+        "",
+        f"Reading + decoding a stored 224x224 PNG: {report['decode_cpu_ms']:.2f} CPU-ms/request.",
+        "",
+        "## Served /classify (local storage, 32 distinct stored PNGs)",
+        "",
+        row(
+            "config",
+            "concurrency",
+            "req/s",
+            "p50",
+            "p95",
+            "p99 (ms)",
+            "errors",
+            "mean batch",
+            "server CPU ms/req",
+            "client CPU share",
+        ),
+        row(*["---"] * 10),
+    ]
+    for entry in report["served"]:
+        for concurrency, lv in entry["levels"].items():
+            batch = f"{lv['mean_batch']:.1f}" if lv.get("mean_batch") else "-"
+            errors = sum(lv["errors"].values())
+            lines.append(
+                row(
+                    entry["config"]["name"],
+                    concurrency,
+                    f"{lv['throughput']:.1f}",
+                    f"{lv['p50_ms']:.0f}",
+                    f"{lv['p95_ms']:.0f}",
+                    f"{lv['p99_ms']:.0f}",
+                    errors,
+                    batch,
+                    f"{lv['server_cpu_ms_per_request']:.1f}",
+                    f"{lv['client_cpu_share']:.2f}",
+                )
+            )
+    lines += ["", "| config | start -> /readyz (s) | peak RSS (MB) |", "| --- | --- | --- |"]
+    for entry in report["served"]:
+        lines.append(
+            f"| {entry['config']['name']} | {entry['ready_s']:.1f} | {entry['peak_rss_mb']:.0f} |"
+        )
+    pre = report["preprocess"]
+    lines += [
+        "",
+        "## Preprocess (uploads at concurrency 16)",
+        "",
+        "| JPEG | bytes | uploads/s | p50 (ms) | errors |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for megapixels, lv in pre["levels"].items():
+        lines.append(
+            row(
+                f"{megapixels} MP",
+                f"{lv['bytes']:,}",
+                f"{lv['throughput']:.1f}",
+                f"{lv['p50_ms']:.0f}",
+                lv["errors"],
+            )
+        )
+    lines += [
+        "",
+        f"Preprocess: start -> /readyz {pre['ready_s']:.1f} s, "
+        f"peak RSS {pre['peak_rss_mb']:.0f} MB.",
+        "",
+    ]
+    (out / "results.md").write_text("\n".join(lines))
+
+
+def plot_throughput(report: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for entry in report["served"]:
+        levels = entry["levels"]
+        xs = [int(c) for c in levels]
+        ax.plot(
+            xs,
+            [lv["throughput"] for lv in levels.values()],
+            marker="o",
+            label=entry["config"]["name"],
+        )
+    for runtime, style in (("onnxruntime", "--"), ("tensorflow", ":")):
+        ax.axhline(
+            _raw_best(report, runtime),
+            linestyle=style,
+            color="grey",
+            label=f"raw {runtime} (best batch)",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("client concurrency")
+    ax.set_ylabel("requests / s")
+    ax.set_title("/classify throughput (2 cores, client on the same machine)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(report: dict, path: Path) -> None:
+    entries = report["served"]
+    fig, axes = plt.subplots(1, len(entries), figsize=(3.2 * len(entries), 3.6), sharey=True)
+    for ax, entry in zip(axes, entries, strict=True):
+        levels = entry["levels"]
+        xs = [int(c) for c in levels]
+        for key in ("p50_ms", "p95_ms", "p99_ms"):
+            ax.plot(
+                xs, [lv[key] for lv in levels.values()], marker=".", label=key.removesuffix("_ms")
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(entry["config"]["name"], fontsize=8)
+        ax.set_xlabel("concurrency")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("latency (ms)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
