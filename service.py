@@ -29,15 +29,28 @@ from runtimes import DEFAULT_RUNTIME, load_runtime
 
 MODEL_TAG = os.environ.get("CLASSIFY_MODEL", "mobilenet_v2:latest")
 RUNTIME = os.environ.get("CLASSIFY_RUNTIME", DEFAULT_RUNTIME)
-BATCHING = os.environ.get("CLASSIFY_BATCHING", "on").lower() not in ("off", "0", "false")
+# Whether requests meet in the adaptive batcher. "auto" follows benchmarks/results.md on
+# 2 cores: TensorFlow gains from batches (~2x images/s at batch 8+), ONNX Runtime does not, and
+# the batched route's extra in-process HTTP hop costs more than it saves.
+BATCHING = {"on": True, "off": False, "auto": RUNTIME == "tensorflow"}[
+    os.environ.get("CLASSIFY_BATCHING", "auto").lower()
+]
 MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "32"))
 # The batcher answers 503 to a request it predicts will wait longer than this; small values
 # shed most requests under load (see README), so it is sized well above a full batch's time.
 MAX_LATENCY_MS = int(os.environ.get("CLASSIFY_MAX_LATENCY_MS", "10000"))
+# Unbatched ONNX Runtime is fastest as one single-threaded call per core; everything else as
+# one call at a time using every core inside it (measured, benchmarks/results.md).
+_PER_CORE_CALLS = RUNTIME == "onnxruntime" and not BATCHING
+_CORES = os.cpu_count() or 1
 # Threads inside one model call (intra-op); 0 = one per core.
-MODEL_THREADS = int(os.environ.get("CLASSIFY_MODEL_THREADS", "0")) or None
-# Model calls that may run at once: 1 lets the runtime use every core inside each call.
-CONCURRENT_CALLS = int(os.environ.get("CLASSIFY_CONCURRENT_CALLS", "1"))
+MODEL_THREADS = (
+    int(os.environ.get("CLASSIFY_MODEL_THREADS", "1" if _PER_CORE_CALLS else "0")) or None
+)
+# Model calls that may run at once.
+CONCURRENT_CALLS = int(
+    os.environ.get("CLASSIFY_CONCURRENT_CALLS", str(_CORES) if _PER_CORE_CALLS else "1")
+)
 NUM_CLASSES = 1000
 PIXEL_BYTES = MODEL_SIZE * MODEL_SIZE * 3
 

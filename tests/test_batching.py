@@ -10,6 +10,7 @@ import re
 import httpx
 import numpy as np
 import pytest
+from conftest import Server, service_env
 from helpers import encode, pixels_of, upload
 from PIL import Image, ImageOps
 
@@ -55,8 +56,25 @@ async def _classify_all(url: str, paths: list[str]) -> list[dict]:
     return [r.json() for r in responses]
 
 
+@pytest.fixture(scope="module", params=["onnxruntime", "tensorflow"])
+def batched_classify(request, services, bentoml_home, tmp_path_factory):
+    """Classify with batching switched on explicitly, per runtime, on the same storage."""
+    env = service_env(
+        bentoml_home,
+        services.backend.env,
+        CLASSIFY_BATCHING="on",
+        CLASSIFY_RUNTIME=request.param,
+    )
+    log = tmp_path_factory.mktemp("batched") / f"{request.param}.log"
+    server = Server("service:Classify", env, log).start()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
 def test_concurrent_requests_form_batches_and_get_their_own_answers(
-    services, photos, keras_reference
+    services, batched_classify, photos, keras_reference
 ):
     images = distinct_images(photos)
     assert len(set(images)) == CONCURRENT_REQUESTS
@@ -70,9 +88,9 @@ def test_concurrent_requests_form_batches_and_get_their_own_answers(
     random.Random(7).shuffle(order)
     shuffled = [paths[i] for i in order]
 
-    metrics_url = f"{services.classify.url}/metrics"
+    metrics_url = f"{batched_classify.url}/metrics"
     count_before, sum_before = batch_histogram(httpx.get(metrics_url).text)
-    results = asyncio.run(_classify_all(services.classify.url, shuffled))
+    results = asyncio.run(_classify_all(batched_classify.url, shuffled))
     count_after, sum_after = batch_histogram(httpx.get(metrics_url).text)
 
     for path, result in zip(shuffled, results, strict=True):
@@ -85,3 +103,13 @@ def test_concurrent_requests_form_batches_and_get_their_own_answers(
     assert samples == CONCURRENT_REQUESTS
     assert batches < CONCURRENT_REQUESTS, "every request ran alone: no batch formed"
     print(f"{samples:.0f} requests ran in {batches:.0f} model calls")
+
+
+def test_default_onnxruntime_service_does_not_batch(services, photos):
+    """By default (CLASSIFY_BATCHING=auto) ONNX Runtime answers without the batcher."""
+    path = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]
+    metrics_url = f"{services.classify.url}/metrics"
+    before = batch_histogram(httpx.get(metrics_url).text)
+    answer = httpx.post(f"{services.classify.url}/classify", json={"gcs_path": path})
+    assert answer.status_code == 200
+    assert batch_histogram(httpx.get(metrics_url).text) == before
