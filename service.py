@@ -22,8 +22,10 @@ from common.auth import BearerAuth, internal_headers
 from common.config import settings
 from common.docs import DocsAlias
 from common.errors import ServiceError, error_response
+from common.http_guards import ErrorShape, JsonOnly
 from common.images import MODEL_SIZE, decode_image, set_pixel_limit, to_model_pixels
 from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
+from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from runtimes import DEFAULT_RUNTIME, load_runtime
 
@@ -120,6 +122,8 @@ class Classify:
     )
     def predict_batch(self, images: list[ModelInput]) -> list[ModelOutput]:
         """Run MobileNetV2 once on a batch of 224x224 RGB images (internal; used by /classify)."""
+        if not images:
+            return []
         batch = np.stack(
             [
                 np.frombuffer(image.pixels, np.uint8).reshape(MODEL_SIZE, MODEL_SIZE, 3)
@@ -186,4 +190,7 @@ class Classify:
 
 
 Classify.add_asgi_middleware(DocsAlias)
-Classify.add_asgi_middleware(BearerAuth, token=settings().auth_token)
+Classify.add_asgi_middleware(ErrorShape)
+Classify.add_asgi_middleware(BearerAuth, settings=settings())
+Classify.add_asgi_middleware(LoadShedder, max_in_flight=settings().max_in_flight)
+Classify.add_asgi_middleware(JsonOnly, paths={"/classify", "/predict_batch"})

@@ -24,6 +24,10 @@ class Settings(BaseModel):
     resize_mode: ResizeMode = ResizeMode.resize
     storage_timeout_s: float = Field(10.0, gt=0)
     auth_token: str | None = Field(None, description="Bearer token required on working routes.")
+    max_in_flight: int = Field(64, gt=0, description="Requests in flight before 503s.")
+    auth_audience: str | None = Field(None, description="Accept Google ID tokens for this URL.")
+    auth_certs_url: str = Field("https://www.googleapis.com/oauth2/v1/certs")
+    auth_allowed_emails: set[str] = Field(default_factory=set)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -37,8 +41,16 @@ class Settings(BaseModel):
             "resize_mode": env.get("RESIZE_MODE"),
             "storage_timeout_s": env.get("STORAGE_TIMEOUT_S"),
             "auth_token": env.get("AUTH_TOKEN") or None,
+            "max_in_flight": env.get("MAX_IN_FLIGHT"),
+            "auth_audience": env.get("AUTH_AUDIENCE") or None,
+            "auth_certs_url": env.get("AUTH_CERTS_URL"),
+            "auth_allowed_emails": _split(env.get("AUTH_ALLOWED_EMAILS")),
         }
         return cls.model_validate({k: v for k, v in values.items() if v is not None})
+
+
+def _split(value: str | None) -> set[str] | None:
+    return {item.strip() for item in value.split(",") if item.strip()} if value else None
 
 
 @cache

@@ -118,9 +118,13 @@ class GCSStorage:
 
     def __init__(self, bucket: str, timeout_s: float) -> None:
         from google.cloud import storage  # imported here: local storage needs no GCS client
+        from google.cloud.storage.retry import DEFAULT_RETRY
 
         self.bucket_name = bucket
         self.timeout_s = timeout_s
+        # Retry transient failures (5xx, 429, connection errors) with backoff, but give up
+        # within the storage timeout so the request can answer 503 instead of hanging ~2 min.
+        self.retry = DEFAULT_RETRY.with_timeout(timeout_s)
         self._bucket = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT")).bucket(bucket)
 
     def uri_for(self, key: str) -> str:
@@ -135,7 +139,11 @@ class GCSStorage:
                 # if_generation_match=0 makes the upload create-only, so the default retry
                 # policy may safely retry it; a single-request upload is all-or-nothing.
                 blob.upload_from_string(
-                    data, content_type=content_type, if_generation_match=0, timeout=self.timeout_s
+                    data,
+                    content_type=content_type,
+                    if_generation_match=0,
+                    timeout=self.timeout_s,
+                    retry=self.retry,
                 )
             created = True
         except PreconditionFailed:
@@ -145,13 +153,13 @@ class GCSStorage:
     def read(self, uri: str, max_bytes: int) -> bytes:
         key = self._key_of(uri)
         with _storage_errors():
-            blob = self._bucket.get_blob(key, timeout=self.timeout_s)
+            blob = self._bucket.get_blob(key, timeout=self.timeout_s, retry=self.retry)
             if blob is None:
                 raise ObjectNotFound(f"no object at {uri}")
             if blob.size is not None and blob.size > max_bytes:
                 raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
             return blob.download_as_bytes(
-                if_generation_match=blob.generation, timeout=self.timeout_s
+                if_generation_match=blob.generation, timeout=self.timeout_s, retry=self.retry
             )
 
     def _key_of(self, uri: str) -> str:

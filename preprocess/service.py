@@ -17,8 +17,10 @@ from common.auth import BearerAuth
 from common.config import settings
 from common.docs import DocsAlias
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
+from common.http_guards import ErrorShape
 from common.images import decode_image, encode_png, normalize, set_pixel_limit
 from common.schemas import PreprocessResponse, ResizeMode
+from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from preprocess.uploads import UploadGuard
 
@@ -75,7 +77,9 @@ class Preprocess:
 
 
 Preprocess.add_asgi_middleware(DocsAlias)
-Preprocess.add_asgi_middleware(BearerAuth, token=settings().auth_token)
+Preprocess.add_asgi_middleware(ErrorShape)
+Preprocess.add_asgi_middleware(BearerAuth, settings=settings())
+Preprocess.add_asgi_middleware(LoadShedder, max_in_flight=settings().max_in_flight)
 Preprocess.add_asgi_middleware(
     UploadGuard,
     path="/preprocess",

@@ -209,3 +209,20 @@ def keras_reference(model_assets: Path):
         return model(batch, training=False).numpy()[0]
 
     return predict
+
+
+@pytest.fixture(scope="session")
+def built(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """All three Bentos, built and exported by scripts/build into a temporary folder."""
+    export_dir = tmp_path_factory.mktemp("exported")
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTO_EXPORT_DIR": str(export_dir)}
+    result = subprocess.run(
+        [str(REPO / "scripts" / "build")], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tags = dict(
+        zip(("classify", "preprocess", "tensorflow"), result.stdout.split()[-3:], strict=True)
+    )
+    exported = sorted(path.name for path in export_dir.iterdir())
+    assert exported == sorted(f"{tag.replace(':', '-')}.bento" for tag in tags.values())
+    return {**tags, "home": str(bentoml_home)}

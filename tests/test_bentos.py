@@ -7,26 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
-from conftest import BENTOML, REPO, Server, make_backend, service_env
+from conftest import BENTOML, Server, make_backend, service_env
 from helpers import EXPECTED_LABELS, classify, upload
-
-
-@pytest.fixture(scope="module")
-def built(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    export_dir = tmp_path_factory.mktemp("exported")
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTO_EXPORT_DIR": str(export_dir)}
-    result = subprocess.run(
-        [str(REPO / "scripts" / "build")], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    tags = dict(
-        zip(("classify", "preprocess", "tensorflow"), result.stdout.split()[-3:], strict=True)
-    )
-    exported = sorted(path.name for path in export_dir.iterdir())
-    assert exported == sorted(f"{tag.replace(':', '-')}.bento" for tag in tags.values())
-    return {**tags, "home": str(bentoml_home)}
 
 
 def _bento_dir(built: dict[str, str], name: str) -> Path:

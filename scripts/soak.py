@@ -1,0 +1,222 @@
+#!/usr/bin/env python
+"""Soak test: the whole pipeline at sustained concurrency, bounded in time, 127.0.0.1 only.
+
+    .venv/bin/python scripts/soak.py --seconds 300 --concurrency 8 --out benchmarks/
+
+Starts preprocess and classify (local storage in a temp folder), then `--concurrency` clients
+each upload a distinct image, classify the returned path and check the answer; a sample of
+answers is compared with a direct in-process run of the same runtime on the stored pixels.
+At the end every stored object must be readable, and each service's RSS must stay flat.
+Exit code 1 if any check fails. Writes soak.md and soak.json to --out when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+from PIL import Image, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from common.images import decode_image  # noqa: E402
+
+ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models"))
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+RSS_GROWTH_LIMIT_MB = 64  # after warm-up; allocator noise stays well under this
+SAMPLE_EVERY = 10  # compare every 10th answer with an in-process run
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 1e6
+
+
+def start(target: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(Path(tempfile.gettempdir()) / f"soak-{target.split(':')[-1]}.log", "wb")  # noqa: SIM115
+    command = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{target} not ready")
+
+
+def image_source(seed: int):
+    """An endless stream of distinct JPEG uploads (random crops/flips of the photos)."""
+    photos = [Image.open(p).convert("RGB") for p in sorted((ASSETS / "images").glob("*.jpg"))]
+    rng = random.Random(seed)
+    while True:
+        image = rng.choice(photos)
+        side = int(min(image.size) * rng.uniform(0.5, 1.0))
+        left = rng.randint(0, image.width - side)
+        top = rng.randint(0, image.height - side)
+        image = image.crop((left, top, left + side, top + side))
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=rng.randint(80, 95))
+        yield buffer.getvalue()
+
+
+async def run_load(pre: str, cls: str, seconds: float, concurrency: int, runtime) -> dict:
+    stats = {"requests": 0, "failures": [], "checked": 0, "mismatches": [], "paths": []}
+    deadline = time.monotonic() + seconds
+
+    async def worker(index: int, http: httpx.AsyncClient) -> None:
+        source = image_source(index)
+        while time.monotonic() < deadline:
+            data = next(source)
+            try:
+                stored = await http.post(f"{pre}/preprocess", files={"image": ("x.jpg", data)})
+                stored.raise_for_status()
+                path = stored.json()["gcs_path"]
+                answer = await http.post(f"{cls}/classify", json={"gcs_path": path})
+                answer.raise_for_status()
+            except httpx.HTTPError as exc:
+                stats["failures"].append(f"{type(exc).__name__}: {exc}")
+                continue
+            stats["requests"] += 1
+            stats["paths"].append(path)
+            if stats["requests"] % SAMPLE_EVERY == 0:
+                check(path, answer.json(), runtime, stats)
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        await asyncio.gather(*(worker(i, http) for i in range(concurrency)))
+    return stats
+
+
+def check(path: str, answer: dict, runtime, stats: dict) -> None:
+    pixels = np.asarray(Image.open(path.removeprefix("file://")).convert("RGB"))[None]
+    probabilities = runtime.predict(pixels)[0]
+    stats["checked"] += 1
+    expected = int(probabilities.argmax())
+    if answer["index"] != expected or abs(answer["confidence"] - probabilities[expected]) > 1e-4:
+        stats["mismatches"].append({"path": path, "served": answer, "expected": expected})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    import bentoml
+
+    from runtimes import DEFAULT_RUNTIME, load_runtime
+
+    runtime = load_runtime(DEFAULT_RUNTIME, Path(bentoml.models.get("mobilenet_v2:latest").path), 1)
+    with tempfile.TemporaryDirectory(prefix="soak-") as storage:
+        env = {**os.environ, "STORAGE_DIR": storage, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        pre_process, pre = start("preprocess.service:Preprocess", env)
+        cls_process, cls = start("service:Classify", env)
+        try:
+            asyncio.run(run_load(pre, cls, min(10, args.seconds / 5), args.concurrency, runtime))
+            rss_start = {"preprocess": rss_mb(pre_process.pid), "classify": rss_mb(cls_process.pid)}
+            started = time.monotonic()
+            stats = asyncio.run(run_load(pre, cls, args.seconds, args.concurrency, runtime))
+            duration = time.monotonic() - started
+            rss_end = {"preprocess": rss_mb(pre_process.pid), "classify": rss_mb(cls_process.pid)}
+        finally:
+            for process in (pre_process, cls_process):
+                process.terminate()
+                process.wait(timeout=30)
+        unreadable = []
+        for path in stats.pop("paths"):
+            try:
+                decode_image(Path(path.removeprefix("file://")).read_bytes(), 10**8)
+            except Exception as exc:  # any failure to read back is a lost image
+                unreadable.append(f"{path}: {exc}")
+
+    growth = {name: rss_end[name] - rss_start[name] for name in rss_start}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "concurrency": args.concurrency,
+        "duration_s": round(duration, 1),
+        "pipelines": stats["requests"],
+        "pipelines_per_s": round(stats["requests"] / duration, 1),
+        "failures": len(stats["failures"]),
+        "failure_examples": stats["failures"][:5],
+        "checked_in_process": stats["checked"],
+        "mismatches": stats["mismatches"],
+        "unreadable": unreadable,
+        "rss_start_mb": {k: round(v) for k, v in rss_start.items()},
+        "rss_end_mb": {k: round(v) for k, v in rss_end.items()},
+        "rss_growth_mb": {k: round(v, 1) for k, v in growth.items()},
+        "rss_growth_limit_mb": RSS_GROWTH_LIMIT_MB,
+    }
+    ok = (
+        not stats["failures"]
+        and not stats["mismatches"]
+        and not unreadable
+        and stats["checked"] > 0
+        and all(value <= RSS_GROWTH_LIMIT_MB for value in growth.values())
+    )
+    result["passed"] = ok
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "soak.json").write_text(json.dumps(result, indent=2))
+        (args.out / "soak.md").write_text(render(result))
+    return 0 if ok else 1
+
+
+def render(result: dict) -> str:
+    rows = [
+        ("date", result["date"]),
+        ("concurrency (pipelines in flight)", result["concurrency"]),
+        ("duration", f"{result['duration_s']} s"),
+        ("pipelines (upload + classify)", result["pipelines"]),
+        ("throughput", f"{result['pipelines_per_s']} pipelines/s"),
+        ("failed requests", result["failures"]),
+        ("answers checked against an in-process run", result["checked_in_process"]),
+        ("mismatches", len(result["mismatches"])),
+        ("stored objects unreadable", len(result["unreadable"])),
+    ]
+    for name in ("preprocess", "classify"):
+        rows.append(
+            (
+                f"{name} RSS start -> end",
+                f"{result['rss_start_mb'][name]} -> {result['rss_end_mb'][name]} MB "
+                f"({result['rss_growth_mb'][name]:+} MB; bound {result['rss_growth_limit_mb']} MB)",
+            )
+        )
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return (
+        "# Soak test\n\n"
+        "`scripts/soak.py`: both services on local storage, clients uploading distinct images\n"
+        "and classifying the returned paths back to back; RSS measured after a warm-up.\n\n"
+        f"| | |\n| --- | --- |\n{table}\n\n"
+        f"Result: **{'passed' if result['passed'] else 'FAILED'}**.\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

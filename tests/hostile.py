@@ -1,0 +1,147 @@
+"""A corpus of hostile and odd image files, generated here (never downloaded)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+from PIL import Image
+
+MIB = 1024 * 1024
+
+
+def _png(image: Image.Image, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def _save(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header declares `width` x `height` pixels (CRC fixed up)."""
+    data = bytearray(_png(Image.new("L", (1, 1))))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def gif_bomb() -> bytes:
+    """A tiny GIF declaring a 65535 x 65535 canvas and frame."""
+    data = bytearray(_save(Image.new("P", (1, 1)), "GIF"))
+    data[6:10] = struct.pack("<HH", 65535, 65535)  # logical screen
+    frame = data.index(b",")  # image descriptor: left, top, width, height
+    data[frame + 5 : frame + 9] = struct.pack("<HH", 65535, 65535)
+    return bytes(data)
+
+
+def jpeg_bomb() -> bytes:
+    """A small JPEG whose SOF0 header declares 65000 x 65000 pixels."""
+    data = bytearray(_save(Image.new("RGB", (8, 8)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 65000, 65000)
+    return bytes(data)
+
+
+def fits_file() -> bytes:
+    cards = [
+        "SIMPLE  =                    T",
+        "BITPIX  =                    8",
+        "NAXIS   =                    2",
+        "NAXIS1  =                   10",
+        "NAXIS2  =                   10",
+        "END",
+    ]
+    header = "".join(card.ljust(80) for card in cards).ljust(2880).encode()
+    return header + bytes(100).ljust(2880, b"\0")
+
+
+def psd_file() -> bytes:
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 16, 16, 8, 3)
+    sections = struct.pack(">I", 0) * 3  # colour mode data, resources, layers: empty
+    return header + sections + struct.pack(">H", 0) + bytes(3 * 16 * 16)
+
+
+SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+    b"<script>alert(1)</script></svg>"
+)
+
+
+def png_zip_polyglot() -> bytes:
+    """A valid PNG with a ZIP archive appended (a classic polyglot)."""
+    zip_part = b"PK\x03\x04" + b"\0" * 26 + b"evil.sh" + b"#!/bin/sh\nrm -rf /\n"
+    return _png(Image.new("RGB", (32, 32), (10, 200, 10))) + zip_part
+
+
+def gif_js_polyglot() -> bytes:
+    return b"GIF89a/*\x00\x00\x00\x00*/=1;alert(document.domain);//" + b"\0" * 32
+
+
+def animated(fmt: str) -> bytes:
+    frames = [Image.new("RGB", (48, 48), color) for color in ((220, 20, 20), (20, 20, 220))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:], duration=100)
+    return buffer.getvalue()
+
+
+def exif_oriented(orientation: int) -> bytes:
+    image = Image.new("RGB", (64, 32), (255, 0, 0))
+    image.paste((0, 0, 255), (32, 0, 64, 32))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _save(image, "JPEG", exif=exif)
+
+
+# name -> (bytes, expected status, expected code or None for success)
+def corpus() -> dict[str, tuple[bytes, int, str | None]]:
+    refused = {
+        "png bomb": (png_bomb(), 413, "too_many_pixels"),
+        "gif bomb": (gif_bomb(), 413, "too_many_pixels"),
+        "jpeg bomb": (jpeg_bomb(), 413, "too_many_pixels"),
+        "truncated jpeg": (
+            _save(Image.effect_noise((256, 256), 60).convert("RGB"), "JPEG")[:3000],
+            422,
+            "corrupt_image",
+        ),
+        "truncated png": (
+            _png(Image.effect_noise((256, 256), 60).convert("RGB"))[:5000],
+            422,
+            "corrupt_image",
+        ),
+        "zero bytes": (b"", 400, "empty_upload"),
+        "text named .jpg": (b"just some text, honestly\n" * 10, 415, "not_an_image"),
+        "svg": (SVG, 415, "not_an_image"),
+        "gif/js polyglot": (gif_js_polyglot(), 415, "not_an_image"),
+        "fits": (fits_file(), 415, "unsupported_format"),
+        "psd": (psd_file(), 415, "unsupported_format"),
+        "tiff lzw": (
+            _save(Image.new("RGB", (16, 16)), "TIFF", compression="tiff_lzw"),
+            415,
+            "unsupported_format",
+        ),
+        "tiff jpeg": (
+            _save(Image.new("RGB", (16, 16)), "TIFF", compression="jpeg"),
+            415,
+            "unsupported_format",
+        ),
+        "30 MB upload": (b"\xff\xd8\xff\xe0" + bytes(30 * MIB), 413, "upload_too_large"),
+    }
+    accepted = {
+        "png/zip polyglot": (png_zip_polyglot(), 200, None),
+        "animated gif": (animated("GIF"), 200, None),
+        "animated webp": (animated("WEBP"), 200, None),
+        "16-bit png": (_png(Image.new("I;16", (40, 30), 40000)), 200, None),
+        "cmyk jpeg": (_save(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG"), 200, None),
+        "palette with alpha": (_png(Image.new("P", (40, 30), 3), transparency=3), 200, None),
+        "la png": (_png(Image.new("LA", (40, 30), (128, 128))), 200, None),
+    }
+    accepted |= {f"exif orientation {n}": (exif_oriented(n), 200, None) for n in range(1, 9)}
+    return refused | accepted

@@ -1,0 +1,177 @@
+"""Faults: storage down, hung and back; overload; SIGTERM under load. Real processes only."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO, TEST_BUCKET, Server, free_port, make_backend, service_env, wait_until
+from helpers import classify, encode, upload
+from PIL import Image
+
+STORAGE_TIMEOUT_S = 3
+
+
+class Emulator:
+    """gcp-storage-emulator on a fixed port, so it can be stopped and started again."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        self.port, self.log = port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--in-memory"]
+        command += ["--default-bucket", TEST_BUCKET, "-q"]
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(lambda: httpx.get(self.url, timeout=1).text == "OK", 20, "emulator", self.log)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs_stack(bentoml_home, tmp_path):
+    emulator = Emulator(free_port(), tmp_path / "emulator.log")
+    emulator.start()
+    env = service_env(
+        bentoml_home,
+        {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": emulator.url},
+        STORAGE_TIMEOUT_S=str(STORAGE_TIMEOUT_S),
+    )
+    servers = [
+        Server("preprocess.service:Preprocess", env, tmp_path / "preprocess.log").start(),
+        Server("service:Classify", env, tmp_path / "classify.log").start(),
+    ]
+    try:
+        yield emulator, *(server.wait_ready() for server in servers)
+    finally:
+        for server in servers:
+            server.stop()
+        emulator.stop()
+
+
+def _assert_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "storage_unavailable"
+    assert int(response.headers["retry-after"]) > 0
+
+
+def test_storage_down_hung_and_back(gcs_stack, photos):
+    emulator, preprocess, classify_server = gcs_stack
+    stored = upload(preprocess.url, photos["cat"])
+    assert stored.status_code == 200
+    path = stored.json()["gcs_path"]
+
+    emulator.stop()  # down: connection refused, retried until the storage timeout
+    started = time.monotonic()
+    _assert_unavailable(upload(preprocess.url, photos["bird"]))
+    _assert_unavailable(classify(classify_server.url, path))
+    assert time.monotonic() - started < 4 * (STORAGE_TIMEOUT_S + 2)
+
+    emulator.start()  # back (empty: in-memory); the services recover by themselves
+    again = upload(preprocess.url, photos["cat"])
+    assert again.status_code == 200, again.text
+    assert classify(classify_server.url, again.json()["gcs_path"]).json()["label"] == "Egyptian cat"
+
+    os.kill(emulator.process.pid, signal.SIGSTOP)  # hung: accepts, never answers
+    try:
+        _assert_unavailable(classify(classify_server.url, again.json()["gcs_path"]))
+    finally:
+        os.kill(emulator.process.pid, signal.SIGCONT)
+    assert classify(classify_server.url, again.json()["gcs_path"]).status_code == 200
+
+
+@pytest.fixture
+def local_stack(bentoml_home, tmp_path):
+    backend = make_backend("local", tmp_path, None)
+    return backend, service_env(bentoml_home, backend.env)
+
+
+def test_overload_sheds_with_503_and_recovers(local_stack, photos, tmp_path):
+    backend, env = local_stack
+    env = {**env, "MAX_IN_FLIGHT": "4"}
+    server = Server("service:Classify", env, tmp_path / "classify.log").start().wait_ready()
+    try:
+        png = encode(Image.open(io.BytesIO(photos["parrot"])).resize((224, 224)), "PNG")
+        uri, _ = backend.storage.put_if_absent("preprocessed/p.png", png, "image/png")
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60) as client:
+                return await asyncio.gather(
+                    *(
+                        client.post(f"{server.url}/classify", json={"gcs_path": uri})
+                        for _ in range(48)
+                    )
+                )
+
+        responses = asyncio.run(burst())
+        statuses = {r.status_code for r in responses}
+        assert statuses <= {200, 503} and 503 in statuses and 200 in statuses
+        for refused in (r for r in responses if r.status_code == 503):
+            assert refused.json()["code"] == "overloaded"
+            assert refused.headers["retry-after"] == "1"
+        for _ in range(5):  # load gone: every request succeeds again
+            assert classify(server.url, uri).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_sigterm_under_load_finishes_in_flight_and_stores_nothing_partial(
+    local_stack, photos, tmp_path
+):
+    backend, env = local_stack
+    server = Server("preprocess.service:Preprocess", env, tmp_path / "pre.log").start()
+    server.wait_ready()
+    base = Image.open(io.BytesIO(photos["dragonfly"])).convert("RGB")
+    uploads = [encode(base.rotate(angle), "JPEG", quality=90) for angle in range(0, 360, 6)]
+
+    async def load() -> list[object]:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one(index: int, data: bytes) -> object:
+                await asyncio.sleep(index * 0.02)
+                try:
+                    return await client.post(
+                        f"{server.url}/preprocess", files={"image": ("x.jpg", data)}
+                    )
+                except httpx.HTTPError as exc:
+                    return exc
+
+            async def terminate() -> None:
+                await asyncio.sleep(0.5)
+                server.process.send_signal(signal.SIGTERM)
+
+            results = await asyncio.gather(terminate(), *(one(i, d) for i, d in enumerate(uploads)))
+            return results[1:]
+
+    results = asyncio.run(load())
+    assert server.process.wait(timeout=30) is not None
+    answered = [r for r in results if isinstance(r, httpx.Response)]
+    assert answered, "nothing was in flight when SIGTERM arrived"
+    assert all(r.status_code == 200 for r in answered), [r.text for r in answered]
+    assert any(isinstance(r, httpx.HTTPError) for r in results), "new requests were not refused"
+
+    root = backend.settings.storage_dir
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.name.startswith(".tmp-")]
+    for file in files:
+        data = file.read_bytes()
+        assert file.name == f"{hashlib.sha256(data).hexdigest()}.png"
+        Image.open(io.BytesIO(data)).load()  # complete, decodable
+    stored = {r.json()["sha256"] for r in answered}
+    assert stored <= {p.stem for p in files}

@@ -1,0 +1,138 @@
+"""Google ID tokens verified by the service itself (AUTH_AUDIENCE), over real HTTP.
+
+A test signing key stands in for Google's: its certificate is served on 127.0.0.1 as the
+certs URL, and tokens are signed with google-auth's own JWT encoder. Generated per run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from conftest import Server, make_backend, service_env
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from google.auth import crypt, jwt
+from helpers import stored_keys, upload
+
+AUDIENCE = "https://classify-test.a.run.app"
+KEY_ID = "test-key"
+
+
+def _key_and_cert() -> tuple[bytes, bytes]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-signer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return private, cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def signer_and_certs_url():
+    private, cert = _key_and_cert()
+    body = json.dumps({KEY_ID: cert.decode()}).encode()
+
+    class Certs(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield (
+        crypt.RSASigner.from_string(private, key_id=KEY_ID),
+        f"http://127.0.0.1:{server.server_port}/certs",
+    )
+    server.shutdown()
+
+
+def token(signer, audience: str = AUDIENCE, expires_in: int = 600, **claims: object) -> str:
+    now = int(time.time())
+    payload = {
+        "iss": "https://accounts.google.com",
+        "aud": audience,
+        "iat": now - 5,
+        "exp": now + expires_in,
+        "sub": "123",
+        "email": "caller@example.iam.gserviceaccount.com",
+    }
+    return jwt.encode(signer, payload | claims).decode()
+
+
+@pytest.fixture(scope="module")
+def verifying_services(bentoml_home, signer_and_certs_url, tmp_path_factory):
+    _, certs_url = signer_and_certs_url
+    tmp = tmp_path_factory.mktemp("id-tokens")
+    backend = make_backend("local", tmp, None)
+    env = service_env(bentoml_home, backend.env, AUTH_AUDIENCE=AUDIENCE, AUTH_CERTS_URL=certs_url)
+    servers = [
+        Server("service:Classify", env, tmp / "classify.log").start(),
+        Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start(),
+    ]
+    try:
+        yield backend, *(server.wait_ready() for server in servers)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_only_valid_google_id_tokens_get_in(verifying_services, signer_and_certs_url, photos):
+    backend, classify, preprocess = verifying_services
+    signer, _ = signer_and_certs_url
+    other_signer = crypt.RSASigner.from_string(_key_and_cert()[0], key_id=KEY_ID)
+    bad = {
+        "none": None,
+        "wrong audience": token(signer, audience="https://someone-else.a.run.app"),
+        "expired": token(signer, expires_in=-3600),
+        "other key": token(other_signer),
+        "not google": token(signer, iss="https://evil.example"),
+        "garbage": "a.b.c",
+    }
+    before = stored_keys(backend)
+    for case, value in bad.items():
+        headers = {"Authorization": f"Bearer {value}"} if value else {}
+        for response in (
+            httpx.post(f"{classify.url}/classify", json={"gcs_path": "x"}, headers=headers),
+            httpx.post(f"{classify.url}/predict_batch", json={"images": []}, headers=headers),
+            httpx.post(
+                f"{preprocess.url}/preprocess", files={"image": photos["cat"]}, headers=headers
+            ),
+        ):
+            assert response.status_code == 401, (case, response.text)
+            assert response.json()["code"] == "unauthorized"
+    assert stored_keys(backend) == before
+
+    good = {"Authorization": f"Bearer {token(signer)}"}
+    stored = httpx.post(
+        f"{preprocess.url}/preprocess", files={"image": photos["cat"]}, headers=good
+    )
+    assert stored.status_code == 200, stored.text
+    answer = httpx.post(
+        f"{classify.url}/classify", json={"gcs_path": stored.json()["gcs_path"]}, headers=good
+    )
+    assert answer.status_code == 200 and answer.json()["label"] == "Egyptian cat"
+    assert upload(preprocess.url, photos["cat"]).status_code == 401
