@@ -62,12 +62,7 @@ class Config:
 
 CONFIGS = (
     Config("onnxruntime, batching on", "onnxruntime", True),
-    Config(
-        "onnxruntime, batching off",
-        "onnxruntime",
-        False,
-        {"CLASSIFY_CONCURRENT_CALLS": "2", "CLASSIFY_MODEL_THREADS": "1"},
-    ),
+    Config("onnxruntime, batching off", "onnxruntime", False),  # the default configuration
     Config("tensorflow, batching on", "tensorflow", True),
     Config("tensorflow, batching off", "tensorflow", False),
     Config("naive FastAPI (brief's design)", "tensorflow", False, naive=True),
@@ -102,13 +97,13 @@ def tree_cpu_s(process: psutil.Process) -> float:
 # ---------------------------------------------------------------- raw model, in-process
 
 
-def raw_benchmark(runtime_name: str, seconds: float) -> dict:
+def raw_benchmark(runtime_name: str, seconds: float, threads: int | None = None) -> dict:
     """Images/s and latency per batch size, in this (fresh) process; also load time and RSS."""
     from runtimes import load_runtime
 
     model_dir = stored_model_dir()
     started = time.perf_counter()
-    runtime = load_runtime(runtime_name, model_dir)
+    runtime = load_runtime(runtime_name, model_dir, threads)
     runtime.predict(np.zeros((1, 224, 224, 3), np.uint8))
     load_s = time.perf_counter() - started
     rng = np.random.default_rng(0)
@@ -131,6 +126,7 @@ def raw_benchmark(runtime_name: str, seconds: float) -> dict:
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "runtime": runtime_name,
+        "threads": threads or os.cpu_count(),
         "load_s": load_s,
         "peak_rss_mb": peak_rss_mb,
         "batches": results,
@@ -424,7 +420,8 @@ def main() -> int:
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 3.0
     if args.raw_only:
-        print(json.dumps(raw_benchmark(args.raw_only, seconds)))
+        runtime, _, threads = args.raw_only.partition(":")
+        print(json.dumps(raw_benchmark(runtime, seconds, int(threads) if threads else None)))
         return 0
 
     report: dict = {
@@ -436,7 +433,8 @@ def main() -> int:
     }
     print("raw model, in-process (one fresh process per runtime)", flush=True)
     report["raw"] = {}
-    for runtime in ("onnxruntime", "tensorflow"):
+    # "onnxruntime:1": single-threaded, as the default service runs it (one call per core)
+    for runtime in ("onnxruntime", "onnxruntime:1", "tensorflow"):
         out = subprocess.run(
             [sys.executable, __file__, "--raw-only", runtime, *(["--quick"] if args.quick else [])],
             capture_output=True,

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-DEFAULT = "onnxruntime, batching on"
+DEFAULT = "onnxruntime, batching off"  # the default: CLASSIFY_BATCHING=auto
 NAIVE = "naive FastAPI (brief's design)"
 
 
@@ -108,6 +108,8 @@ def overhead_ms(report: dict, name: str, concurrency: int) -> float:
     entry = _served(report)[name]
     level = _level(entry, concurrency)
     runtime = entry["config"]["runtime"]
+    if runtime == "onnxruntime" and not entry["config"]["batching"]:
+        runtime = "onnxruntime:1"  # served as single-threaded calls, one per core
     batch = level.get("mean_batch") or 1
     nearest = min((1, 8, 16, 32), key=lambda b: abs(b - batch))
     model_ms = _raw(report, runtime, nearest)["cpu_ms_per_image"]
@@ -130,6 +132,9 @@ def write_report(report: dict, out: Path) -> None:
         "Rerun: `scripts/ensure-model && .venv/bin/python scripts/benchmark.py` (about 6 minutes;",
         "`--quick` for a smoke run). Timings on a shared 2-core machine are noisy: compare the",
         "ratios within one run, not absolute numbers across runs.",
+        "",
+        "Where the time goes (profiles), what is left for the targets, container image sizes and",
+        "the Cloud Run sizing derived from these figures: [analysis.md](analysis.md).",
         "",
         "![throughput](throughput.png)",
         "",

@@ -89,3 +89,9 @@ def test_client_command_sends_the_token(protected):
         [*command, "--token", TOKEN], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert allowed.returncode == 0 and "macaw" in allowed.stdout, allowed.stdout
+
+
+def test_tokens_never_reach_the_logs(protected):
+    _, servers = protected
+    for server in servers.values():
+        assert TOKEN not in server.log.read_text(errors="ignore")

@@ -175,3 +175,66 @@ def test_sigterm_under_load_finishes_in_flight_and_stores_nothing_partial(
         Image.open(io.BytesIO(data)).load()  # complete, decodable
     stored = {r.json()["sha256"] for r in answered}
     assert stored <= {p.stem for p in files}
+
+
+@pytest.fixture
+def proxied_stack(bentoml_home, tmp_path):
+    from fault_proxy import FaultProxy
+
+    emulator = Emulator(free_port(), tmp_path / "emulator.log")
+    emulator.start()
+    proxy = FaultProxy(emulator.port)
+    env = service_env(
+        bentoml_home,
+        {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": proxy.url},
+        STORAGE_TIMEOUT_S=str(STORAGE_TIMEOUT_S),
+    )
+    servers = [
+        Server("preprocess.service:Preprocess", env, tmp_path / "preprocess.log").start(),
+        Server("service:Classify", env, tmp_path / "classify.log").start(),
+    ]
+    try:
+        yield proxy, *(server.wait_ready() for server in servers)
+    finally:
+        for server in servers:
+            server.stop()
+        proxy.close()
+        emulator.stop()
+
+
+def test_storage_503_and_429_are_retried_then_reported(proxied_stack, photos):
+    proxy, preprocess, classify_server = proxied_stack
+    proxy.fail_next(2, 503)  # transient: the client's retry absorbs it
+    stored = upload(preprocess.url, photos["cat"])
+    assert stored.status_code == 200, stored.text
+    proxy.fail_next(2, 429)
+    assert classify(classify_server.url, stored.json()["gcs_path"]).status_code == 200
+
+    proxy.fail_next(10_000, 503)  # storage stays down: 503 + Retry-After, no hang
+    _assert_unavailable(upload(preprocess.url, photos["bird"]))
+    _assert_unavailable(classify(classify_server.url, stored.json()["gcs_path"]))
+    proxy.fail_next(0)
+    assert upload(preprocess.url, photos["bird"]).status_code == 200  # recovered
+
+
+def test_refused_paths_never_reach_storage(proxied_stack, photos):
+    proxy, preprocess, classify_server = proxied_stack
+    path = upload(preprocess.url, photos["cat"]).json()["gcs_path"]
+    key = path.removeprefix(f"gs://{TEST_BUCKET}/")
+    proxy.seen.clear()
+    hostile = [
+        f"gs://other-bucket/{key}",
+        f"gs://{TEST_BUCKET}/preprocessed/../{key}",
+        f"gs://{TEST_BUCKET}/preprocessed/%2e%2e/{key}",
+        f"gs://{TEST_BUCKET}/preprocessed/a\nb.png",
+        f"gs://{TEST_BUCKET}/" + "x" * 1500,
+        "file:///etc/passwd",
+        "http://169.254.169.254/computeMetadata/v1/",
+        "/etc/passwd",
+    ]
+    for bad in hostile:
+        response = classify(classify_server.url, bad)
+        assert response.status_code in (400, 403), (bad, response.text)
+    assert proxy.seen == [], proxy.seen  # refused before any storage request
+    assert classify(classify_server.url, path).status_code == 200
+    assert all(TEST_BUCKET in p and "other-bucket" not in p for _, p in proxy.seen)
