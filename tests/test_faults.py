@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -44,13 +46,12 @@ class Emulator:
             self.process.wait(timeout=10)
 
 
-@pytest.fixture
-def gcs_stack(bentoml_home, tmp_path):
-    emulator = Emulator(free_port(), tmp_path / "emulator.log")
-    emulator.start()
+@contextmanager
+def services_on(storage_url: str, bentoml_home: Path, tmp_path: Path) -> Iterator[list[Server]]:
+    """Preprocess and classify on GCS at `storage_url`, with a short storage timeout."""
     env = service_env(
         bentoml_home,
-        {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": emulator.url},
+        {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": storage_url},
         STORAGE_TIMEOUT_S=str(STORAGE_TIMEOUT_S),
     )
     servers = [
@@ -58,10 +59,20 @@ def gcs_stack(bentoml_home, tmp_path):
         Server("service:Classify", env, tmp_path / "classify.log").start(),
     ]
     try:
-        yield emulator, *(server.wait_ready() for server in servers)
+        yield [server.wait_ready() for server in servers]
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture
+def gcs_stack(bentoml_home, tmp_path):
+    emulator = Emulator(free_port(), tmp_path / "emulator.log")
+    emulator.start()
+    try:
+        with services_on(emulator.url, bentoml_home, tmp_path) as servers:
+            yield emulator, *servers
+    finally:
         emulator.stop()
 
 
@@ -184,20 +195,10 @@ def proxied_stack(bentoml_home, tmp_path):
     emulator = Emulator(free_port(), tmp_path / "emulator.log")
     emulator.start()
     proxy = FaultProxy(emulator.port)
-    env = service_env(
-        bentoml_home,
-        {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": proxy.url},
-        STORAGE_TIMEOUT_S=str(STORAGE_TIMEOUT_S),
-    )
-    servers = [
-        Server("preprocess.service:Preprocess", env, tmp_path / "preprocess.log").start(),
-        Server("service:Classify", env, tmp_path / "classify.log").start(),
-    ]
     try:
-        yield proxy, *(server.wait_ready() for server in servers)
+        with services_on(proxy.url, bentoml_home, tmp_path) as servers:
+            yield proxy, *servers
     finally:
-        for server in servers:
-            server.stop()
         proxy.close()
         emulator.stop()
 

@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO
 
-SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "150"))
+SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "180"))
 
 
 def test_pipeline_soak(bentoml_home, model_assets, tmp_path):
