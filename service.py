@@ -1,9 +1,11 @@
 """The classify Bento: MobileNetV2 (ImageNet, 224x224) behind BentoML adaptive batching.
 
 `POST /classify` reads a stored image, decodes it off the event loop and awaits
-`predict_batch`; calls from concurrent requests meet in BentoML's batcher, so the model runs
-once per batch. Pixels travel to the batch route as raw bytes (base64 in JSON), never as JSON
-lists of numbers. The model runs on ONNX Runtime (default) or TensorFlow (`runtimes.py`).
+`predict_batch`, a `batchable` BentoML API: with batching on, calls from concurrent requests
+meet in BentoML's batcher and the model runs once per batch; pixels travel to the batch route
+as raw bytes (base64 in JSON), never as JSON lists of numbers. With batching off the same
+method runs per request in a worker thread. The model runs on ONNX Runtime (default) or
+TensorFlow (`runtimes.py`); whether batching pays depends on the runtime (`CLASSIFY_BATCHING`).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ RUNTIME = os.environ.get("CLASSIFY_RUNTIME", DEFAULT_RUNTIME)
 # Whether requests meet in the adaptive batcher. "auto" follows benchmarks/results.md on
 # 2 cores: TensorFlow gains from batches (~2x images/s at batch 8+), ONNX Runtime does not, and
 # the batched route's extra in-process HTTP hop costs more than it saves.
-BATCHING = {"on": True, "off": False, "auto": RUNTIME == "tensorflow"}[
-    os.environ.get("CLASSIFY_BATCHING", "auto").lower()
-]
+_BATCHING_CHOICES = {"on": True, "off": False, "auto": RUNTIME == "tensorflow"}
+_batching = os.environ.get("CLASSIFY_BATCHING", "auto").lower()
+if _batching not in _BATCHING_CHOICES:
+    raise ValueError(f"CLASSIFY_BATCHING must be on, off or auto, not {_batching!r}")
+BATCHING = _BATCHING_CHOICES[_batching]
 MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "32"))
 # The batcher answers 503 to a request it predicts will wait longer than this; small values
 # shed most requests under load (see README), so it is sized well above a full batch's time.

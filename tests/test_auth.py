@@ -18,7 +18,8 @@ TOKEN = "local-shared-secret"
 def protected(bentoml_home, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth")
     backend = make_backend("local", tmp, None)
-    env = service_env(bentoml_home, backend.env, AUTH_TOKEN=TOKEN)
+    # batching on: the service's own calls to its batch route must pass auth too
+    env = service_env(bentoml_home, backend.env, AUTH_TOKEN=TOKEN, CLASSIFY_BATCHING="on")
     servers = {
         "classify": Server("service:Classify", env, tmp / "classify.log").start(),
         "preprocess": Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start(),
