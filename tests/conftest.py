@@ -67,14 +67,25 @@ class Server:
             )
         return self
 
-    def wait_ready(self, timeout_s: float = 120) -> Server:
+    def wait_ready(self, timeout_s: float = 120, attempts: int = 3) -> Server:
+        """Wait for /readyz; if another process took our free port meanwhile, take another."""
+
         def ready() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.target} exited:\n{self.log.read_text()[-4000:]}")
             return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
 
-        wait_until(ready, timeout_s, self.target, self.log)
+        for attempt in range(attempts):
+            try:
+                wait_until(ready, timeout_s, self.target, self.log)
+                return self
+            except RuntimeError:
+                lost_port = "Could not bind" in self.log.read_text(errors="ignore")
+                if not lost_port or attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                self.start()
         return self
 
     def stop(self) -> None:
