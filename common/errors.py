@@ -68,10 +68,6 @@ class ObjectNotFound(ServiceError):
     code = "not_found"
 
 
-class InvalidOption(ServiceError):
-    code = "invalid_option"
-
-
 class StorageUnavailable(ServiceError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     code = "storage_unavailable"
