@@ -29,12 +29,12 @@ class ErrorResponse(BaseModel):
 
 
 class PreprocessResponse(BaseModel):
-    """Where the normalized 224x224 PNG was stored, and what it is."""
+    """Where the normalized 224x224 image (lossless BMP) was stored, and what it is."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "example": {
-                "gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.png",
+                "gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.bmp",
                 "width": 224,
                 "height": 224,
                 "sha256": "3f1c...e9",
@@ -45,7 +45,7 @@ class PreprocessResponse(BaseModel):
     gcs_path: str = Field(description="`gs://bucket/key`, or `file://` on local storage.")
     width: int = Field(description="Width of the stored image in pixels.")
     height: int = Field(description="Height of the stored image in pixels.")
-    sha256: str = Field(description="SHA-256 of the stored PNG bytes; also its key.")
+    sha256: str = Field(description="SHA-256 of the stored bytes; also its key.")
 
 
 class ClassifyRequest(BaseModel):
@@ -53,7 +53,7 @@ class ClassifyRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"example": {"gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.png"}},
+        json_schema_extra={"example": {"gcs_path": "gs://my-bucket/preprocessed/3f1c...e9.bmp"}},
     )
 
     gcs_path: Annotated[

@@ -1,4 +1,4 @@
-"""The preprocess Bento: upload an image, get back where its normalized 224x224 PNG is stored.
+"""The preprocess Bento: upload an image, get back where its normalized 224x224 image is stored.
 
 No TensorFlow here: this service only decodes, normalizes, encodes and stores.
 """
@@ -18,13 +18,18 @@ from common.config import settings
 from common.docs import DocsAlias
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
 from common.http_guards import ErrorShape
-from common.images import decode_image, encode_png, normalize, set_pixel_limit
+from common.images import (
+    STORED_CONTENT_TYPE,
+    STORED_SUFFIX,
+    decode_image,
+    encode_stored,
+    normalize,
+    set_pixel_limit,
+)
 from common.schemas import PreprocessResponse, ResizeMode
 from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from preprocess.uploads import UploadGuard
-
-STORED_CONTENT_TYPE = "image/png"
 
 
 @bentoml.service(
@@ -49,7 +54,7 @@ class Preprocess:
             Field(description="`resize` (whole image) or `center-crop`; default from config."),
         ] = None,
     ) -> PreprocessResponse | JSONResponse:
-        """Normalize an uploaded image to 224x224 RGB, store it as PNG, return its path."""
+        """Normalize an uploaded image to 224x224 RGB, store it (lossless BMP), return its path."""
         try:
             return self._store(self._read_upload(image), mode or self.settings.resize_mode)
         except ServiceError as exc:
@@ -67,10 +72,10 @@ class Preprocess:
 
     def _store(self, data: bytes, mode: ResizeMode) -> PreprocessResponse:
         image = normalize(decode_image(data, self.settings.max_image_pixels), mode)
-        png = encode_png(image)
-        digest = hashlib.sha256(png).hexdigest()
-        key = f"{self.settings.storage_prefix}{digest}.png"
-        uri, _created = self.storage.put_if_absent(key, png, STORED_CONTENT_TYPE)
+        stored = encode_stored(image)
+        digest = hashlib.sha256(stored).hexdigest()
+        key = f"{self.settings.storage_prefix}{digest}{STORED_SUFFIX}"
+        uri, _created = self.storage.put_if_absent(key, stored, STORED_CONTENT_TYPE)
         return PreprocessResponse(
             gcs_path=uri, width=image.width, height=image.height, sha256=digest
         )

@@ -61,11 +61,27 @@ class Server:
 
     def start(self) -> Server:
         command = [BENTOML, "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
+        env = {**self.env, "BENTOML_HOME": str(self._own_home())}
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         return self
+
+    def _own_home(self) -> Path:
+        """A BentoML home for this server alone, sharing the model and Bento stores.
+
+        Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts, so
+        servers sharing a home would read each other's (or no) metrics.
+        """
+        shared = Path(self.env.get("BENTOML_HOME", Path.home() / "bentoml"))
+        home = self.log.with_name(f"{self.log.stem}-bentoml-home")
+        home.mkdir(exist_ok=True)
+        for store in ("models", "bentos"):
+            (shared / store).mkdir(parents=True, exist_ok=True)
+            if not (home / store).exists():
+                (home / store).symlink_to(shared / store)
+        return home
 
     def wait_ready(self, timeout_s: float = 120, attempts: int = 3) -> Server:
         """Wait for /readyz; if another process took our free port meanwhile, take another."""

@@ -113,3 +113,27 @@ def test_default_onnxruntime_service_does_not_batch(services, photos):
     answer = httpx.post(f"{services.classify.url}/classify", json={"gcs_path": path})
     assert answer.status_code == 200
     assert batch_histogram(httpx.get(metrics_url).text) == before
+
+
+def cpu_counters(metrics_text: str) -> dict[str, float]:
+    """The service's own CPU counters (model calls, decoding), in seconds."""
+    names = ("classify_model_cpu_seconds_total", "classify_decode_cpu_seconds_total")
+    return {
+        line.split(" ", 1)[0].split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith(names)
+    }
+
+
+def test_model_and_decode_cpu_are_counted_per_request(services, photos):
+    """/metrics tells model and decode CPU apart from the rest (the benchmark relies on it)."""
+    path = upload(services.preprocess.url, photos["parrot"]).json()["gcs_path"]
+    metrics_url = f"{services.classify.url}/metrics"
+    before = cpu_counters(httpx.get(metrics_url).text)
+    for _ in range(5):
+        answer = httpx.post(f"{services.classify.url}/classify", json={"gcs_path": path})
+        assert answer.status_code == 200
+    after = cpu_counters(httpx.get(metrics_url).text)
+    assert set(after) == {"classify_model_cpu_seconds_total", "classify_decode_cpu_seconds_total"}
+    for name, seconds in after.items():
+        assert seconds > before.get(name, 0.0), f"{name} did not grow: {before} -> {after}"

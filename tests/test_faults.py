@@ -182,7 +182,7 @@ def test_sigterm_under_load_finishes_in_flight_and_stores_nothing_partial(
     assert not [p for p in files if p.name.startswith(".tmp-")]
     for file in files:
         data = file.read_bytes()
-        assert file.name == f"{hashlib.sha256(data).hexdigest()}.png"
+        assert file.name == f"{hashlib.sha256(data).hexdigest()}.bmp"
         Image.open(io.BytesIO(data)).load()  # complete, decodable
     stored = {r.json()["sha256"] for r in answered}
     assert stored <= {p.stem for p in files}

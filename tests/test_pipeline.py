@@ -22,16 +22,17 @@ def test_photos_get_reference_labels_and_keras_confidences(services, photos, ker
         scheme = "gs://test-bucket/" if services.backend.name == "gcs" else "file:///"
         assert body["gcs_path"].startswith(scheme)
         assert (body["width"], body["height"]) == (224, 224)
-        png = services.backend.storage.read(body["gcs_path"], 10**7)
-        assert hashlib.sha256(png).hexdigest() == body["sha256"]
-        assert body["gcs_path"].endswith(f"preprocessed/{body['sha256']}.png")
+        stored_bytes = services.backend.storage.read(body["gcs_path"], 10**7)
+        assert hashlib.sha256(stored_bytes).hexdigest() == body["sha256"]
+        assert body["gcs_path"].endswith(f"preprocessed/{body['sha256']}.bmp")
+        assert Image.open(io.BytesIO(stored_bytes)).format == "BMP"
 
         answer = classify(services.classify.url, body["gcs_path"])
         assert answer.status_code == 200, answer.text
         result = answer.json()
         assert result["label"] == EXPECTED_LABELS[mode][name], (name, result)
 
-        reference = keras_reference(pixels_of(png))
+        reference = keras_reference(pixels_of(stored_bytes))
         assert result["index"] == int(np.argmax(reference))
         assert result["confidence"] == pytest.approx(reference[result["index"]], abs=TOLERANCE)
         assert len(result["top_k"]) == 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,17 +63,24 @@ def keras_model(model_assets: Path):
     return tf.keras.applications.MobileNetV2(weights=str(model_assets / "mobilenet_v2_imagenet.h5"))
 
 
-@pytest.mark.parametrize("runtime_name", RUNTIMES)
+# ONNX Runtime serves a lone call with every core and overlapping calls single-threaded: both
+# paths are accepted separately ("onnxruntime:1" is the path overlapping calls take).
+RUNTIME_VARIANTS = [*RUNTIMES, "onnxruntime:1"]
+
+
+@pytest.mark.parametrize("runtime_spec", RUNTIME_VARIANTS)
 @pytest.mark.parametrize("sample", ["photos", "held-out"])
-def test_runtime_agrees_with_keras(runtime_name, sample, model_dir, keras_model, photos):
+def test_runtime_agrees_with_keras(runtime_spec, sample, model_dir, keras_model, photos):
     import tensorflow as tf
+
+    runtime_name, _, threads = runtime_spec.partition(":")
 
     pixels = photo_batch(photos) if sample == "photos" else held_out_sample(photos)
     expected = keras_model(
         tf.keras.applications.mobilenet_v2.preprocess_input(pixels.astype("float32")),
         training=False,
     ).numpy()
-    runtime = load_runtime(runtime_name, model_dir)
+    runtime = load_runtime(runtime_name, model_dir, int(threads) if threads else None)
     # batch sizes the batcher forms, not just one
     actual = np.concatenate(
         [runtime.predict(pixels[i : i + 16]) for i in range(0, len(pixels), 16)]
@@ -85,3 +93,21 @@ def test_runtime_agrees_with_keras(runtime_name, sample, model_dir, keras_model,
 def test_unknown_runtime_is_refused(model_dir):
     with pytest.raises(ValueError, match="unknown runtime"):
         load_runtime("caffe", model_dir)
+
+
+def test_overlapping_onnx_calls_each_get_their_own_answer(model_dir, photos):
+    """Calls from several threads at once (wide and single-threaded sessions mixed) give every
+    caller the probabilities of its own image, equal to a lone call's."""
+    pixels = held_out_sample(photos, count=8)
+    runtime = load_runtime("onnxruntime", model_dir)
+    alone = [runtime.predict(pixels[i : i + 1])[0] for i in range(len(pixels))]
+
+    def predict_repeatedly(index: int) -> list[np.ndarray]:
+        return [runtime.predict(pixels[index : index + 1])[0] for _ in range(10)]
+
+    with ThreadPoolExecutor(len(pixels)) as pool:
+        results = list(pool.map(predict_repeatedly, range(len(pixels))))
+    for index, outputs in enumerate(results):
+        for output in outputs:
+            assert output.argmax() == alone[index].argmax()
+            assert np.abs(output - alone[index]).max() <= 1e-5
