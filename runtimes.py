@@ -59,10 +59,10 @@ class OnnxRuntime:
     """The ONNX export (scaling included in the graph) on ONNX Runtime's CPU provider.
 
     With `threads` unset the thread count adapts to load: a call that runs alone uses every
-    core (intra-op threads that sleep instead of spinning when idle, so they do not hold a core
-    after the call), and calls that overlap run single-threaded, one per core. On 2 cores that
-    gives both the lowest latency for a lone image (4.6 vs 7.7 ms) and the most images/s under
-    load (~265 vs ~235 for one shared 2-thread session); see benchmarks/analysis.md.
+    core (its intra-op threads stop spinning when it returns, so they hold no core afterwards),
+    and calls that overlap run single-threaded, each on a core. On 2 cores that gives both the
+    lowest latency for a lone image (~4 vs 7.7 ms) and the most images/s under load (~265 vs
+    ~235 for one shared 2-thread session); see benchmarks/analysis.md.
     """
 
     name = "onnxruntime"
@@ -76,9 +76,7 @@ class OnnxRuntime:
         if threads or cores == 1:  # a fixed thread count: ONNX Runtime's defaults otherwise
             self._wide = self._narrow
         else:
-            # idle threads that spin would keep a core busy after each call, starving calls
-            # that overlap it; sleeping costs ~0.5 ms per lone call instead
-            self._wide = _onnx_session(ort, path, cores, spin=False)
+            self._wide = _onnx_session(ort, path, cores, stop_spinning_after_run=True)
         self._input = self._narrow.get_inputs()[0].name
         self._lock = threading.Lock()
         self._running = 0
@@ -94,12 +92,16 @@ class OnnxRuntime:
                 self._running -= 1
 
 
-def _onnx_session(ort, path: str, threads: int, spin: bool = True):  # -> InferenceSession
+def _onnx_session(
+    ort, path: str, threads: int, stop_spinning_after_run: bool = False
+):  # -> ort.InferenceSession
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if stop_spinning_after_run:
+        # intra-op threads spin while a call runs (fast hand-offs) but not after it: left
+        # spinning they would hold a core that the overlapping single-threaded calls need
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

@@ -55,6 +55,7 @@ from common.storage import LocalStorage  # noqa: E402
 ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models"))
 CONCURRENCY = (1, 4, 16, 32, 64)
 BATCH_SIZES = (1, 8, 16, 32)
+RAW_ROUNDS = 3
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 
@@ -118,22 +119,16 @@ def raw_benchmark(runtime_name: str, seconds: float, threads: int | None = None)
     runtime.predict(np.zeros((1, 224, 224, 3), np.uint8))
     load_s = time.perf_counter() - started
     rng = np.random.default_rng(0)
-    results = {}
-    for batch in BATCH_SIZES:
-        pixels = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-        runtime.predict(pixels)
-        latencies = []
-        cpu_start, wall_start = time.process_time(), time.perf_counter()
-        while time.perf_counter() - wall_start < seconds or len(latencies) < 3:
-            t0 = time.perf_counter()
-            runtime.predict(pixels)
-            latencies.append(time.perf_counter() - t0)
-        wall = time.perf_counter() - wall_start
-        results[batch] = {
-            "images_per_s": batch * len(latencies) / wall,
-            "latency_ms": 1000 * float(np.median(latencies)),
-            "cpu_ms_per_image": 1000 * (time.process_time() - cpu_start) / (batch * len(latencies)),
-        }
+    inputs = {b: rng.integers(0, 256, (b, 224, 224, 3), dtype=np.uint8) for b in BATCH_SIZES}
+    results: dict[int, dict] = {}
+    # Interleaved rounds, best round kept: on a shared machine a neighbour's burst during one
+    # batch size's only window would otherwise lower this ceiling (and flatter the ratios).
+    for _ in range(RAW_ROUNDS):
+        for batch, pixels in inputs.items():
+            measured = _time_batches(runtime, pixels, seconds / RAW_ROUNDS)
+            best = results.get(batch)
+            if best is None or measured["images_per_s"] > best["images_per_s"]:
+                results[batch] = measured
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "runtime": runtime_name,
@@ -141,6 +136,23 @@ def raw_benchmark(runtime_name: str, seconds: float, threads: int | None = None)
         "load_s": load_s,
         "peak_rss_mb": peak_rss_mb,
         "batches": results,
+    }
+
+
+def _time_batches(runtime, pixels: np.ndarray, seconds: float) -> dict:
+    runtime.predict(pixels)
+    latencies = []
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    while time.perf_counter() - wall_start < seconds or len(latencies) < 3:
+        t0 = time.perf_counter()
+        runtime.predict(pixels)
+        latencies.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - wall_start
+    images = len(pixels) * len(latencies)
+    return {
+        "images_per_s": images / wall,
+        "latency_ms": 1000 * float(np.median(latencies)),
+        "cpu_ms_per_image": 1000 * (time.process_time() - cpu_start) / images,
     }
 
 
@@ -434,6 +446,33 @@ async def _upload_load(
 # ---------------------------------------------------------------- report
 
 
+def raw_pass(raw: dict, quick: bool) -> None:
+    """Measure every runtime in a fresh process; keep the best figures per batch size seen.
+
+    The ceiling is measured twice, before and after the served runs: on a shared machine a
+    neighbour's burst during one pass would otherwise lower it and flatter the ratios.
+    """
+    # "onnxruntime:1": single-threaded, as overlapping calls run in the default service
+    for runtime in ("onnxruntime", "onnxruntime:1", "tensorflow"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--raw-only", runtime, *(["--quick"] if quick else [])],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        ).stdout
+        measured = json.loads(out.strip().splitlines()[-1])
+        if runtime in raw:
+            kept = raw[runtime]["batches"]
+            for batch, figures in measured["batches"].items():
+                if figures["images_per_s"] > kept[batch]["images_per_s"]:
+                    kept[batch] = figures
+        else:
+            raw[runtime] = measured
+        best = max(b["images_per_s"] for b in raw[runtime]["batches"].values())
+        print(f"  {runtime}: best {best:.1f} images/s", flush=True)
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -462,19 +501,7 @@ def main() -> int:
     }
     print("raw model, in-process (one fresh process per runtime)", flush=True)
     report["raw"] = {}
-    # "onnxruntime:1": single-threaded, as the default service runs it (one call per core)
-    for runtime in ("onnxruntime", "onnxruntime:1", "tensorflow"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--raw-only", runtime, *(["--quick"] if args.quick else [])],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        ).stdout
-        report["raw"][runtime] = json.loads(out.strip().splitlines()[-1])
-        best = max(b["images_per_s"] for b in report["raw"][runtime]["batches"].values())
-        print(f"  {runtime}: best {best:.1f} images/s", flush=True)
-
+    raw_pass(report["raw"], args.quick)
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         storage_dir = Path(tmp)
         paths = prepare_images(storage_dir)
@@ -483,6 +510,8 @@ def main() -> int:
         report["served"] = [served_benchmark(c, paths, storage_dir, args.quick) for c in CONFIGS]
         print("preprocess", flush=True)
         report["preprocess"] = preprocess_benchmark(storage_dir, args.quick)
+    print("raw model again (the ceiling is the best of both passes)", flush=True)
+    raw_pass(report["raw"], args.quick)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))

@@ -42,7 +42,7 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
     tf_raw = max(_raw(report, "tensorflow", b)["images_per_s"] for b in (8, 16, 32))
     c1 = _level(default, 1)["p50_ms"]
     raw1 = _raw(report, "onnxruntime", 1)["latency_ms"]
-    overhead = overhead_ms(report, DEFAULT, 32)
+    overhead = overhead_ms(report, DEFAULT, 32) or float("nan")
     errors = sum(
         sum(level["errors"].values())
         for entry in report["served"]
@@ -103,25 +103,25 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
     return rows
 
 
-def overhead_ms(report: dict, name: str, concurrency: int) -> float:
-    """Server CPU per request outside the model and decoding.
+def overhead_ms(report: dict, name: str, concurrency: int) -> float | None:
+    """Server CPU per request outside the model and decoding, measured per thread.
 
-    ONNX Runtime: minus the CPU the model and decode threads used, as the service counts it per
-    thread (a lone call's second intra-op thread is not counted, so this errs high). TensorFlow
-    runs ops on its own thread pool, invisible to the calling thread: minus the raw model's CPU
-    per image at the batch size formed and the in-process decode cost instead.
+    The service counts the CPU of the threads that call the model and decode (`/metrics`); a
+    lone ONNX Runtime call's second intra-op thread is not counted, so this errs high at low
+    concurrency. None for TensorFlow, which runs ops on its own thread pool, out of the calling
+    thread's sight (see analysis.md for its profile).
     """
     entry = _served(report)[name]
     level = _level(entry, concurrency)
-    if entry["config"]["runtime"] == "onnxruntime" and level.get("model_cpu_ms_per_request"):
-        model_ms = level["model_cpu_ms_per_request"]
-        decode_ms = level["decode_cpu_ms_per_request"]
-    else:
-        batch = level.get("mean_batch") or 1
-        nearest = min((1, 8, 16, 32), key=lambda b: abs(b - batch))
-        model_ms = _raw(report, entry["config"]["runtime"], nearest)["cpu_ms_per_image"]
-        decode_ms = report["decode_cpu_ms"]
+    if entry["config"]["runtime"] != "onnxruntime" or "model_cpu_ms_per_request" not in level:
+        return None
+    model_ms = level["model_cpu_ms_per_request"]
+    decode_ms = level["decode_cpu_ms_per_request"]
     return level["server_cpu_ms_per_request"] - model_ms - decode_ms
+
+
+def _or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def row(*cells: object) -> str:
@@ -214,9 +214,7 @@ def write_report(report: dict, out: Path) -> None:
                     errors,
                     batch,
                     f"{lv['server_cpu_ms_per_request']:.1f}",
-                    "-"
-                    if entry["config"]["naive"]
-                    else f"{overhead_ms(report, entry['config']['name'], int(concurrency)):.1f}",
+                    _or_dash(overhead_ms(report, entry["config"]["name"], int(concurrency))),
                     f"{lv['client_cpu_share']:.2f}",
                 )
             )
