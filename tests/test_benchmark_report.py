@@ -1,0 +1,35 @@
+"""The committed benchmark report is what scripts/benchmark_report.py makes of the committed data.
+
+The benchmark itself takes minutes of both cores and is run by hand (README, Performance);
+this keeps its report generator working and the committed tables honest to results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+
+from benchmark_report import targets, write_report
+
+RESULTS = REPO / "benchmarks"
+
+
+def test_committed_results_md_is_generated_from_committed_json(tmp_path):
+    report = json.loads((RESULTS / "results.json").read_text())
+    write_report(report, tmp_path)
+    assert (tmp_path / "results.md").read_text() == (RESULTS / "results.md").read_text()
+    for plot in ("throughput.png", "latency.png"):
+        assert (tmp_path / plot).stat().st_size > 10_000
+        assert (RESULTS / plot).is_file()
+
+
+def test_every_target_row_has_a_measurement():
+    rows = targets(json.loads((RESULTS / "results.json").read_text()))
+    assert len(rows) == 9
+    for name, measured, goal, _met in rows:
+        assert name and goal
+        assert "nan" not in measured, f"{name}: nothing measured"
