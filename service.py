@@ -52,7 +52,7 @@ MAX_LATENCY_MS = int(os.environ.get("CLASSIFY_MAX_LATENCY_MS", "10000"))
 # Unbatched ONNX Runtime is fastest with several calls at once (each single-threaded when they
 # overlap, see runtimes.OnnxRuntime); everything else as one call at a time using every core
 # inside it (measured, benchmarks/results.md).
-_PER_CORE_CALLS = RUNTIME == "onnxruntime" and not BATCHING
+_PARALLEL_CALLS = RUNTIME == "onnxruntime" and not BATCHING
 _CORES = os.cpu_count() or 1
 # Threads inside one model call (intra-op); 0 = the runtime's choice (adaptive for ONNX Runtime).
 MODEL_THREADS = int(os.environ.get("CLASSIFY_MODEL_THREADS", "0")) or None
@@ -60,8 +60,10 @@ MODEL_THREADS = int(os.environ.get("CLASSIFY_MODEL_THREADS", "0")) or None
 # busy while another call waits for the GIL to hand back its result (measured on 2 cores: ~160
 # vs ~149 req/s at concurrency 32 with one per core).
 CONCURRENT_CALLS = int(
-    os.environ.get("CLASSIFY_CONCURRENT_CALLS", str(2 * _CORES) if _PER_CORE_CALLS else "1")
+    os.environ.get("CLASSIFY_CONCURRENT_CALLS", str(2 * _CORES) if _PARALLEL_CALLS else "1")
 )
+# Storage reads wait on the network with GCS; this many may wait at once (more queue).
+READ_THREADS = 32
 NUM_CLASSES = 1000
 PIXEL_BYTES = MODEL_SIZE * MODEL_SIZE * 3
 
@@ -74,7 +76,7 @@ MODEL_CPU = bentoml.metrics.Counter(
 )
 DECODE_CPU = bentoml.metrics.Counter(
     name="classify_decode_cpu_seconds",
-    documentation="CPU seconds spent reading, decoding and resizing stored images",
+    documentation="CPU seconds spent decoding and resizing stored images (reading excluded)",
 )
 
 
@@ -127,7 +129,7 @@ class Classify:
         self._self_client_authorized = False
         # unbatched model calls (with batching on, BentoML runs `predict_batch` itself)
         self._model_threads = ThreadPoolExecutor(CONCURRENT_CALLS, thread_name_prefix="model")
-        self._read_threads = ThreadPoolExecutor(32, thread_name_prefix="read")
+        self._read_threads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read")
 
     async def __is_ready__(self) -> bool:
         """Ready once one image has gone through the real route, batcher included."""
