@@ -87,10 +87,15 @@ class LocalStorage:
         path = self._resolve(uri)
         try:
             with open(path, "rb") as file:
-                data = file.read(max_bytes + 1)
+                size = os.fstat(file.fileno()).st_size
+                if size > max_bytes:
+                    raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
+                # Ask for the size the file has: `read(max_bytes + 1)` would allocate the whole
+                # limit (20 MiB by default) per call, ~4x the cost of reading a stored image.
+                data = file.read(size + 1)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"no stored object at {uri}") from exc
-        if len(data) > max_bytes:
+        if len(data) > max_bytes:  # grew since fstat: stored objects never do, but be sure
             raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
         return data
 

@@ -14,7 +14,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from common.auth import BearerAuth
-from common.config import settings
+from common.config import observability_config, settings
 from common.docs import DocsAlias
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
 from common.http_guards import ErrorShape
@@ -38,6 +38,7 @@ from preprocess.uploads import UploadGuard
     threads=4,  # Pillow releases the GIL while decoding and resizing
     traffic={"timeout": 60},
     labels={"owner": "image-services", "stage": "preprocess"},
+    **observability_config(settings()),
 )
 class Preprocess:
     def __init__(self) -> None:

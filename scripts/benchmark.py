@@ -104,6 +104,39 @@ def tree_cpu_s(process: psutil.Process) -> float:
     return total
 
 
+RUNTIME_THREADS = ("onnxruntime", "tensorflow")  # named by the service (common/threads.py)
+
+
+def thread_cpu_s(process: psutil.Process) -> dict[str, float]:
+    """CPU seconds of a server's threads, grouped by role.
+
+    The worker (the process with the most threads) has its event loop on the main thread and
+    names its pools and the runtime's threads at the OS level; every other process in the tree
+    (BentoML's supervisor) counts as "supervisor".
+    """
+    procs = [process, *process.children(recursive=True)]
+    worker = max(procs, key=lambda p: p.num_threads() if p.is_running() else 0)
+    groups: dict[str, float] = {}
+    for proc in procs:
+        for thread in proc.threads():
+            if proc.pid != worker.pid:
+                group = "supervisor"
+            elif thread.id == worker.pid:
+                group = "event loop"
+            else:
+                group = _thread_name(worker.pid, thread.id)
+            groups[group] = groups.get(group, 0.0) + thread.user_time + thread.system_time
+    return groups
+
+
+def _thread_name(pid: int, tid: int) -> str:
+    try:
+        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "other threads"
+    return name if name.startswith("classify-") or name in RUNTIME_THREADS else "other threads"
+
+
 # ---------------------------------------------------------------- raw model, in-process
 
 
@@ -339,9 +372,11 @@ def served_benchmark(config: Config, paths: list[str], storage_dir: Path, quick:
             asyncio.run(load(server.url, paths, concurrency, 2 * concurrency, 30, server))  # warm
             before = _counters(server)
             cpu_before, client_before = tree_cpu_s(server.process), me.cpu_times()
+            threads_before = thread_cpu_s(server.process)
             result = asyncio.run(load(server.url, paths, concurrency, requests, 30, server))
             client_after = me.cpu_times()
             server_cpu = tree_cpu_s(server.process) - cpu_before
+            threads_after = thread_cpu_s(server.process)
             after = _counters(server)
             grew = {key: after[key] - before[key] for key in after}
             result["mean_batch"] = grew["samples"] / grew["batches"] if grew["batches"] else None
@@ -350,6 +385,11 @@ def served_benchmark(config: Config, paths: list[str], storage_dir: Path, quick:
             # CPU of the threads that ran the model and decoded (from the service's /metrics)
             result["model_cpu_ms_per_request"] = 1000 * grew["model_cpu_s"] / served
             result["decode_cpu_ms_per_request"] = 1000 * grew["decode_cpu_s"] / served
+            # per thread (threads that ended during the run are missing: the sum may fall short)
+            result["thread_cpu_ms_per_request"] = {
+                group: 1000 * (cpu - threads_before.get(group, 0.0)) / served
+                for group, cpu in sorted(threads_after.items())
+            }
             client_cpu = (client_after.user + client_after.system) - (
                 client_before.user + client_before.system
             )

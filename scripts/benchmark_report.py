@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 
 DEFAULT = "onnxruntime, batching off"  # the default: CLASSIFY_BATCHING=auto
 NAIVE = "naive FastAPI (brief's design)"
+RUNTIME_THREADS = ("onnxruntime", "tensorflow")  # as scripts/benchmark.py groups them
 
 
 def _served(report: dict) -> dict[str, dict]:
@@ -106,22 +107,63 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
 def overhead_ms(report: dict, name: str, concurrency: int) -> float | None:
     """Server CPU per request outside the model and decoding, measured per thread.
 
-    The service counts the CPU of the threads that call the model and decode (`/metrics`); a
-    lone ONNX Runtime call's second intra-op thread is not counted, so this errs high at low
-    concurrency. None for TensorFlow, which runs ops on its own thread pool, out of the calling
-    thread's sight (see analysis.md for its profile).
+    Model and decode CPU come from the service's counters (`/metrics`, CPU of the calling
+    threads) plus the runtime's own threads (named after it, see common/threads.py). None for
+    the naive baseline, which has no counters, and for TensorFlow in runs that predate the
+    per-thread split (its ops run on its own pool, out of the calling thread's sight).
     """
     entry = _served(report)[name]
     level = _level(entry, concurrency)
-    if entry["config"]["runtime"] != "onnxruntime" or "model_cpu_ms_per_request" not in level:
+    if "model_cpu_ms_per_request" not in level:
         return None
+    threads = level.get("thread_cpu_ms_per_request")
+    if threads is None and entry["config"]["runtime"] != "onnxruntime":
+        return None
+    runtime_ms = sum((threads or {}).get(name, 0.0) for name in RUNTIME_THREADS)
     model_ms = level["model_cpu_ms_per_request"]
     decode_ms = level["decode_cpu_ms_per_request"]
-    return level["server_cpu_ms_per_request"] - model_ms - decode_ms
+    return level["server_cpu_ms_per_request"] - model_ms - decode_ms - runtime_ms
 
 
-def _or_dash(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def thread_table(report: dict, concurrency: int) -> list[str]:
+    """Server CPU per request by thread at one concurrency, for every BentoML config."""
+    entries = [e for e in report["served"] if "thread_cpu_ms_per_request" in _level(e, concurrency)]
+    if not entries:
+        return []
+    groups = sorted(
+        {g for e in entries for g in _level(e, concurrency)["thread_cpu_ms_per_request"]}
+    )
+    lines = [
+        "",
+        f"## Server CPU by thread at concurrency {concurrency} (core-ms per request)",
+        "",
+        "Threads are named at the OS level by the service (`classify-read`, `classify-model`, the",
+        "runtime's own pool); the model and decode columns are the service's counters, CPU of the",
+        "calling threads inside those two steps only. Naive baseline: not split.",
+        "",
+        row("config", "model (counter)", "decode (counter)", *groups, "outside model + decode"),
+        row(*["---"] * (len(groups) + 4)),
+    ]
+    for entry in entries:
+        name = entry["config"]["name"]
+        if entry["config"]["naive"]:
+            continue
+        level = _level(entry, concurrency)
+        threads = level["thread_cpu_ms_per_request"]
+        lines.append(
+            row(
+                name,
+                f"{level['model_cpu_ms_per_request']:.2f}",
+                f"{level['decode_cpu_ms_per_request']:.2f}",
+                *(f"{threads[g]:.2f}" if g in threads else "-" for g in groups),
+                _or_dash(overhead_ms(report, name, concurrency), digits=2),
+            )
+        )
+    return lines
+
+
+def _or_dash(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def row(*cells: object) -> str:
@@ -223,6 +265,7 @@ def write_report(report: dict, out: Path) -> None:
         lines.append(
             f"| {entry['config']['name']} | {entry['ready_s']:.1f} | {entry['peak_rss_mb']:.0f} |"
         )
+    lines += thread_table(report, 32)
     pre = report["preprocess"]
     lines += [
         "",

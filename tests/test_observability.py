@@ -1,0 +1,73 @@
+"""Access log and tracing are opt-in; server threads carry names the benchmark relies on."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import Server, service_env, wait_until
+from helpers import classify, upload
+
+from common.config import Settings, observability_config
+
+ACCESS_LINE = re.compile(r"method=POST,path=/(classify|preprocess)")
+
+
+def test_settings_turn_access_log_and_tracing_on():
+    quiet = observability_config(Settings.from_env({}))
+    assert quiet == {"logging": {"access": {"enabled": False}}, "tracing": {"excluded_urls": ".*"}}
+    chatty = observability_config(Settings.from_env({"ACCESS_LOG": "1", "REQUEST_TRACING": "1"}))
+    assert chatty == {"logging": {"access": {"enabled": True}}, "tracing": {"excluded_urls": None}}
+
+
+def test_default_servers_log_no_access_lines_and_skip_tracing(services, photos):
+    uri = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]
+    answer = classify(services.classify.url, uri)
+    assert answer.status_code == 200
+    assert "x-bentoml-request-id" not in answer.headers  # set by the tracing middleware only
+    for server in (services.classify, services.preprocess):
+        assert not ACCESS_LINE.search(server.log.read_text(errors="ignore"))
+
+
+@pytest.fixture()
+def chatty_preprocess(bentoml_home: Path, tmp_path: Path):
+    env = service_env(
+        bentoml_home,
+        {"STORAGE_DIR": str(tmp_path / "data")},
+        ACCESS_LOG="true",
+        REQUEST_TRACING="true",
+    )
+    server = Server("preprocess.service:Preprocess", env, tmp_path / "preprocess.log").start()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def test_access_log_and_tracing_when_asked_for(chatty_preprocess, photos):
+    answer = upload(chatty_preprocess.url, photos["cat"])
+    assert answer.status_code == 200
+    assert re.fullmatch(r"[0-9a-f]{16}", answer.headers["x-bentoml-request-id"])
+    wait_until(
+        lambda: ACCESS_LINE.search(chatty_preprocess.log.read_text(errors="ignore")),
+        10,
+        "an access log line",
+        chatty_preprocess.log,
+    )
+
+
+def test_classify_threads_are_named_by_role(services, photos):
+    """scripts/benchmark.py splits server CPU by these names (model work vs overhead)."""
+    uri = upload(services.preprocess.url, photos["bird"]).json()["gcs_path"]
+    assert classify(services.classify.url, uri).status_code == 200
+    supervisor = psutil.Process(services.classify.process.pid)
+    worker = max(supervisor.children(recursive=True), key=lambda p: p.num_threads())
+    names = {
+        Path(f"/proc/{worker.pid}/task/{thread.id}/comm").read_text().strip()
+        for thread in worker.threads()
+    }
+    runtime_pool = {"onnxruntime"} if (os.cpu_count() or 1) > 1 else set()  # lone calls' helper
+    assert {"classify-read", "classify-model", *runtime_pool} <= names
