@@ -41,6 +41,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from heldout import labelled_views, top1_accuracy  # noqa: E402
+
 from common.images import (  # noqa: E402
     STORED_CONTENT_TYPE,
     STORED_SUFFIX,
@@ -51,6 +53,7 @@ from common.images import (  # noqa: E402
 )
 from common.schemas import ResizeMode  # noqa: E402
 from common.storage import LocalStorage  # noqa: E402
+from runtimes import ALL_RUNTIMES  # noqa: E402
 
 ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models"))
 CONCURRENCY = (1, 4, 16, 32, 64)
@@ -75,6 +78,7 @@ CONFIGS = (
     Config("onnxruntime, batching off", "onnxruntime", False),  # the default configuration
     Config("tensorflow, batching on", "tensorflow", True),
     Config("tensorflow, batching off", "tensorflow", False),
+    Config("openvino-bf16, batching off", "openvino-bf16", False),  # opt-in reduced precision
     Config("naive FastAPI (brief's design)", "tensorflow", False, naive=True),
 )
 
@@ -104,7 +108,7 @@ def tree_cpu_s(process: psutil.Process) -> float:
     return total
 
 
-RUNTIME_THREADS = ("onnxruntime", "tensorflow")  # named by the service (common/threads.py)
+RUNTIME_THREADS = ALL_RUNTIMES  # the service names the runtime's threads after it
 
 
 def thread_cpu_s(process: psutil.Process) -> dict[str, float]:
@@ -493,7 +497,7 @@ def raw_pass(raw: dict, quick: bool) -> None:
     neighbour's burst during one pass would otherwise lower it and flatter the ratios.
     """
     # "onnxruntime:1": single-threaded, as overlapping calls run in the default service
-    for runtime in ("onnxruntime", "onnxruntime:1", "tensorflow"):
+    for runtime in ("onnxruntime", "onnxruntime:1", "tensorflow", "openvino", "openvino-bf16"):
         out = subprocess.run(
             [sys.executable, __file__, "--raw-only", runtime, *(["--quick"] if quick else [])],
             capture_output=True,
@@ -513,10 +517,48 @@ def raw_pass(raw: dict, quick: bool) -> None:
         print(f"  {runtime}: best {best:.1f} images/s", flush=True)
 
 
+def reduced_precision_accuracy(runtime_name: str) -> dict:
+    """Top-1 accuracy of a reduced-precision runtime and of FP32 on the labelled held-out views.
+
+    FP32 is ONNX Runtime, which tests/test_runtimes.py holds within 1e-4 of Keras.
+    """
+    from runtimes import load_runtime
+
+    model_dir = stored_model_dir()
+    index = json.loads((model_dir / "imagenet_class_index.json").read_text())
+    names = [index[str(i)][1].replace("_", " ") for i in range(1000)]
+    views, labels = labelled_views(ASSETS / "images")
+    outputs = {}
+    for name in ("onnxruntime", runtime_name):
+        runtime = load_runtime(name, model_dir)
+        outputs[name] = np.concatenate(
+            [runtime.predict(views[i : i + 32]) for i in range(0, len(views), 32)]
+        )
+    fp32, reduced = outputs["onnxruntime"], outputs[runtime_name]
+    return {
+        "runtime": runtime_name,
+        "precision": runtime.precision,
+        "images": len(views),
+        "fp32_top1": top1_accuracy(fp32, labels, names),
+        "reduced_top1": top1_accuracy(reduced, labels, names),
+        "top1_agreement": float((fp32.argmax(1) == reduced.argmax(1)).mean()),
+        "max_probability_change": float(np.abs(fp32 - reduced).max()),
+    }
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
-    names = ("bentoml", "onnxruntime", "tensorflow-cpu", "numpy", "pillow", "fastapi", "uvicorn")
+    names = (
+        "bentoml",
+        "onnxruntime",
+        "openvino",
+        "tensorflow-cpu",
+        "numpy",
+        "pillow",
+        "fastapi",
+        "uvicorn",
+    )
     return {name: version(name) for name in names}
 
 
@@ -552,6 +594,8 @@ def main() -> int:
         report["preprocess"] = preprocess_benchmark(storage_dir, args.quick)
     print("raw model again (the ceiling is the best of both passes)", flush=True)
     raw_pass(report["raw"], args.quick)
+    print("reduced precision: top-1 on the labelled held-out sample", flush=True)
+    report["reduced_precision"] = reduced_precision_accuracy("openvino-bf16")
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))

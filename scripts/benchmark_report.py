@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 
 DEFAULT = "onnxruntime, batching off"  # the default: CLASSIFY_BATCHING=auto
 NAIVE = "naive FastAPI (brief's design)"
-RUNTIME_THREADS = ("onnxruntime", "tensorflow")  # as scripts/benchmark.py groups them
+REDUCED = "openvino-bf16, batching off"  # the opt-in reduced-precision runtime
+RUNTIME_THREADS = ("onnxruntime", "tensorflow", "openvino", "openvino-bf16")  # named after these
 
 
 def _served(report: dict) -> dict[str, dict]:
@@ -41,6 +42,7 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
     naive32 = _level(naive, 32)["throughput"]
     ort_raw = _raw_best(report, "onnxruntime")
     tf_raw = max(_raw(report, "tensorflow", b)["images_per_s"] for b in (8, 16, 32))
+    precision = report["reduced_precision"]
     c1 = _level(default, 1)["p50_ms"]
     raw1 = _raw(report, "onnxruntime", 1)["latency_ms"]
     overhead = overhead_ms(report, DEFAULT, 32) or float("nan")
@@ -87,6 +89,19 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
             str(errors),
             "0",
             errors == 0,
+        ),
+        (
+            "opt-in BF16 (openvino-bf16) at c=32 vs naive baseline",
+            f"{_level(served[REDUCED], 32)['throughput'] / naive32:.2f}x",
+            ">= 4x",
+            _level(served[REDUCED], 32)["throughput"] / naive32 >= 4,
+        ),
+        (
+            "opt-in BF16 top-1 on the labelled held-out sample vs FP32",
+            f"{100 * precision['reduced_top1']:.1f}% vs {100 * precision['fp32_top1']:.1f}% "
+            f"({100 * (precision['reduced_top1'] - precision['fp32_top1']):+.1f} points)",
+            "within 1 point",
+            abs(precision["reduced_top1"] - precision["fp32_top1"]) <= 0.01,
         ),
         (
             "classify peak RSS (default runtime)",
@@ -266,6 +281,17 @@ def write_report(report: dict, out: Path) -> None:
             f"| {entry['config']['name']} | {entry['ready_s']:.1f} | {entry['peak_rss_mb']:.0f} |"
         )
     lines += thread_table(report, 32)
+    p = report["reduced_precision"]
+    lines += [
+        "",
+        f"## Reduced precision ({p['runtime']}, running in {p['precision']})",
+        "",
+        f"Top-1 accuracy on the labelled held-out sample ({p['images']} seeded views of the six",
+        f"photos, scripts/heldout.py): FP32 {100 * p['fp32_top1']:.1f}%, reduced "
+        f"{100 * p['reduced_top1']:.1f}%; top-1 agreement with FP32",
+        f"{100 * p['top1_agreement']:.1f}%; largest change of a probability "
+        f"{p['max_probability_change']:.3f}.",
+    ]
     pre = report["preprocess"]
     lines += [
         "",

@@ -24,6 +24,7 @@ MODEL_ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "mod
 WEIGHTS = MODEL_ASSETS / "mobilenet_v2_imagenet.h5"
 PHOTOS = MODEL_ASSETS / "images"
 TEST_BUCKET = "test-bucket"
+sys.path.insert(0, str(REPO / "scripts"))  # the benchmark's modules, tested here too
 
 
 def free_port() -> int:
@@ -240,7 +241,7 @@ def keras_reference(model_assets: Path):
 
 @pytest.fixture(scope="session")
 def built(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """All three Bentos, built and exported by scripts/build into a temporary folder."""
+    """All four Bentos, built and exported by scripts/build into a temporary folder."""
     export_dir = tmp_path_factory.mktemp("exported")
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTO_EXPORT_DIR": str(export_dir)}
     result = subprocess.run(
@@ -248,7 +249,11 @@ def built(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     )
     assert result.returncode == 0, result.stderr[-3000:]
     tags = dict(
-        zip(("classify", "preprocess", "tensorflow"), result.stdout.split()[-3:], strict=True)
+        zip(
+            ("classify", "preprocess", "tensorflow", "openvino"),
+            result.stdout.split()[-4:],
+            strict=True,
+        )
     )
     exported = sorted(path.name for path in export_dir.iterdir())
     assert exported == sorted(f"{tag.replace(':', '-')}.bento" for tag in tags.values())

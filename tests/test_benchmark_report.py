@@ -7,13 +7,9 @@ this keeps its report generator working and the committed tables honest to resul
 from __future__ import annotations
 
 import json
-import sys
-
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "scripts"))
 
 from benchmark_report import targets, write_report
+from conftest import REPO
 
 RESULTS = REPO / "benchmarks"
 

@@ -1,4 +1,4 @@
-"""`scripts/build`: both Bentos build with what they need, export, and serve the pipeline."""
+"""`scripts/build`: every Bento builds with what it needs, exports, and serves the pipeline."""
 
 from __future__ import annotations
 
@@ -44,6 +44,16 @@ def test_tensorflow_variant_carries_tensorflow(built):
     assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
 
 
+def test_openvino_variant_carries_openvino_but_no_tensorflow(built):
+    folder = _bento_dir(built, "openvino")
+    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
+    assert manifest["envs"][0]["value"] == "openvino-bf16"
+    requirements = _requirements(folder)
+    assert requirements["openvino"] == "2026.4.1"
+    assert not any(name.startswith(("tensorflow", "onnxruntime")) for name in requirements)
+    assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
+
+
 def test_preprocess_bento_has_shared_code_but_no_tensorflow(built):
     folder = _bento_dir(built, "preprocess")
     manifest = yaml.safe_load((folder / "bento.yaml").read_text())
@@ -61,28 +71,32 @@ def test_built_bentos_serve_the_pipeline(built, bentoml_home, photos, tmp_path):
     env = service_env(bentoml_home, backend.env)
     servers = [
         Server(built[name], env, tmp_path / f"{name}.log").start()
-        for name in ("classify", "preprocess", "tensorflow")
+        for name in ("classify", "preprocess", "tensorflow", "openvino")
     ]
     try:
-        classify_server, preprocess_server, tensorflow_server = (s.wait_ready() for s in servers)
+        classify_server, preprocess_server, tensorflow_server, openvino_server = (
+            s.wait_ready() for s in servers
+        )
         stored = upload(preprocess_server.url, photos["parrot"])
         assert stored.status_code == 200, stored.text
         answers = [
             classify(server.url, stored.json()["gcs_path"])
-            for server in (classify_server, tensorflow_server)
+            for server in (classify_server, tensorflow_server, openvino_server)
         ]
         for answer in answers:
             assert answer.status_code == 200, answer.text
             assert answer.json()["label"] == EXPECTED_LABELS["resize"]["parrot"]
-        onnx, tensorflow = (answer.json()["confidence"] for answer in answers)
+        onnx, tensorflow, bf16 = (answer.json()["confidence"] for answer in answers)
         assert abs(onnx - tensorflow) < 1e-4
+        assert abs(onnx - bf16) < 0.05  # BF16: same class, probabilities move by up to ~0.05
     finally:
         for server in servers:
             server.stop()
 
 
-def test_bentoml_cli_lists_all_three(built):
+def test_bentoml_cli_lists_all_four(built):
     env = {**os.environ, "BENTOML_HOME": built["home"]}
     out = subprocess.run([BENTOML, "list", "-o", "json"], env=env, capture_output=True, text=True)
     listed = {bento["tag"] for bento in json.loads(out.stdout)}
-    assert {built[name] for name in ("classify", "preprocess", "tensorflow")} <= listed
+    names = ("classify", "preprocess", "tensorflow", "openvino")
+    assert {built[name] for name in names} <= listed

@@ -188,6 +188,25 @@ def test_deploy_runs_exactly_what_its_dry_run_prints(stubs, bentoml_home):
     assert "https://classify-abc123-uc.a.run.app" in real.stdout
 
 
+@pytest.mark.parametrize(
+    ("variant", "bento", "memory"),
+    [("tensorflow", "classify-tensorflow", "2Gi"), ("openvino", "classify-openvino", "1Gi")],
+)
+def test_classify_variant_picks_the_bento_and_its_sizing(stubs, variant, bento, memory):
+    result = run_script({**stubs, "CLASSIFY_VARIANT": variant}, "deploy", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    commands = printed(result.stdout)
+    assert [bento + ":BUILT_TAG"] == [c[2] for c in commands if c[1:2] == ["containerize"]][:1]
+    deploy = next(c for c in commands if c[:4] == ["gcloud", "run", "deploy", "classify"])
+    assert deploy[deploy.index("--memory") + 1] == memory
+
+
+def test_unknown_classify_variant_is_a_clear_error(stubs):
+    result = run_script({**stubs, "CLASSIFY_VARIANT": "caffe"}, "deploy", "--dry-run")
+    assert result.returncode == 2 and "CLASSIFY_VARIANT must be" in result.stderr
+    assert recorded(stubs) == []
+
+
 def test_missing_project_is_a_clear_error(stubs):
     env = {key: value for key, value in stubs.items() if key not in ("PROJECT_ID", "BUCKET")}
     result = run_script(env, "teardown")

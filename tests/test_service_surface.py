@@ -43,8 +43,11 @@ def test_bentofiles_pin_what_pyproject_pins():
     preprocess = _pins(yaml.safe_load(preprocess_file.read_text())["python"]["packages"])
     tensorflow_file = REPO / "bentofile.tensorflow.yaml"
     tensorflow = _pins(yaml.safe_load(tensorflow_file.read_text())["python"]["packages"])
+    openvino_file = REPO / "bentofile.openvino.yaml"
+    openvino = _pins(yaml.safe_load(openvino_file.read_text())["python"]["packages"])
     extras = {name: _pins(pins) for name, pins in project["optional-dependencies"].items()}
     assert preprocess == base
     assert classify == base | extras["classify"]
     assert tensorflow == base | {"tensorflow-cpu": extras["tensorflow"]["tensorflow-cpu"]}
-    assert not any(name.startswith("tensorflow") for name in preprocess | classify)
+    assert openvino == base | extras["openvino"]
+    assert not any(name.startswith("tensorflow") for name in preprocess | classify | openvino)
