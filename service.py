@@ -5,8 +5,8 @@ awaits `predict_batch`, a `batchable` BentoML API: calls from concurrent request
 BentoML's batcher and the model runs once per batch; pixels travel to the batch route as raw
 bytes (base64 in JSON), never as JSON lists of numbers. With batching off, decode and model run
 per request on a small pool of model threads, fed straight from the reading thread. The model
-runs on ONNX Runtime (default) or TensorFlow (`runtimes.py`); whether batching pays depends on
-the runtime (`CLASSIFY_BATCHING`).
+runs on ONNX Runtime (default), TensorFlow or OpenVINO (FP32, or BF16 as an opt-in; see
+`runtimes.py`); whether batching pays depends on the runtime (`CLASSIFY_BATCHING`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 DEFAULT = "onnxruntime, batching off"  # the default: CLASSIFY_BATCHING=auto
-NAIVE = "naive FastAPI (brief's design)"
+NAIVE = "naive FastAPI (brief's design)"  # predict_on_batch: the stronger naive baseline
 REDUCED = "openvino-bf16, batching off"  # the opt-in reduced-precision runtime
 RUNTIME_THREADS = ("onnxruntime", "tensorflow", "openvino", "openvino-bf16")  # named after these
 
@@ -194,7 +194,7 @@ def write_report(report: dict, out: Path) -> None:
         f"Measured {report['date']} on {report['machine']}; load generator on the same cores.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         "",
-        "Rerun: `scripts/ensure-model && .venv/bin/python scripts/benchmark.py` (about 6 minutes;",
+        "Rerun: `scripts/ensure-model && .venv/bin/python scripts/benchmark.py` (about 10 minutes;",
         "`--quick` for a smoke run). Timings on a shared 2-core machine are noisy: compare the",
         "ratios within one run, not absolute numbers across runs.",
         "",

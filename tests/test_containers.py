@@ -49,7 +49,7 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def images(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """Both Bentos built on the local base and containerized with buildah."""
+    """The Bentos built on the local base and containerized with buildah."""
     env = {**container_env(), "BENTOML_HOME": str(bentoml_home)}
     subprocess.run([str(CONTAINERS / "build-base-image"), BASE_IMAGE], env=env, check=True)
     tmp = tmp_path_factory.mktemp("bentofiles")
@@ -57,6 +57,7 @@ def images(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     for name, bentofile in (
         ("classify", "bentofile.yaml"),
         ("preprocess", "preprocess/bentofile.yaml"),
+        ("classify-openvino", "bentofile.openvino.yaml"),
     ):
         config = yaml.safe_load((REPO / bentofile).read_text())
         config["docker"]["base_image"] = BASE_IMAGE  # test-only substitution
@@ -132,6 +133,39 @@ def test_images_run_as_non_root_and_preprocess_has_no_tensorflow(images):
         "import importlib.util as u; print(u.find_spec('tensorflow') is None)",
     )
     assert listing.stdout.strip() == "True"
+
+
+def test_openvino_image_classifies_in_bf16_without_tensorflow_or_onnxruntime(
+    images, photos, tmp_path
+):
+    image = images["classify-openvino"]["image"]
+    absent = podman(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/app/.venv/bin/python",
+        image,
+        "-c",
+        "import importlib.util as u; print([u.find_spec(m) is None for m in "
+        "('tensorflow', 'onnxruntime')], u.find_spec('openvino') is None)",
+    )
+    assert absent.stdout.strip() == "[True, True] False"
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o777)
+    preprocess = Container(images["preprocess"]["image"], data)
+    bf16 = Container(image, data)
+    try:
+        for name in ("parrot", "dragonfly"):
+            stored = upload(preprocess.url, photos[name]).json()["gcs_path"]
+            answer = classify(bf16.url, stored)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["label"] == EXPECTED_LABELS["resize"][name]
+        figures = {**images["classify-openvino"], "ready_s": bf16.ready_s}
+        print(json.dumps({"classify-openvino": figures}, indent=2), file=sys.stderr)
+    finally:
+        bf16.stop()
+        preprocess.stop()
 
 
 def test_pipeline_against_the_two_containers(images, photos, tmp_path):
