@@ -22,8 +22,6 @@ RUNTIMES = ("onnxruntime", "tensorflow", "openvino")
 # Opt-in reduced precision: accepted on top-1 accuracy within 1 point of FP32 instead
 REDUCED_PRECISION_RUNTIMES = ("openvino-bf16",)
 ALL_RUNTIMES = RUNTIMES + REDUCED_PRECISION_RUNTIMES
-# Runtimes that serve the most images/s unbatched, with several calls at once (service.py)
-PARALLEL_RUNTIMES = ("onnxruntime", *REDUCED_PRECISION_RUNTIMES, "openvino")
 DEFAULT_RUNTIME = "onnxruntime"  # fastest accepted FP32 runtime (benchmarks/results.md)
 
 

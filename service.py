@@ -34,7 +34,7 @@ from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from common.threads import name_this_thread, name_thread, thread_ids
-from runtimes import DEFAULT_RUNTIME, PARALLEL_RUNTIMES, load_runtime
+from runtimes import DEFAULT_RUNTIME, load_runtime
 
 MODEL_TAG = os.environ.get("CLASSIFY_MODEL", "mobilenet_v2:latest")
 RUNTIME = os.environ.get("CLASSIFY_RUNTIME", DEFAULT_RUNTIME)
@@ -50,18 +50,16 @@ MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "32"))
 # The batcher answers 503 to a request it predicts will wait longer than this; small values
 # shed most requests under load (see README), so it is sized well above a full batch's time.
 MAX_LATENCY_MS = int(os.environ.get("CLASSIFY_MAX_LATENCY_MS", "10000"))
-# Unbatched ONNX Runtime and OpenVINO are fastest with several calls at once (each on one core
-# when they overlap, see runtimes.py); TensorFlow as one call at a time using every core inside
-# it (measured, benchmarks/results.md).
-_PARALLEL_CALLS = RUNTIME in PARALLEL_RUNTIMES and not BATCHING
 _CORES = os.cpu_count() or 1
 # Threads inside one model call (intra-op); 0 = the runtime's choice (adaptive for ONNX Runtime).
 MODEL_THREADS = int(os.environ.get("CLASSIFY_MODEL_THREADS", "0")) or None
-# Model calls that may run at once. Unbatched ONNX Runtime or OpenVINO: two per core, so that a
-# core stays busy while another call waits for the GIL to hand back its result (measured on
-# 2 cores, ONNX Runtime: ~160 vs ~149 req/s at concurrency 32 with one per core).
+# Model calls that may run at once. Unbatched: two per core, each runtime splitting the cores
+# between overlapping calls (runtimes.py), so that a core stays busy while another call waits
+# for the GIL to hand back its result (measured on 2 cores, ONNX Runtime at concurrency 32:
+# ~160 vs ~149 req/s with one per core; TensorFlow ~80-90 vs ~55 with one call at a time).
+# Batched: one batch at a time, every core inside it.
 CONCURRENT_CALLS = int(
-    os.environ.get("CLASSIFY_CONCURRENT_CALLS", str(2 * _CORES) if _PARALLEL_CALLS else "1")
+    os.environ.get("CLASSIFY_CONCURRENT_CALLS", "1" if BATCHING else str(2 * _CORES))
 )
 # Storage reads wait on the network with GCS; this many may wait at once (more queue).
 READ_THREADS = 32
