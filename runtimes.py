@@ -100,9 +100,9 @@ class OpenVinoRuntime:
     """The same ONNX export on OpenVINO's CPU plugin, in FP32 or (opt-in) BF16.
 
     OpenVINO picks BF16 by itself on CPUs that have it, so FP32 is asked for explicitly. BF16
-    runs ~1.8x faster than FP32 ONNX Runtime on a CPU with AVX-512 BF16 and keeps top-1
+    runs ~1.6x faster than FP32 ONNX Runtime on a CPU with AVX-512 BF16 and keeps top-1
     accuracy within 1 point of FP32 on the held-out sample, but probabilities move by up to
-    ~0.05 (benchmarks/analysis.md). On a CPU without BF16 it runs FP32 (`precision` says so).
+    ~0.15 (benchmarks/analysis.md). On a CPU without BF16 it runs FP32 (`precision` says so).
     """
 
     def __init__(self, model_dir: Path, threads: int | None = None, bf16: bool = False) -> None:
