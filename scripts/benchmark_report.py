@@ -9,10 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from runtimes import ALL_RUNTIMES
+
 DEFAULT = "onnxruntime, batching off"  # the default: CLASSIFY_BATCHING=auto
 NAIVE = "naive FastAPI (brief's design)"  # predict_on_batch: the stronger naive baseline
 REDUCED = "openvino-bf16, batching off"  # the opt-in reduced-precision runtime
-RUNTIME_THREADS = ("onnxruntime", "tensorflow", "openvino", "openvino-bf16")  # named after these
+RUNTIME_THREADS = ALL_RUNTIMES  # the service names each runtime's own threads after it
 
 
 def _served(report: dict) -> dict[str, dict]:
