@@ -7,6 +7,7 @@ Runtime does not need TensorFlow installed.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 MODEL_SIZE = 224
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
+CLASS_INDEX_FILE = "imagenet_class_index.json"
+NUM_CLASSES = 1000
 # FP32 runtimes: each accepted only if it agrees with Keras (tests/test_runtimes.py)
 RUNTIMES = ("onnxruntime", "tensorflow", "openvino")
 # Opt-in reduced precision: accepted on top-1 accuracy within 1 point of FP32 instead
@@ -140,6 +143,12 @@ def _onnx_session(
         # spinning they would hold a core that the overlapping single-threaded calls need
         options.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def class_names(model_dir: Path) -> list[str]:
+    """Human class names by index from the stored Keras `imagenet_class_index.json`."""
+    index = json.loads((model_dir / CLASS_INDEX_FILE).read_text())
+    return [index[str(i)][1].replace("_", " ") for i in range(NUM_CLASSES)]
 
 
 def scale_pixels_tf(pixels):  # a tf.Tensor in and out

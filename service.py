@@ -12,7 +12,6 @@ runs on ONNX Runtime (default), TensorFlow or OpenVINO (FP32, or BF16 as an opt-
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +33,7 @@ from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from common.threads import name_this_thread, name_thread, thread_ids
-from runtimes import DEFAULT_RUNTIME, load_runtime
+from runtimes import DEFAULT_RUNTIME, NUM_CLASSES, class_names, load_runtime
 
 MODEL_TAG = os.environ.get("CLASSIFY_MODEL", "mobilenet_v2:latest")
 RUNTIME = os.environ.get("CLASSIFY_RUNTIME", DEFAULT_RUNTIME)
@@ -63,7 +62,6 @@ CONCURRENT_CALLS = int(
 )
 # Storage reads wait on the network with GCS; this many may wait at once (more queue).
 READ_THREADS = 32
-NUM_CLASSES = 1000
 PIXEL_BYTES = MODEL_SIZE * MODEL_SIZE * 3
 
 # CPU time of the calling thread in the two expensive steps, so that everything else the server
@@ -103,13 +101,6 @@ def _named_pool(threads: int, name: str) -> ThreadPoolExecutor:
     )
 
 
-def load_labels(class_index_path: str) -> list[str]:
-    """Human class names by index from Keras' `imagenet_class_index.json` (spaces, not `_`)."""
-    with open(class_index_path) as file:
-        index = json.load(file)
-    return [index[str(i)][1].replace("_", " ") for i in range(NUM_CLASSES)]
-
-
 @bentoml.service(
     name="classify",
     workers=1,
@@ -130,7 +121,7 @@ class Classify:
         self.storage = storage_from_settings(self.settings)
         stored_model = self.model_ref
         self.model_name = str(stored_model.tag)
-        self.labels = load_labels(stored_model.path_of("imagenet_class_index.json"))
+        self.labels = class_names(Path(stored_model.path))
         threads_before = thread_ids()
         self.runtime = load_runtime(RUNTIME, Path(stored_model.path), MODEL_THREADS)
         self.runtime.predict(np.zeros((1, MODEL_SIZE, MODEL_SIZE, 3), np.uint8))  # warm / trace

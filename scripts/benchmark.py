@@ -527,11 +527,10 @@ def reduced_precision_accuracy(runtime_name: str) -> dict:
 
     FP32 is ONNX Runtime, which tests/test_runtimes.py holds within 1e-4 of Keras.
     """
-    from runtimes import load_runtime
+    from runtimes import class_names, load_runtime
 
     model_dir = stored_model_dir()
-    index = json.loads((model_dir / "imagenet_class_index.json").read_text())
-    names = [index[str(i)][1].replace("_", " ") for i in range(1000)]
+    names = class_names(model_dir)
     views, labels = labelled_views(ASSETS / "images")
     outputs = {}
     for name in ("onnxruntime", runtime_name):

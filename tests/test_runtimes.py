@@ -10,7 +10,6 @@ top-1 accuracy on a labelled held-out sample (scripts/heldout.py).
 from __future__ import annotations
 
 import io
-import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from common.images import decode_image, normalize
 from common.schemas import ResizeMode
-from runtimes import REDUCED_PRECISION_RUNTIMES, RUNTIMES, load_runtime
+from runtimes import REDUCED_PRECISION_RUNTIMES, RUNTIMES, class_names, load_runtime
 
 TOLERANCE = 1e-4
 
@@ -75,15 +74,10 @@ RUNTIME_VARIANTS = [*RUNTIMES, "onnxruntime:1"]
 @pytest.mark.parametrize("runtime_spec", RUNTIME_VARIANTS)
 @pytest.mark.parametrize("sample", ["photos", "held-out"])
 def test_runtime_agrees_with_keras(runtime_spec, sample, model_dir, keras_model, photos):
-    import tensorflow as tf
-
     runtime_name, _, threads = runtime_spec.partition(":")
 
     pixels = photo_batch(photos) if sample == "photos" else held_out_sample(photos)
-    expected = keras_model(
-        tf.keras.applications.mobilenet_v2.preprocess_input(pixels.astype("float32")),
-        training=False,
-    ).numpy()
+    expected = _keras_probabilities(keras_model, pixels)
     runtime = load_runtime(runtime_name, model_dir, int(threads) if threads else None)
     # batch sizes the batcher forms, not just one
     actual = np.concatenate(
@@ -117,7 +111,7 @@ def test_reduced_precision_keeps_top1_within_one_point_of_fp32(
 
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         assert runtime.precision == "bf16"  # really reduced, not a silent FP32 fallback
-    names = [label.replace("_", " ") for _, label in _class_index(model_dir)]
+    names = class_names(model_dir)
 
     views, labels = labelled_views(model_assets / "images")
     reduced = np.concatenate([runtime.predict(views[i : i + 32]) for i in range(0, len(views), 32)])
@@ -129,11 +123,6 @@ def test_reduced_precision_keeps_top1_within_one_point_of_fp32(
     np.testing.assert_array_equal(
         runtime.predict(pixels).argmax(axis=1), _keras_probabilities(keras_model, pixels).argmax(1)
     )
-
-
-def _class_index(model_dir: Path) -> list[tuple[str, str]]:
-    index = json.loads((model_dir / "imagenet_class_index.json").read_text())
-    return [tuple(index[str(i)]) for i in range(1000)]
 
 
 @pytest.mark.parametrize("runtime_name", ["onnxruntime", "openvino", "openvino-bf16"])
