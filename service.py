@@ -12,6 +12,7 @@ runs on ONNX Runtime (default), TensorFlow or OpenVINO (FP32, or BF16 as an opt-
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,16 +51,40 @@ MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "32"))
 # shed most requests under load (see README), so it is sized well above a full batch's time.
 MAX_LATENCY_MS = int(os.environ.get("CLASSIFY_MAX_LATENCY_MS", "10000"))
 _CORES = os.cpu_count() or 1
-# Threads inside one model call (intra-op); 0 = the runtime's choice (adaptive for ONNX Runtime).
-MODEL_THREADS = int(os.environ.get("CLASSIFY_MODEL_THREADS", "0")) or None
+# Batches that may run at once (1 or 2). BentoML's batcher runs one batch at a time per
+# batchable route, so `predict_batch_2`, a second identical route, is a second stream: while
+# one batch runs, the other's requests gather and its model call keeps a core busy. With
+# TensorFlow on 2 cores, two single-threaded streams served ~20-30% more than one two-thread
+# stream in paired runs at concurrency 32 (benchmarks/analysis.md).
+BATCH_STREAMS = int(os.environ.get("CLASSIFY_BATCH_STREAMS", "2" if _CORES > 1 else "1"))
+if BATCH_STREAMS not in (1, 2):
+    raise ValueError(f"CLASSIFY_BATCH_STREAMS must be 1 or 2, not {BATCH_STREAMS}")
+# Threads inside one model call (intra-op); 0 = the runtime's choice (adaptive for ONNX Runtime,
+# THROUGHPUT streams for OpenVINO). TensorFlow shares one intra-op pool between overlapping calls,
+# and its per-op barriers stall when a batch stream's threads compete for the same cores: give
+# each batch stream its share of the cores.
+_tf_stream_threads = max(1, _CORES // BATCH_STREAMS) if RUNTIME == "tensorflow" else 0
+MODEL_THREADS = (
+    int(os.environ.get("CLASSIFY_MODEL_THREADS", "0"))
+    or (_tf_stream_threads if BATCHING else 0)
+    or None
+)
 # Model calls that may run at once. Unbatched: two per core, each runtime splitting the cores
 # between overlapping calls (runtimes.py), so that a core stays busy while another call waits
 # for the GIL to hand back its result (measured on 2 cores, ONNX Runtime at concurrency 32:
 # ~160 vs ~149 req/s with one per core; TensorFlow ~80-90 vs ~55 with one call at a time).
-# Batched: one batch at a time, every core inside it.
+# Batched: one call per batch stream.
 CONCURRENT_CALLS = int(
-    os.environ.get("CLASSIFY_CONCURRENT_CALLS", "1" if BATCHING else str(2 * _CORES))
+    os.environ.get("CLASSIFY_CONCURRENT_CALLS", str(BATCH_STREAMS if BATCHING else 2 * _CORES))
 )
+BATCH_ROUTES = ("predict_batch", "predict_batch_2")[:BATCH_STREAMS]
+# the batchable routes' settings (one batch at a time each, see BATCH_STREAMS)
+_BATCH_API = {
+    "batchable": True,
+    "batch_dim": 0,
+    "max_batch_size": MAX_BATCH_SIZE,
+    "max_latency_ms": MAX_LATENCY_MS,
+}
 # Storage reads wait on the network with GCS; this many may wait at once (more queue).
 READ_THREADS = 32
 PIXEL_BYTES = MODEL_SIZE * MODEL_SIZE * 3
@@ -132,22 +157,27 @@ class Classify:
         # unbatched model calls (with batching on, BentoML runs `predict_batch` itself)
         self._model_threads = _named_pool(CONCURRENT_CALLS, "classify-model")
         self._read_threads = _named_pool(READ_THREADS, "classify-read")
+        self._next_batch_route = itertools.cycle(BATCH_ROUTES)
 
     async def __is_ready__(self) -> bool:
         """Ready once one image has gone through the real route, batcher included."""
         if not self._warmed_through_api:
-            await self._infer(np.zeros((MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
+            for _ in BATCH_ROUTES:  # each batch stream in turn
+                await self._infer(np.zeros((MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
             self._warmed_through_api = True
         return True
 
-    @bentoml.api(
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=MAX_BATCH_SIZE,
-        max_latency_ms=MAX_LATENCY_MS,
-    )
+    @bentoml.api(**_BATCH_API)
     def predict_batch(self, images: list[ModelInput]) -> list[ModelOutput]:
         """Run MobileNetV2 once on a batch of 224x224 RGB images (internal; used by /classify)."""
+        return self._run_batch(images)
+
+    @bentoml.api(**_BATCH_API)
+    def predict_batch_2(self, images: list[ModelInput]) -> list[ModelOutput]:
+        """The second batch stream, the same as `predict_batch` (internal; used by /classify)."""
+        return self._run_batch(images)
+
+    def _run_batch(self, images: list[ModelInput]) -> list[ModelOutput]:
         if not images:
             return []
         batch = np.stack(
@@ -223,7 +253,8 @@ class Classify:
             return await asyncio.wrap_future(
                 self._model_threads.submit(lambda: self._predict(pixels[np.newaxis])[0])
             )
-        (output,) = await self._self_client().predict_batch([ModelInput(pixels=pixels.tobytes())])
+        route = getattr(self._self_client(), next(self._next_batch_route))  # round robin
+        (output,) = await route([ModelInput(pixels=pixels.tobytes())])
         if isinstance(output, dict):  # the self-call client may hand back plain JSON
             output = ModelOutput.model_validate(output)
         return np.frombuffer(output.probabilities, dtype="<f4")
@@ -263,4 +294,4 @@ Classify.add_asgi_middleware(DocsAlias)
 Classify.add_asgi_middleware(ErrorShape)
 Classify.add_asgi_middleware(BearerAuth, settings=settings())
 Classify.add_asgi_middleware(LoadShedder, max_in_flight=settings().max_in_flight)
-Classify.add_asgi_middleware(JsonOnly, paths={"/classify", "/predict_batch"})
+Classify.add_asgi_middleware(JsonOnly, paths={"/classify", "/predict_batch", "/predict_batch_2"})

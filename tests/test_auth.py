@@ -49,6 +49,7 @@ def test_every_working_route_needs_the_token(protected, photos):
             httpx.post(f"{preprocess}/preprocess", files={"image": photos["cat"]}, headers=headers),
             httpx.post(f"{classify}/classify", json={"gcs_path": "x"}, headers=headers),
             httpx.post(f"{classify}/predict_batch", json=blank, headers=headers),
+            httpx.post(f"{classify}/predict_batch_2", json=blank, headers=headers),
             httpx.get(metrics, headers=headers),
         ]
         for response in calls:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import random
 import re
 
@@ -30,14 +31,13 @@ def distinct_images(photos: dict[str, bytes]) -> list[bytes]:
     return variants[:CONCURRENT_REQUESTS]
 
 
-def batch_histogram(metrics_text: str) -> tuple[float, float]:
-    """(count, sum) of `bentoml_service_adaptive_batch_size` for the model's batch method."""
+def batch_histogram(metrics_text: str, route: str = "") -> tuple[float, float]:
+    """(count, sum) of `bentoml_service_adaptive_batch_size` for the model's batch routes
+    (all of them, or the one named `route`)."""
     count = total = 0.0
+    method = f'method_name="{route}"' if route else 'method_name="predict_batch'
     for line in metrics_text.splitlines():
-        if (
-            not line.startswith("bentoml_service_adaptive_batch_size_")
-            or "predict_batch" not in line
-        ):
+        if not line.startswith("bentoml_service_adaptive_batch_size_") or method not in line:
             continue
         value = float(line.rsplit(" ", 1)[1])
         if re.match(r"bentoml_service_adaptive_batch_size_count\{", line):
@@ -89,9 +89,11 @@ def test_concurrent_requests_form_batches_and_get_their_own_answers(
     shuffled = [paths[i] for i in order]
 
     metrics_url = f"{batched_classify.url}/metrics"
-    count_before, sum_before = batch_histogram(httpx.get(metrics_url).text)
+    metrics_before = httpx.get(metrics_url).text
+    count_before, sum_before = batch_histogram(metrics_before)
     results = asyncio.run(_classify_all(batched_classify.url, shuffled))
-    count_after, sum_after = batch_histogram(httpx.get(metrics_url).text)
+    metrics_after = httpx.get(metrics_url).text
+    count_after, sum_after = batch_histogram(metrics_after)
 
     for path, result in zip(shuffled, results, strict=True):
         reference = expected[path]
@@ -103,6 +105,10 @@ def test_concurrent_requests_form_batches_and_get_their_own_answers(
     assert samples == CONCURRENT_REQUESTS
     assert batches < CONCURRENT_REQUESTS, "every request ran alone: no batch formed"
     print(f"{samples:.0f} requests ran in {batches:.0f} model calls")
+    # on 2+ cores both batch streams take their turn (round robin from /classify)
+    for route in ("predict_batch", "predict_batch_2") if (os.cpu_count() or 1) > 1 else ():
+        grew = batch_histogram(metrics_after, route)[1] - batch_histogram(metrics_before, route)[1]
+        assert grew >= CONCURRENT_REQUESTS // 2 - 1, f"{route} served {grew:.0f} requests"
 
 
 def test_default_onnxruntime_service_does_not_batch(services, photos):
