@@ -1,8 +1,9 @@
 """The classify Bento: MobileNetV2 (ImageNet, 224x224) behind BentoML adaptive batching.
 
 `POST /classify` reads a stored image off the event loop. With batching on, it decodes it and
-awaits `predict_batch`, a `batchable` BentoML API: calls from concurrent requests meet in
-BentoML's batcher and the model runs once per batch; pixels travel to the batch route as raw
+awaits `predict_batch` or `predict_batch_2` in turn, two identical `batchable` BentoML APIs
+(two batch streams): calls from concurrent requests meet in BentoML's batcher and the model
+runs once per batch; pixels travel to the batch route as raw
 bytes (base64 in JSON), never as JSON lists of numbers. With batching off, decode and model run
 per request on a small pool of model threads, fed straight from the reading thread. The model
 runs on ONNX Runtime (default), TensorFlow or OpenVINO (FP32, or BF16 as an opt-in; see
