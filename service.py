@@ -3,11 +3,11 @@
 `POST /classify` reads a stored image off the event loop. With batching on, it decodes it and
 awaits `predict_batch` or `predict_batch_2` in turn, two identical `batchable` BentoML APIs
 (two batch streams): calls from concurrent requests meet in BentoML's batcher and the model
-runs once per batch; pixels travel to the batch route as raw
-bytes (base64 in JSON), never as JSON lists of numbers. With batching off, decode and model run
-per request on a small pool of model threads, fed straight from the reading thread. The model
-runs on ONNX Runtime (default), TensorFlow or OpenVINO (FP32, or BF16 as an opt-in; see
-`runtimes.py`); whether batching pays depends on the runtime (`CLASSIFY_BATCHING`).
+runs once per batch; pixels travel to the batch routes as raw bytes (base64 in JSON), never as
+JSON lists of numbers. With batching off, decode and model run per request on a small pool of
+model threads, fed straight from the reading thread. The model runs on ONNX Runtime (default),
+TensorFlow or OpenVINO (FP32, or BF16 as an opt-in; see `runtimes.py`); whether batching pays
+depends on the runtime (`CLASSIFY_BATCHING`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ _CORES = os.cpu_count() or 1
 # Batches that may run at once (1 or 2). BentoML's batcher runs one batch at a time per
 # batchable route, so `predict_batch_2`, a second identical route, is a second stream: while
 # one batch runs, the other's requests gather and its model call keeps a core busy. With
-# TensorFlow on 2 cores, two single-threaded streams served ~20-30% more than one two-thread
-# stream in paired runs at concurrency 32 (benchmarks/analysis.md).
+# TensorFlow on 2 cores, two single-threaded streams served 12-56% more than one two-thread
+# stream in five paired runs at concurrency 32 (benchmarks/analysis.md).
 BATCH_STREAMS = int(os.environ.get("CLASSIFY_BATCH_STREAMS", "2" if _CORES > 1 else "1"))
 if BATCH_STREAMS not in (1, 2):
     raise ValueError(f"CLASSIFY_BATCH_STREAMS must be 1 or 2, not {BATCH_STREAMS}")
