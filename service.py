@@ -155,13 +155,13 @@ class Classify:
             name_thread(tid, self.runtime.name)
         self._warmed_through_api = False
         self._self_client_authorized = False
-        # unbatched model calls (with batching on, BentoML runs `predict_batch` itself)
+        # unbatched model calls (with batching on, BentoML runs the batch routes itself)
         self._model_threads = _named_pool(CONCURRENT_CALLS, "classify-model")
         self._read_threads = _named_pool(READ_THREADS, "classify-read")
         self._next_batch_route = itertools.cycle(BATCH_ROUTES)
 
     async def __is_ready__(self) -> bool:
-        """Ready once one image has gone through the real route, batcher included."""
+        """Ready once an image has gone through each batch route (batcher included)."""
         if not self._warmed_through_api:
             for _ in BATCH_ROUTES:  # each batch stream in turn
                 await self._infer(np.zeros((MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
