@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Protocol
 
@@ -18,13 +19,15 @@ import numpy as np
 MODEL_SIZE = 224
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model-int8.xml"  # NNCF's INT8 quantization of the ONNX export (OpenVINO IR)
 CLASS_INDEX_FILE = "imagenet_class_index.json"
 NUM_CLASSES = 1000
 # FP32 runtimes: each accepted only if it agrees with Keras (tests/test_runtimes.py)
 RUNTIMES = ("onnxruntime", "tensorflow", "openvino")
 # Opt-in reduced precision: accepted on top-1 accuracy within 1 point of FP32 instead
-REDUCED_PRECISION_RUNTIMES = ("openvino-bf16",)
+REDUCED_PRECISION_RUNTIMES = ("openvino-int8", "openvino-bf16")
 ALL_RUNTIMES = RUNTIMES + REDUCED_PRECISION_RUNTIMES
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
 DEFAULT_RUNTIME = "onnxruntime"  # fastest accepted FP32 runtime (benchmarks/results.md)
 
 
@@ -100,29 +103,37 @@ class OnnxRuntime:
 
 
 class OpenVinoRuntime:
-    """The same ONNX export on OpenVINO's CPU plugin, in FP32 or (opt-in) BF16.
+    """The ONNX export on OpenVINO's CPU plugin in FP32, or (opt-in) BF16 or INT8.
 
-    OpenVINO picks BF16 by itself on CPUs that have it, so FP32 is asked for explicitly. BF16
-    runs ~1.6x faster than FP32 ONNX Runtime on a CPU with AVX-512 BF16 and keeps top-1
-    accuracy within 1 point of FP32 on the held-out sample, but probabilities move by up to
-    ~0.15 (benchmarks/analysis.md). On a CPU without BF16 it runs FP32 (`precision` says so).
+    - `f32`: asked for explicitly, because OpenVINO picks BF16 by itself on CPUs that have it.
+    - `bf16`: ~1.6x the model speed of FP32 ONNX Runtime on a CPU with AVX-512 BF16; on a CPU
+      without BF16 it runs FP32 (`precision` says so).
+    - `int8`: the INT8 quantization stored beside the export (scripts/quantize_int8.py): every
+      convolution and the classifier run in INT8 (fastest with AVX-512 VNNI or AMX), the
+      softmax in FP32. ~2.3x the model speed of FP32 ONNX Runtime here.
+    Both reduced precisions keep top-1 accuracy within 1 point of FP32 on the held-out sample,
+    but probabilities move by up to ~0.15 (BF16) and ~0.19 (INT8); see benchmarks/analysis.md.
     """
 
-    def __init__(self, model_dir: Path, threads: int | None = None, bf16: bool = False) -> None:
+    def __init__(self, model_dir: Path, threads: int | None = None, precision: str = "f32") -> None:
         import openvino as ov
 
+        if precision not in ("f32", "bf16", "int8"):
+            raise ValueError(f"precision must be f32, bf16 or int8, not {precision!r}")
         core = ov.Core()
         has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 and has_bf16 else "f32"}
+        floating = "bf16" if precision == "bf16" and has_bf16 else "f32"
+        config = {"INFERENCE_PRECISION_HINT": floating}
         if threads:  # a fixed thread count inside each call: one stream on that many cores
             config |= {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
         else:
             # one stream per core, so that overlapping calls run side by side (measured on
             # 2 cores at concurrency 32: ~220-260 req/s vs ~175-195 with one all-core stream)
             config["PERFORMANCE_HINT"] = "THROUGHPUT"
-        self._model = core.compile_model(str(model_dir / ONNX_FILE), "CPU", config)
-        self.precision = self._model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        self.name = "openvino-bf16" if bf16 else "openvino"
+        model_file = INT8_FILE if precision == "int8" else ONNX_FILE
+        self._model = core.compile_model(str(model_dir / model_file), "CPU", config)
+        self.precision = "int8" if precision == "int8" else floating
+        self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
         self._requests = threading.local()  # an infer request is not safe to share
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
@@ -130,6 +141,14 @@ class OpenVinoRuntime:
         if request is None:
             request = self._requests.request = self._model.create_infer_request()
         return request.infer({0: pixels})[0].copy()  # the output buffer is reused per call
+
+    def layer_precisions(self) -> Counter[str]:
+        """How many convolution and fully connected layers run in each precision (u8 = INT8)."""
+        return Counter(
+            op.get_rt_info()["runtimePrecision"].astype(str)
+            for op in self._model.get_runtime_model().get_ops()
+            if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected")
+        )
 
 
 def _onnx_session(
@@ -164,6 +183,6 @@ def load_runtime(name: str, model_dir: Path, threads: int | None = None) -> Runt
         return TensorFlowRuntime(model_dir, threads)
     if name == "onnxruntime":
         return OnnxRuntime(model_dir, threads)
-    if name in ("openvino", "openvino-bf16"):
-        return OpenVinoRuntime(model_dir, threads, bf16=name == "openvino-bf16")
+    if name in OPENVINO_PRECISIONS:
+        return OpenVinoRuntime(model_dir, threads, OPENVINO_PRECISIONS[name])
     raise ValueError(f"unknown runtime {name!r}; choose one of {', '.join(ALL_RUNTIMES)}")

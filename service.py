@@ -6,7 +6,7 @@ awaits `predict_batch` or `predict_batch_2` in turn, two identical `batchable` B
 runs once per batch; pixels travel to the batch routes as raw bytes (base64 in JSON), never as
 JSON lists of numbers. With batching off, decode and model run per request on a small pool of
 model threads, fed straight from the reading thread. The model runs on ONNX Runtime (default),
-TensorFlow or OpenVINO (FP32, or BF16 as an opt-in; see `runtimes.py`); whether batching pays
+TensorFlow or OpenVINO (FP32, or INT8 or BF16 as opt-ins; see `runtimes.py`); whether batching pays
 depends on the runtime (`CLASSIFY_BATCHING`).
 """
 
@@ -74,9 +74,15 @@ MODEL_THREADS = (
 # between overlapping calls (runtimes.py), so that a core stays busy while another call waits
 # for the GIL to hand back its result (measured on 2 cores, ONNX Runtime at concurrency 32:
 # ~160 vs ~149 req/s with one per core; TensorFlow ~80-90 vs ~55 with one call at a time).
+# OpenVINO: four per core, so that each one-core stream always has a request queued while the
+# calling threads decode and hand answers back (INT8 at concurrency 32, paired runs on 2 cores:
+# 285-373 vs 232-275 req/s with two per core; 16 calls no better than 8; ONNX Runtime: no gain).
 # Batched: one call per batch stream.
+_CALLS_PER_CORE = 4 if RUNTIME.startswith("openvino") else 2
 CONCURRENT_CALLS = int(
-    os.environ.get("CLASSIFY_CONCURRENT_CALLS", str(BATCH_STREAMS if BATCHING else 2 * _CORES))
+    os.environ.get(
+        "CLASSIFY_CONCURRENT_CALLS", str(BATCH_STREAMS if BATCHING else _CALLS_PER_CORE * _CORES)
+    )
 )
 BATCH_ROUTES = ("predict_batch", "predict_batch_2")[:BATCH_STREAMS]
 # the batchable routes' settings (one batch at a time each, see BATCH_STREAMS)
@@ -288,6 +294,7 @@ class Classify:
             index=best.index,
             top_k=predictions,
             model=self.model_name,
+            runtime=self.runtime.name,
         )
 
 

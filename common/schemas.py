@@ -92,6 +92,7 @@ class ClassifyResponse(BaseModel):
                     {"label": "golden retriever", "index": 207, "confidence": 0.03},
                 ],
                 "model": "mobilenet_v2:abc123",
+                "runtime": "onnxruntime",
             }
         },
     )
@@ -101,3 +102,9 @@ class ClassifyResponse(BaseModel):
     index: int
     top_k: list[Prediction]
     model: str = Field(description="BentoML model tag `name:version` that answered.")
+    runtime: str = Field(
+        description="What ran the model: `onnxruntime`, `tensorflow` or `openvino` (FP32), or "
+        "the opt-in reduced precision `openvino-int8` or `openvino-bf16`, whose probabilities "
+        "differ from FP32's by up to ~0.2.",
+        examples=["onnxruntime"],
+    )

@@ -3,8 +3,9 @@
 No labelled ImageNet images can be fetched here, so the sample is seeded random views of the
 six shipped photos (crops of 25-100% of the area, aspect 3:4 to 4:3, mirrored half the time),
 each labelled with its photo's ImageNet class. Nothing was tuned on it: BF16 needs no
-calibration. Views of six photos are correlated, so this is a sanity bound, not an ImageNet
-accuracy figure (benchmarks/analysis.md).
+calibration, and INT8 is calibrated on other photos (scripts/quantize_int8.py). Views of six
+photos are correlated, so this is a sanity bound, not an ImageNet accuracy figure
+(benchmarks/analysis.md).
 """
 
 from __future__ import annotations
@@ -35,19 +36,24 @@ def labelled_views(
     for stem, label in PHOTO_LABELS.items():
         (path,) = photos_dir.glob(f"{stem}.*")
         photo = Image.open(path).convert("RGB")
-        width, height = photo.size
         for _ in range(per_photo):
-            area, aspect = rng.uniform(0.25, 1.0) * width * height, rng.uniform(3 / 4, 4 / 3)
-            w = min(width, int((area * aspect) ** 0.5))
-            h = min(height, int((area / aspect) ** 0.5))
-            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
-            view = photo.crop((left, top, left + w, top + h))
-            view = view.resize((224, 224), Image.Resampling.BILINEAR)
-            if rng.random() < 0.5:
-                view = ImageOps.mirror(view)
-            views.append(np.asarray(view))
+            views.append(random_view(photo, rng))
             labels.append(label)
     return np.stack(views), labels
+
+
+def random_view(photo: Image.Image, rng: random.Random) -> np.ndarray:
+    """A 224x224 uint8 view: a crop of 25-100% of the area, aspect 3:4 to 4:3, maybe mirrored."""
+    width, height = photo.size
+    area, aspect = rng.uniform(0.25, 1.0) * width * height, rng.uniform(3 / 4, 4 / 3)
+    w = min(width, int((area * aspect) ** 0.5))
+    h = min(height, int((area / aspect) ** 0.5))
+    left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+    view = photo.crop((left, top, left + w, top + h))
+    view = view.resize((224, 224), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        view = ImageOps.mirror(view)
+    return np.asarray(view)
 
 
 def top1_accuracy(probabilities: np.ndarray, labels: list[str], class_names: list[str]) -> float:

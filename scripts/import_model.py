@@ -3,7 +3,8 @@
 
 Weights come from Keras' own `weights="imagenet"` download, or from a local HDF5/Keras
 weights file (`--weights PATH`). The stored model holds the Keras model, an ONNX export of it
-(uint8 pixels in, softmax out, scaling included) for ONNX Runtime, and the class index.
+(uint8 pixels in, softmax out, scaling included) for ONNX Runtime and OpenVINO, an INT8
+quantization of that export for the opt-in INT8 runtime, and the class index.
 Importing the same weights again reuses the stored model instead of piling up versions.
 
     python scripts/import_model.py                      # Keras downloads the weights
@@ -19,8 +20,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from quantize_int8 import quantize_int8
+
 MODEL_NAME = "mobilenet_v2"
-LAYOUT = 2  # bump when the stored files change, so older imports are not reused
+LAYOUT = 3  # bump when the stored files change, so older imports are not reused
 CLASS_INDEX_URL = (
     "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
 )
@@ -120,11 +123,17 @@ def import_model(name: str, weights: Path | None, class_index: Path | None) -> s
             "keras_version": keras.__version__,
             "input": "uint8 RGB 224x224, scaled to [-1, 1] (mobilenet_v2.preprocess_input)",
             "parameters": model.count_params(),
-            "files": "model.keras, model.onnx (opset 17), imagenet_class_index.json",
+            "files": "model.keras, model.onnx (opset 17), model-int8.xml/.bin (OpenVINO), "
+            "imagenet_class_index.json",
         },
     ) as stored:
         model.save(stored.path_of("model.keras"))
-        export_onnx(model, Path(stored.path_of("model.onnx")))
+        onnx_path = Path(stored.path_of("model.onnx"))
+        export_onnx(model, onnx_path)
+        print("quantizing to INT8 (calibration statistics) ...", flush=True)
+        stored.info.metadata.update(
+            quantize_int8(onnx_path, Path(stored.path_of("model-int8.xml")))
+        )
         shutil.copyfile(index_path, stored.path_of("imagenet_class_index.json"))
     print(f"imported {stored.tag} from {weights_id}")
     return str(stored.tag)

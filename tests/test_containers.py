@@ -135,7 +135,7 @@ def test_images_run_as_non_root_and_preprocess_has_no_tensorflow(images):
     assert listing.stdout.strip() == "True"
 
 
-def test_openvino_image_classifies_in_bf16_without_tensorflow_or_onnxruntime(
+def test_openvino_image_classifies_in_int8_without_tensorflow_or_onnxruntime(
     images, photos, tmp_path
 ):
     image = images["classify-openvino"]["image"]
@@ -154,17 +154,18 @@ def test_openvino_image_classifies_in_bf16_without_tensorflow_or_onnxruntime(
     data.mkdir()
     data.chmod(0o777)
     preprocess = Container(images["preprocess"]["image"], data)
-    bf16 = Container(image, data)
+    int8 = Container(image, data)
     try:
         for name in ("parrot", "dragonfly"):
             stored = upload(preprocess.url, photos[name]).json()["gcs_path"]
-            answer = classify(bf16.url, stored)
+            answer = classify(int8.url, stored)
             assert answer.status_code == 200, answer.text
             assert answer.json()["label"] == EXPECTED_LABELS["resize"][name]
-        figures = {**images["classify-openvino"], "ready_s": bf16.ready_s}
+            assert answer.json()["runtime"] == "openvino-int8"
+        figures = {**images["classify-openvino"], "ready_s": int8.ready_s}
         print(json.dumps({"classify-openvino": figures}, indent=2), file=sys.stderr)
     finally:
-        bf16.stop()
+        int8.stop()
         preprocess.stop()
 
 

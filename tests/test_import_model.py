@@ -27,6 +27,8 @@ def test_import_stores_model_and_class_index_once(bentoml_home):
     folder = bentoml_home / "models" / "mobilenet_v2" / models[0]["tag"].split(":")[1]
     assert (folder / "model.keras").stat().st_size > 10_000_000
     assert (folder / "model.onnx").stat().st_size > 10_000_000
+    assert "FakeQuantize" in (folder / "model-int8.xml").read_text()  # NNCF's INT8 model
+    assert (folder / "model-int8.bin").stat().st_size > 3_000_000
     index = json.loads((folder / "imagenet_class_index.json").read_text())
     assert index["208"] == ["n02099712", "Labrador_retriever"]
 

@@ -40,6 +40,7 @@ def test_photos_get_reference_labels_and_keras_confidences(services, photos, ker
         for entry in result["top_k"]:
             assert entry["confidence"] == pytest.approx(reference[entry["index"]], abs=TOLERANCE)
         assert result["model"].startswith("mobilenet_v2:")
+        assert result["runtime"] == "onnxruntime"  # the default
 
 
 def test_same_upload_twice_gives_same_path_and_writes_once(services, photos):

@@ -3,8 +3,8 @@
 Top-1 must equal Keras' and every probability must be within 1e-4, on the shipped photos (both
 preprocessing modes) and on a held-out sample: 64 seeded random crops, flips, rotations and
 colour changes of the photos (no other labelled images are available offline). The opt-in
-reduced-precision runtime instead keeps the photos' top-1 and stays within 1 point of FP32's
-top-1 accuracy on a labelled held-out sample (scripts/heldout.py).
+reduced-precision runtimes (BF16, INT8) instead keep the photos' top-1 and stay within 1 point of
+FP32's top-1 accuracy on a labelled held-out sample (scripts/heldout.py).
 """
 
 from __future__ import annotations
@@ -109,8 +109,13 @@ def test_reduced_precision_keeps_top1_within_one_point_of_fp32(
     runtime = load_runtime(runtime_name, model_dir)
     import openvino as ov
 
-    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        assert runtime.precision == "bf16"  # really reduced, not a silent FP32 fallback
+    layers = runtime.layer_precisions()  # really reduced, not a silent FP32 fallback
+    if runtime_name == "openvino-int8":
+        assert runtime.precision == "int8"
+        assert layers["u8"] + layers["i8"] == 53, layers  # 52 convolutions and the classifier
+    elif "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert runtime.precision == "bf16"
+        assert layers["bf16"] == 53, layers
     names = class_names(model_dir)
 
     views, labels = labelled_views(model_assets / "images")
@@ -125,7 +130,9 @@ def test_reduced_precision_keeps_top1_within_one_point_of_fp32(
     )
 
 
-@pytest.mark.parametrize("runtime_name", ["onnxruntime", "openvino", "openvino-bf16"])
+@pytest.mark.parametrize(
+    "runtime_name", ["onnxruntime", "openvino", "openvino-bf16", "openvino-int8"]
+)
 def test_overlapping_calls_each_get_their_own_answer(runtime_name, model_dir, photos):
     """Calls from several threads at once (ONNX Runtime: wide and single-threaded sessions
     mixed; OpenVINO: one infer request per thread) give every caller the probabilities of its
