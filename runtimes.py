@@ -109,7 +109,7 @@ class OpenVinoRuntime:
     - `bf16`: ~1.6x the model speed of FP32 ONNX Runtime on a CPU with AVX-512 BF16; on a CPU
       without BF16 it runs FP32 (`precision` says so).
     - `int8`: the INT8 quantization stored beside the export (scripts/quantize_int8.py): every
-      convolution and the classifier run in INT8 (fastest with AVX-512 VNNI or AMX), the
+      convolution and the classifier run in INT8 (measured with AVX-512 VNNI), the
       softmax in FP32. ~2.3x the model speed of FP32 ONNX Runtime here.
     Both reduced precisions keep top-1 accuracy within 1 point of FP32 on the held-out sample,
     but probabilities move by up to ~0.15 (BF16) and ~0.19 (INT8); see benchmarks/analysis.md.
