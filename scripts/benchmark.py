@@ -103,21 +103,7 @@ CONFIGS = (
 )
 
 
-# The configs the targets compare, measured again in interleaved rounds at concurrency 32.
-TARGET_CONFIGS = tuple(
-    c
-    for c in CONFIGS
-    if c.name
-    in (
-        "onnxruntime, batching off",
-        "tensorflow, batching on",
-        "tensorflow, batching off",
-        "openvino-int8, batching off",
-        "openvino-bf16, batching off",
-        "naive FastAPI (brief's design)",
-    )
-)
-TARGET_ROUNDS = 3
+TARGET_ROUNDS = 3  # interleaved rounds at c=32 of the configs the targets compare
 
 
 def free_port() -> int:
@@ -480,10 +466,13 @@ def target_rounds(paths: list[str], storage_dir: Path, quick: bool) -> dict[str,
     every round runs the compared configs back to back, so each ratio is taken within a round
     and the report gives the median round's ratio and the range.
     """
-    rounds: dict[str, list[float]] = {config.name: [] for config in TARGET_CONFIGS}
+    from benchmark_report import COMPARED
+
+    compared = [config for config in CONFIGS if config.name in COMPARED]
+    rounds: dict[str, list[float]] = {config.name: [] for config in compared}
     for number in range(1, TARGET_ROUNDS + 1):
         print(f"  round {number} of {TARGET_ROUNDS}", flush=True)
-        for config in TARGET_CONFIGS:
+        for config in compared:
             entry = served_benchmark(config, paths, storage_dir, quick, concurrencies=(32,))
             rounds[config.name].append(entry["levels"][32]["throughput"])
     return rounds

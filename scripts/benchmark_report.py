@@ -16,6 +16,9 @@ DEFAULT = "onnxruntime, batching off"  # the default: CLASSIFY_BATCHING=auto
 NAIVE = "naive FastAPI (brief's design)"  # predict_on_batch: the stronger naive baseline
 # the opt-in reduced-precision runtimes, as they serve (classify-openvino: INT8 by default)
 REDUCED = {name: f"{name}, batching off" for name in REDUCED_PRECISION_RUNTIMES}
+TF_ON, TF_OFF = "tensorflow, batching on", "tensorflow, batching off"
+# the configs whose throughput the targets compare (scripts/benchmark.py runs them in rounds)
+COMPARED = (DEFAULT, TF_ON, TF_OFF, *REDUCED.values(), NAIVE)
 RUNTIME_THREADS = ALL_RUNTIMES  # the service names each runtime's own threads after it
 
 
@@ -43,9 +46,6 @@ def _raw_best(report: dict, runtime: str, batches: tuple[int, ...] = ()) -> floa
 def _raw(report: dict, runtime: str, batch: int) -> dict:
     batches = report["raw"][runtime]["batches"]
     return batches.get(batch) or batches[str(batch)]
-
-
-TF_ON, TF_OFF = "tensorflow, batching on", "tensorflow, batching off"
 
 
 def round_ratios(report: dict, numerator: str, denominator: str | float) -> list[float]:
