@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Benchmark classify (and preprocess) on this machine; write benchmarks/results.md and plots.
 
-    .venv/bin/python scripts/benchmark.py            # full run, ~10 minutes on 2 cores
-    .venv/bin/python scripts/benchmark.py --quick    # fewer requests, for a smoke test
+    .venv/bin/python scripts/benchmark.py            # full run, ~25 minutes on 2 cores
+    .venv/bin/python scripts/benchmark.py --quick    # fewer requests, ~8 minutes
+    .venv/bin/python scripts/benchmark.py --smoke --out /tmp/bench  # does it all run? ~4 min
 
 Everything runs side by side in one run, on 127.0.0.1 only, bounded in requests and time:
 1. raw model per runtime, in-process, batch 1/8/16/32 (the ceiling);
@@ -75,6 +76,7 @@ RAW_RUNTIMES = (
     "openvino-int8:0x2",
 )
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+SERVER_ENV: dict[str, str] = {}  # set for every server the benchmark starts (BENTOML_HOME)
 
 
 @dataclass
@@ -103,7 +105,27 @@ CONFIGS = (
 )
 
 
-TARGET_ROUNDS = 3  # interleaved rounds at c=32 of the configs the targets compare
+@dataclass(frozen=True)
+class Scale:
+    """How much of each measurement a run does."""
+
+    name: str
+    raw_seconds: float  # per runtime shape and batch size
+    raw_passes: int  # measured before and after the served runs, best kept
+    concurrencies: tuple[int, ...]
+    base_requests: int  # per concurrency level: base + per_client * concurrency
+    requests_per_client: int
+    target_rounds: int  # interleaved rounds at c=32 of the configs the targets compare
+    uploads: int  # per preprocess image size
+
+
+SCALES = {
+    "full": Scale("full", 3.0, 2, CONCURRENCY, 200, 25, 3, 200),
+    "quick": Scale("quick", 1.0, 2, CONCURRENCY, 40, 10, 3, 48),
+    # every step once with a handful of requests: checks the benchmark runs (the test suite
+    # does), its figures mean nothing
+    "smoke": Scale("smoke", 0.2, 1, (1, 32), 4, 1, 1, 8),
+}
 
 
 def free_port() -> int:
@@ -230,6 +252,20 @@ def _time_batches(runtime, pixels: np.ndarray, seconds: float, streams: int = 1)
     }
 
 
+def private_bentoml_home(home: Path) -> Path:
+    """A BentoML home for the benchmark's servers that shares the user's model store.
+
+    Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts: in the
+    user's own home that would reset the metrics of any service they are running.
+    """
+    shared = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    home.mkdir(parents=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        (home / store).symlink_to(shared / store)
+    return home
+
+
 def stored_model_dir() -> Path:
     import bentoml
 
@@ -312,7 +348,7 @@ class ServerUnderTest:
 
 def start_server(config: Config, storage_dir: Path) -> ServerUnderTest:
     port = free_port()
-    env = {**os.environ, "STORAGE_DIR": str(storage_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **SERVER_ENV, "STORAGE_DIR": str(storage_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
     if config.naive:
         weights = str(ASSETS / "mobilenet_v2_imagenet.h5")
         command = [sys.executable, "benchmarks/naive_fastapi.py", "--port", str(port)]
@@ -408,15 +444,15 @@ def served_benchmark(
     config: Config,
     paths: list[str],
     storage_dir: Path,
-    quick: bool,
-    concurrencies: tuple[int, ...] = CONCURRENCY,
+    scale: Scale,
+    concurrencies: tuple[int, ...] | None = None,
 ) -> dict:
     server = start_server(config, storage_dir)
     me = psutil.Process()
     levels = {}
     try:
-        for concurrency in concurrencies:
-            requests = (40 if quick else 200) + (10 if quick else 25) * concurrency
+        for concurrency in concurrencies or scale.concurrencies:
+            requests = scale.base_requests + scale.requests_per_client * concurrency
             asyncio.run(load(server.url, paths, concurrency, 2 * concurrency, 30, server))  # warm
             before = _counters(server)
             cpu_before, client_before = tree_cpu_s(server.process), me.cpu_times()
@@ -458,7 +494,7 @@ def served_benchmark(
     }
 
 
-def target_rounds(paths: list[str], storage_dir: Path, quick: bool) -> dict[str, list[float]]:
+def target_rounds(paths: list[str], storage_dir: Path, scale: Scale) -> dict[str, list[float]]:
     """Req/s at concurrency 32 of the configs the targets compare, in interleaved rounds.
 
     One pass over the configs gives each a single window, and a neighbour's burst on this
@@ -470,10 +506,10 @@ def target_rounds(paths: list[str], storage_dir: Path, quick: bool) -> dict[str,
 
     compared = [config for config in CONFIGS if config.name in COMPARED]
     rounds: dict[str, list[float]] = {config.name: [] for config in compared}
-    for number in range(1, TARGET_ROUNDS + 1):
-        print(f"  round {number} of {TARGET_ROUNDS}", flush=True)
+    for number in range(1, scale.target_rounds + 1):
+        print(f"  round {number} of {scale.target_rounds}", flush=True)
         for config in compared:
-            entry = served_benchmark(config, paths, storage_dir, quick, concurrencies=(32,))
+            entry = served_benchmark(config, paths, storage_dir, scale, concurrencies=(32,))
             rounds[config.name].append(entry["levels"][32]["throughput"])
     return rounds
 
@@ -488,27 +524,25 @@ def _counters(server: ServerUnderTest) -> dict[str, float]:
 # ---------------------------------------------------------------- preprocess
 
 
-def preprocess_benchmark(storage_dir: Path, quick: bool) -> dict:
+def preprocess_benchmark(storage_dir: Path, scale: Scale) -> dict:
     from PIL import Image
 
     photo = Image.open(ASSETS / "images" / "parrot.jpg").convert("RGB")
     uploads = {}
     for megapixels in (1, 2, 3):
-        scale = (megapixels * 1e6 / (photo.width * photo.height)) ** 0.5
-        size = (round(photo.width * scale), round(photo.height * scale))
+        factor = (megapixels * 1e6 / (photo.width * photo.height)) ** 0.5
+        size = (round(photo.width * factor), round(photo.height * factor))
         buffer = io.BytesIO()
         photo.resize(size, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
         uploads[megapixels] = buffer.getvalue()
     port = free_port()
-    env = {**os.environ, "STORAGE_DIR": str(storage_dir)}
+    env = {**os.environ, **SERVER_ENV, "STORAGE_DIR": str(storage_dir)}
     command = [BENTOML, "serve", "preprocess.service:Preprocess", "--host", "127.0.0.1"]
     server = ServerUnderTest([*command, "--port", str(port)], env, port)
     results = {}
     try:
         for megapixels, data in uploads.items():
-            results[megapixels] = asyncio.run(
-                _upload_load(server.url, data, 16, 48 if quick else 200, 30)
-            )
+            results[megapixels] = asyncio.run(_upload_load(server.url, data, 16, scale.uploads, 30))
             print(
                 f"  preprocess {megapixels} MP: {results[megapixels]['throughput']:.1f} uploads/s"
             )
@@ -554,7 +588,7 @@ async def _upload_load(
 # ---------------------------------------------------------------- report
 
 
-def raw_pass(raw: dict, quick: bool) -> None:
+def raw_pass(raw: dict, scale: Scale) -> None:
     """Measure every runtime in a fresh process; keep the best figures per batch size seen.
 
     The ceiling is measured twice, before and after the served runs: on a shared machine a
@@ -566,7 +600,14 @@ def raw_pass(raw: dict, quick: bool) -> None:
     # streams, OpenVINO overlapping calls on its one-core streams.
     for runtime in RAW_RUNTIMES:
         out = subprocess.run(
-            [sys.executable, __file__, "--raw-only", runtime, *(["--quick"] if quick else [])],
+            [
+                sys.executable,
+                __file__,
+                "--raw-only",
+                runtime,
+                "--raw-seconds",
+                str(scale.raw_seconds),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -635,42 +676,49 @@ def versions() -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests (smoke test)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer requests (~8 minutes)")
+    size.add_argument(
+        "--smoke", action="store_true", help="a handful of requests: checks that it all runs"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     parser.add_argument("--raw-only", help=argparse.SUPPRESS)  # internal: one raw runtime
+    parser.add_argument("--raw-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    seconds = 1.0 if args.quick else 3.0
     if args.raw_only:
         runtime, _, shape = args.raw_only.partition(":")
         threads, _, streams = shape.partition("x")
         measured = raw_benchmark(
-            runtime, seconds, int(threads) if threads else None, int(streams or 1)
+            runtime, args.raw_seconds, int(threads) if threads else None, int(streams or 1)
         )
         print(json.dumps(measured))
         return 0
+    scale = SCALES["smoke" if args.smoke else "quick" if args.quick else "full"]
 
     report: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
         "versions": versions(),
-        "quick": args.quick,
+        "scale": scale.name,
     }
     print("raw model, in-process (one fresh process per runtime)", flush=True)
     report["raw"] = {}
-    raw_pass(report["raw"], args.quick)
-    with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
-        storage_dir = Path(tmp)
+    raw_pass(report["raw"], scale)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        storage_dir = Path(tmp) / "storage"
+        SERVER_ENV["BENTOML_HOME"] = str(private_bentoml_home(Path(tmp) / "bentoml-home"))
         paths = prepare_images(storage_dir)
         report["decode_cpu_ms"] = decode_cost_ms(paths)
         print("served /classify", flush=True)
-        report["served"] = [served_benchmark(c, paths, storage_dir, args.quick) for c in CONFIGS]
+        report["served"] = [served_benchmark(c, paths, storage_dir, scale) for c in CONFIGS]
         print("the compared configs again, in interleaved rounds at c=32", flush=True)
-        report["target_rounds"] = target_rounds(paths, storage_dir, args.quick)
+        report["target_rounds"] = target_rounds(paths, storage_dir, scale)
         print("preprocess", flush=True)
-        report["preprocess"] = preprocess_benchmark(storage_dir, args.quick)
-    print("raw model again (the ceiling is the best of both passes)", flush=True)
-    raw_pass(report["raw"], args.quick)
+        report["preprocess"] = preprocess_benchmark(storage_dir, scale)
+    for _ in range(scale.raw_passes - 1):
+        print("raw model again (the ceiling is the best of both passes)", flush=True)
+        raw_pass(report["raw"], scale)
     print("reduced precision: top-1 on the labelled held-out sample", flush=True)
     report["reduced_precision"] = reduced_precision_accuracy(REDUCED_PRECISION_RUNTIMES)
 

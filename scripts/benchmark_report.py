@@ -228,6 +228,27 @@ def _or_dash(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def run_scale(report: dict) -> str:
+    """full, quick or smoke (reports written before the scale was recorded: a flag `quick`)."""
+    return report.get("scale") or ("quick" if report.get("quick") else "full")
+
+
+def _scale_warning(report: dict) -> list[str]:
+    scale = run_scale(report)
+    if scale == "full":
+        return []
+    return [
+        f"**A `--{scale}` run**: "
+        + (
+            "a handful of requests per step, to check that the benchmark runs; its figures "
+            "mean nothing."
+            if scale == "smoke"
+            else "fewer requests than a full run; its figures are rougher."
+        ),
+        "",
+    ]
+
+
 def row(*cells: object) -> str:
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
@@ -241,10 +262,11 @@ def write_report(report: dict, out: Path) -> None:
         f"Measured {report['date']} on {report['machine']}; load generator on the same cores.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         "",
-        "Rerun: `scripts/ensure-model && .venv/bin/python scripts/benchmark.py` (about 10 minutes;",
-        "`--quick` for a smoke run). Timings on a shared 2-core machine are noisy: compare the",
-        "ratios within one run, not absolute numbers across runs.",
+        "Rerun: `scripts/ensure-model && .venv/bin/python scripts/benchmark.py` (about 25 minutes;",
+        "`--quick` for fewer requests, ~8). Timings on a shared 2-core machine are noisy: compare",
+        "the ratios within one run, not absolute numbers across runs.",
         "",
+        *_scale_warning(report),
         "Where the time goes (profiles), what is left for the targets, container image sizes and",
         "the Cloud Run sizing derived from these figures: [analysis.md](analysis.md).",
         "",
