@@ -1,11 +1,13 @@
 """The classify Bento: MobileNetV2 (ImageNet, 224x224) behind BentoML adaptive batching.
 
-`POST /classify` reads a stored image off the event loop. With batching on, it decodes it and
-awaits `predict_batch` or `predict_batch_2` in turn, two identical `batchable` BentoML APIs
-(two batch streams): calls from concurrent requests meet in BentoML's batcher and the model
-runs once per batch; pixels travel to the batch routes as raw bytes (base64 in JSON), never as
-JSON lists of numbers. With batching off, decode and model run per request on a small pool of
-model threads, fed straight from the reading thread. The model runs on ONNX Runtime (default),
+`POST /classify` reads and decodes a stored image off the event loop. With batching on, the
+decoded images of concurrent requests meet in BentoML's adaptive batcher and the model runs
+once per batch, up to two batches at once: by default the batcher is driven in-process
+(`batcher.py`); with `CLASSIFY_BATCHER=routes`, /classify awaits `predict_batch` or
+`predict_batch_2` in turn, two identical `batchable` BentoML APIs reached through BentoML's
+self-call client, pixels travelling as raw bytes (base64 in JSON). With batching off, decode
+and model run per request on a small pool of model threads, fed straight from the reading
+thread. The model runs on ONNX Runtime (default),
 TensorFlow or OpenVINO (FP32, or INT8 or BF16 as opt-ins; see `runtimes.py`); whether batching pays
 depends on the runtime (`CLASSIFY_BATCHING`).
 """
@@ -14,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import anyio
 import bentoml
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+import batcher
 from common.auth import BearerAuth, internal_headers
 from common.config import observability_config, settings
 from common.docs import DocsAlias
@@ -47,16 +51,30 @@ _batching = os.environ.get("CLASSIFY_BATCHING", "auto").lower()
 if _batching not in _BATCHING_CHOICES:
     raise ValueError(f"CLASSIFY_BATCHING must be on, off or auto, not {_batching!r}")
 BATCHING = _BATCHING_CHOICES[_batching]
+# How /classify reaches the batcher: "in-process" drives BentoML's batching engine directly
+# (batcher.py: TensorFlow at concurrency 32 on 2 cores, paired runs: 103-112 vs 86-90 req/s,
+# the event loop 1.1-1.5 vs 4.3 core-ms per request); "routes" goes through the public
+# `batchable` APIs over BentoML's self-call HTTP client. The first falls back to the second if
+# a BentoML release moved the engine.
+BATCHER = os.environ.get("CLASSIFY_BATCHER", "in-process")
+if BATCHER not in ("in-process", "routes"):
+    raise ValueError(f"CLASSIFY_BATCHER must be in-process or routes, not {BATCHER!r}")
+if BATCHER == "in-process" and not batcher.available():
+    logging.getLogger(__name__).warning(
+        "this BentoML has no CorkDispatcher where batcher.py looks: batching through routes"
+    )
+    BATCHER = "routes"
 MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "32"))
 # The batcher answers 503 to a request it predicts will wait longer than this; small values
 # shed most requests under load (see README), so it is sized well above a full batch's time.
 MAX_LATENCY_MS = int(os.environ.get("CLASSIFY_MAX_LATENCY_MS", "10000"))
 _CORES = os.cpu_count() or 1
-# Batches that may run at once (1 or 2). BentoML's batcher runs one batch at a time per
-# batchable route, so `predict_batch_2`, a second identical route, is a second stream: while
-# one batch runs, the other's requests gather and its model call keeps a core busy. With
-# TensorFlow on 2 cores, two single-threaded streams served 12-56% more than one two-thread
-# stream in five paired runs at concurrency 32 (benchmarks/analysis.md).
+# Batches that may run at once (1 or 2): while one batch runs, the next gathers and its model
+# call keeps a core busy. In-process, the batcher's semaphore admits this many; through routes,
+# BentoML runs one batch at a time per batchable route, so `predict_batch_2`, a second
+# identical route, is the second stream. With TensorFlow on 2 cores (routes), two
+# single-threaded streams served 12-56% more than one two-thread stream in five paired runs at
+# concurrency 32 (benchmarks/analysis.md).
 BATCH_STREAMS = int(os.environ.get("CLASSIFY_BATCH_STREAMS", "2" if _CORES > 1 else "1"))
 if BATCH_STREAMS not in (1, 2):
     raise ValueError(f"CLASSIFY_BATCH_STREAMS must be 1 or 2, not {BATCH_STREAMS}")
@@ -165,6 +183,7 @@ class Classify:
         self._model_threads = _named_pool(CONCURRENT_CALLS, "classify-model")
         self._read_threads = _named_pool(READ_THREADS, "classify-read")
         self._next_batch_route = itertools.cycle(BATCH_ROUTES)
+        self._batcher: batcher.InProcessBatcher | None = None
 
     async def __is_ready__(self) -> bool:
         """Ready once an image has gone through each batch route (batcher included)."""
@@ -201,8 +220,8 @@ class Classify:
         """Classify a stored image with MobileNetV2 and return the top class and the top-k."""
         try:
             if BATCHING:
-                pixels = await anyio.to_thread.run_sync(self._read_and_decode, gcs_path)
-                probabilities = await self._infer(pixels)
+                read = self._read_threads.submit(self._read_and_decode, gcs_path)
+                probabilities = await self._infer(await asyncio.wrap_future(read))
             else:
                 answer: Future[np.ndarray] = Future()
                 self._read_threads.submit(self._read_then_queue, gcs_path, answer)
@@ -260,11 +279,22 @@ class Classify:
             return await asyncio.wrap_future(
                 self._model_threads.submit(lambda: self._predict(pixels[np.newaxis])[0])
             )
+        if BATCHER == "in-process":
+            if self._batcher is None:  # created in the event loop, which it binds to
+                self._batcher = batcher.InProcessBatcher(
+                    self._run_batch_on_model_threads, MAX_BATCH_SIZE, MAX_LATENCY_MS, BATCH_STREAMS
+                )
+            return await self._batcher(pixels)
         route = getattr(self._self_client(), next(self._next_batch_route))  # round robin
         (output,) = await route([ModelInput(pixels=pixels.tobytes())])
         if isinstance(output, dict):  # the self-call client may hand back plain JSON
             output = ModelOutput.model_validate(output)
         return np.frombuffer(output.probabilities, dtype="<f4")
+
+    async def _run_batch_on_model_threads(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One batch of decoded images through the model, on a model thread (in-process batcher)."""
+        batch = np.stack(images)
+        return list(await asyncio.wrap_future(self._model_threads.submit(self._predict, batch)))
 
     def _self_client(self):
         """The client for calls to our own routes, carrying the internal-call credential.

@@ -364,11 +364,17 @@ def start_server(config: Config, storage_dir: Path) -> ServerUnderTest:
 
 
 def service_counters(metrics: str) -> dict[str, float]:
-    """Adaptive batch size histogram (count, sum) and the service's own CPU counters."""
+    """Adaptive batch size histograms (count, sum) and the service's own CPU counters.
+
+    The in-process batcher records `classify_batch_size`; the batch routes BentoML's own
+    `bentoml_service_adaptive_batch_size` (CLASSIFY_BATCHER=routes).
+    """
     counters = dict.fromkeys(("batches", "samples", "model_cpu_s", "decode_cpu_s"), 0.0)
     names = {
         "bentoml_service_adaptive_batch_size_count{": "batches",
         "bentoml_service_adaptive_batch_size_sum{": "samples",
+        "classify_batch_size_count": "batches",
+        "classify_batch_size_sum": "samples",
         "classify_model_cpu_seconds_total": "model_cpu_s",
         "classify_decode_cpu_seconds_total": "decode_cpu_s",
     }

@@ -18,8 +18,14 @@ TOKEN = "local-shared-secret"
 def protected(bentoml_home, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth")
     backend = make_backend("local", tmp, None)
-    # batching on: the service's own calls to its batch route must pass auth too
-    env = service_env(bentoml_home, backend.env, AUTH_TOKEN=TOKEN, CLASSIFY_BATCHING="on")
+    # batching on through the batch routes: the service's own calls to them must pass auth too
+    env = service_env(
+        bentoml_home,
+        backend.env,
+        AUTH_TOKEN=TOKEN,
+        CLASSIFY_BATCHING="on",
+        CLASSIFY_BATCHER="routes",
+    )
     servers = {
         "classify": Server("service:Classify", env, tmp / "classify.log").start(),
         "preprocess": Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start(),
