@@ -293,8 +293,8 @@ class Classify:
 
     async def _run_batch_on_model_threads(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One batch of decoded images through the model, on a model thread (in-process batcher)."""
-        batch = np.stack(images)
-        return list(await asyncio.wrap_future(self._model_threads.submit(self._predict, batch)))
+        probabilities = self._model_threads.submit(lambda: self._predict(np.stack(images)))
+        return list(await asyncio.wrap_future(probabilities))
 
     def _self_client(self):
         """The client for calls to our own routes, carrying the internal-call credential.
