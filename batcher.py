@@ -9,7 +9,7 @@ TensorFlow at 0.57-0.67 of its raw batched speed (benchmarks/analysis.md). This 
 drives the same dispatcher class straight from /classify, and lets it run `streams` batches
 at once (the dispatcher's own semaphore) so that one batch gathers while another runs.
 
-`CorkDispatcher` lives in `bentoml._internal`: pyproject pins BentoML to 1.4.x, the tests run
+`CorkDispatcher` lives in `bentoml._internal`: pyproject pins BentoML (1.4.40), the tests run
 this path, and if an upgrade moves the class, `available()` is false and the service falls
 back to its public batchable routes (`CLASSIFY_BATCHER=routes`).
 """

@@ -179,16 +179,17 @@ class Classify:
             name_thread(tid, self.runtime.name)
         self._warmed_through_api = False
         self._self_client_authorized = False
-        # unbatched model calls (with batching on, BentoML runs the batch routes itself)
+        # model calls: unbatched ones, and the in-process batcher's batches (through routes,
+        # BentoML runs the batches on its own threads)
         self._model_threads = _named_pool(CONCURRENT_CALLS, "classify-model")
         self._read_threads = _named_pool(READ_THREADS, "classify-read")
         self._next_batch_route = itertools.cycle(BATCH_ROUTES)
         self._batcher: batcher.InProcessBatcher | None = None
 
     async def __is_ready__(self) -> bool:
-        """Ready once an image has gone through each batch route (batcher included)."""
+        """Ready once an image has gone through the batcher (each batch route in turn)."""
         if not self._warmed_through_api:
-            for _ in BATCH_ROUTES:  # each batch stream in turn
+            for _ in range(BATCH_STREAMS):  # each batch stream (route) in turn
                 await self._infer(np.zeros((MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
             self._warmed_through_api = True
         return True

@@ -32,7 +32,8 @@ def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(buil
     assert requirements["bentoml"] == "1.4.40"
     assert not any(name.startswith(("tensorflow", "keras", "tf2onnx")) for name in requirements)
     sources = {str(p.relative_to(folder / "src")) for p in (folder / "src").rglob("*.py")}
-    assert {"service.py", "runtimes.py", "common/storage.py", "common/images.py"} <= sources
+    expected = {"service.py", "runtimes.py", "batcher.py", "common/storage.py", "common/images.py"}
+    assert expected <= sources
     assert "common/client.py" not in sources and not any(s.startswith("tests") for s in sources)
 
 
