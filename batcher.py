@@ -4,8 +4,8 @@ A `@bentoml.api(batchable=True)` method runs its batches through BentoML's `Cork
 the adaptive batching algorithm, which learns how long a batch takes and holds requests back
 only while waiting for more pays. Another API of the same service reaches a batchable method
 only through BentoML's self-call client, though: one more HTTP request per image through the
-whole server chain, which cost 3.3-4.4 core-ms per request on the event loop here and kept
-TensorFlow at 0.57-0.67 of its raw batched speed (benchmarks/analysis.md). This module
+whole server chain: the event loop spent 4.2-4.9 core-ms per request (0.9-1.5 in-process),
+and TensorFlow served 0.57-0.76 of its raw batched speed (benchmarks/analysis.md). This module
 drives the same dispatcher class straight from /classify, and lets it run `streams` batches
 at once (the dispatcher's own semaphore) so that one batch gathers while another runs.
 

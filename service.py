@@ -7,9 +7,9 @@ once per batch, up to two batches at once: by default the batcher is driven in-p
 `predict_batch_2` in turn, two identical `batchable` BentoML APIs reached through BentoML's
 self-call client, pixels travelling as raw bytes (base64 in JSON). With batching off, decode
 and model run per request on a small pool of model threads, fed straight from the reading
-thread. The model runs on ONNX Runtime (default),
-TensorFlow or OpenVINO (FP32, or INT8 or BF16 as opt-ins; see `runtimes.py`); whether batching pays
-depends on the runtime (`CLASSIFY_BATCHING`).
+thread. The model runs on ONNX Runtime (default), TensorFlow or OpenVINO (FP32, or INT8 or BF16
+as opt-ins; see `runtimes.py`); whether batching pays depends on the runtime
+(`CLASSIFY_BATCHING`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ if _batching not in _BATCHING_CHOICES:
 BATCHING = _BATCHING_CHOICES[_batching]
 # How /classify reaches the batcher: "in-process" drives BentoML's batching engine directly
 # (batcher.py: TensorFlow at concurrency 32 on 2 cores, paired runs: 103-112 vs 86-90 req/s,
-# the event loop 1.1-1.5 vs 4.3 core-ms per request); "routes" goes through the public
+# the event loop 0.9-1.5 vs 4.2-4.6 core-ms per request); "routes" goes through the public
 # `batchable` APIs over BentoML's self-call HTTP client. The first falls back to the second if
 # a BentoML release moved the engine.
 BATCHER = os.environ.get("CLASSIFY_BATCHER", "in-process")
