@@ -239,3 +239,20 @@ def test_refused_paths_never_reach_storage(proxied_stack, photos):
     assert proxy.seen == [], proxy.seen  # refused before any storage request
     assert classify(classify_server.url, path).status_code == 200
     assert all(TEST_BUCKET in p and "other-bucket" not in p for _, p in proxy.seen)
+
+
+def test_classify_reads_a_stored_image_in_one_storage_request(proxied_stack, photos):
+    """One ranged download, not a metadata call and then the download: one GCS round trip.
+
+    Requests about the object only: the client's first call also starts a one-off background
+    fetch of the bucket's metadata (google-cloud-storage's bucket metadata cache).
+    """
+    proxy, preprocess, classify_server = proxied_stack
+    path = upload(preprocess.url, photos["cat"]).json()["gcs_path"]
+    proxy.seen.clear()
+    assert classify(classify_server.url, path).status_code == 200
+    key = path.removeprefix(f"gs://{TEST_BUCKET}/")
+    about_the_object = [(method, p) for method, p in proxy.seen if p.endswith(f"/o/{key}")]
+    assert about_the_object == [("GET", f"/download/storage/v1/b/{TEST_BUCKET}/o/{key}")], (
+        proxy.seen
+    )

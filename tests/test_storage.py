@@ -43,6 +43,12 @@ def test_objects_over_the_read_limit_are_refused(store):
     uri, _ = store.storage.put_if_absent("preprocessed/big.png", b"x" * 100, "image/png")
     with pytest.raises(errors.UploadTooLarge):
         store.storage.read(uri, 99)
+    assert store.storage.read(uri, 100) == b"x" * 100  # exactly at the limit: read whole
+
+
+def test_an_empty_object_reads_as_no_bytes(store):
+    uri, _ = store.storage.put_if_absent("preprocessed/empty.png", b"", "image/png")
+    assert store.storage.read(uri, MAX) == b""
 
 
 @pytest.mark.parametrize(
