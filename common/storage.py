@@ -125,6 +125,11 @@ class GCSStorage:
         from google.cloud import storage  # imported here: local storage needs no GCS client
         from google.cloud.storage.retry import DEFAULT_RETRY
 
+        # google-cloud-storage 3.x looks up each bucket's metadata in a background request (and
+        # re-checks the bucket after any 404) only to label OpenTelemetry spans, which these
+        # services do not export: extra GCS calls per process and per missing object, and a 403
+        # for classify's read-only service account on Cloud Run.
+        os.environ.setdefault("DISABLE_GCS_PYTHON_CLIENT_OTEL_BUCKET_METADATA", "true")
         self.bucket_name = bucket
         self.timeout_s = timeout_s
         # Retry transient failures (5xx, 429, connection errors) with backoff, but give up
