@@ -252,17 +252,19 @@ def _time_batches(runtime, pixels: np.ndarray, seconds: float, streams: int = 1)
     }
 
 
-def private_bentoml_home(home: Path) -> Path:
-    """A BentoML home for the benchmark's servers that shares the user's model store.
+def private_bentoml_home(home: Path, shared: Path | None = None) -> Path:
+    """A BentoML home for servers of one's own that shares the model and Bento stores of
+    `shared` (the current `$BENTOML_HOME` by default). The tests use it too.
 
-    Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts: in the
-    user's own home that would reset the metrics of any service they are running.
+    Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts: in a
+    shared home that would reset (or mix) the metrics of any other service running from it.
     """
-    shared = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
-    home.mkdir(parents=True)
+    shared = shared or Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    home.mkdir(parents=True, exist_ok=True)
     for store in ("models", "bentos"):
         (shared / store).mkdir(parents=True, exist_ok=True)
-        (home / store).symlink_to(shared / store)
+        if not (home / store).exists():
+            (home / store).symlink_to(shared / store)
     return home
 
 

@@ -26,6 +26,8 @@ PHOTOS = MODEL_ASSETS / "images"
 TEST_BUCKET = "test-bucket"
 sys.path.insert(0, str(REPO / "scripts"))  # the benchmark's modules, tested here too
 
+from benchmark import private_bentoml_home  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -70,19 +72,10 @@ class Server:
         return self
 
     def _own_home(self) -> Path:
-        """A BentoML home for this server alone, sharing the model and Bento stores.
-
-        Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts, so
-        servers sharing a home would read each other's (or no) metrics.
-        """
+        """A BentoML home for this server alone, sharing the model and Bento stores (servers
+        sharing a home would read each other's, or no, metrics)."""
         shared = Path(self.env.get("BENTOML_HOME", Path.home() / "bentoml"))
-        home = self.log.with_name(f"{self.log.stem}-bentoml-home")
-        home.mkdir(exist_ok=True)
-        for store in ("models", "bentos"):
-            (shared / store).mkdir(parents=True, exist_ok=True)
-            if not (home / store).exists():
-                (home / store).symlink_to(shared / store)
-        return home
+        return private_bentoml_home(self.log.with_name(f"{self.log.stem}-bentoml-home"), shared)
 
     def wait_ready(self, timeout_s: float = 120, attempts: int = 3) -> Server:
         """Wait for /readyz; if another process took our free port meanwhile, take another."""
