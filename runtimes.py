@@ -109,10 +109,12 @@ class OpenVinoRuntime:
     - `bf16`: ~1.6x the model speed of FP32 ONNX Runtime on a CPU with AVX-512 BF16; on a CPU
       without BF16 it runs FP32 (`precision` says so).
     - `int8`: the INT8 quantization stored beside the export (scripts/quantize_int8.py): every
-      convolution and the classifier run in INT8 (measured with AVX-512 VNNI), the
-      softmax in FP32. ~2.3x the model speed of FP32 ONNX Runtime here.
+      convolution and the classifier run in INT8, the softmax in FP32. The model's speed over
+      FP32 ONNX Runtime depends on the CPU: ~2.3x at batch 1 with AVX-512 VNNI, ~1.5x on an
+      AMD EPYC with AVX2 only.
     Both reduced precisions keep top-1 accuracy within 1 point of FP32 on the held-out sample,
-    but probabilities move by up to ~0.15 (BF16) and ~0.19 (INT8); see benchmarks/analysis.md.
+    but probabilities move by up to ~0.15 (BF16) and ~0.19 (INT8; ~0.39 on a CPU without VNNI,
+    where the INT8 kernels differ); see benchmarks/analysis.md.
     """
 
     def __init__(self, model_dir: Path, threads: int | None = None, precision: str = "f32") -> None:

@@ -44,8 +44,8 @@ from runtimes import DEFAULT_RUNTIME, NUM_CLASSES, class_names, load_runtime
 MODEL_TAG = os.environ.get("CLASSIFY_MODEL", "mobilenet_v2:latest")
 RUNTIME = os.environ.get("CLASSIFY_RUNTIME", DEFAULT_RUNTIME)
 # Whether requests meet in the adaptive batcher. "auto" follows benchmarks/results.md on
-# 2 cores: TensorFlow gains from batches (~2x images/s at batch 8+), ONNX Runtime does not, and
-# the batched route's extra in-process HTTP hop costs more than it saves.
+# 2 cores: TensorFlow serves more with batches than without, ONNX Runtime and OpenVINO do not
+# (README, "How classify batches").
 _BATCHING_CHOICES = {"on": True, "off": False, "auto": RUNTIME == "tensorflow"}
 _batching = os.environ.get("CLASSIFY_BATCHING", "auto").lower()
 if _batching not in _BATCHING_CHOICES:
@@ -64,7 +64,17 @@ if BATCHER == "in-process" and not batcher.available():
         "this BentoML has no CorkDispatcher where batcher.py looks: batching through routes"
     )
     BATCHER = "routes"
-MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "32"))
+# Largest batch. Small batches keep a single-threaded call's activations in the CPU's caches:
+# TensorFlow on 2 cores (AMD EPYC, two single-threaded calls side by side) costs 16.8 core-ms
+# an image at batch 2, 19.9 at 4 and 25.6 at 8, so at concurrency 32 (paired runs) it served
+# 94-96 req/s with batches of up to 2 against 67-74 with up to 32, in 956 vs 1441 MB. ONNX
+# Runtime and OpenVINO INT8 batched serve the same either way, in a third to a half the memory.
+MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "2"))
+if MAX_BATCH_SIZE < 2:
+    raise ValueError(
+        f"CLASSIFY_MAX_BATCH_SIZE must be 2 or more, not {MAX_BATCH_SIZE} "
+        "(CLASSIFY_BATCHING=off serves one image per call)"
+    )
 # The batcher answers 503 to a request it predicts will wait longer than this; small values
 # shed most requests under load (see README), so it is sized well above a full batch's time.
 MAX_LATENCY_MS = int(os.environ.get("CLASSIFY_MAX_LATENCY_MS", "10000"))

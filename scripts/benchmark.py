@@ -6,7 +6,7 @@
     .venv/bin/python scripts/benchmark.py --smoke --out /tmp/bench  # does it all run? ~4 min
 
 Everything runs side by side in one run, on 127.0.0.1 only, bounded in requests and time:
-1. raw model per runtime, in-process, batch 1/8/16/32 (the ceiling);
+1. raw model per runtime, in-process, batch 1/2/4/8/16/32 (the ceiling);
 2. the real classify service end to end at concurrency 1/4/16/32/64, per runtime, batching on
    and off: throughput, latency percentiles, errors, mean batch size (from /metrics), server
    CPU per request, start -> /readyz, peak RSS;
@@ -60,7 +60,7 @@ from runtimes import ALL_RUNTIMES, REDUCED_PRECISION_RUNTIMES  # noqa: E402
 
 ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models"))
 CONCURRENCY = (1, 4, 16, 32, 64)
-BATCH_SIZES = (1, 8, 16, 32)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 RAW_ROUNDS = 3
 RAW_RUNTIMES = (
     "onnxruntime",
@@ -666,6 +666,27 @@ def reduced_precision_accuracy(runtime_names: tuple[str, ...]) -> dict[str, dict
     return accuracy
 
 
+# vector extensions the runtimes' kernels use: INT8 gains most with VNNI/AMX, BF16 needs them
+CPU_FEATURES = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu() -> dict[str, object]:
+    """The CPU's model and vector extensions: the same 2 cores run INT8 and BF16 at very
+    different speeds depending on them, and a shared host may land on different CPUs."""
+    info = {"model": platform.processor() or platform.machine(), "features": [], "checked": []}
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        fields = dict(
+            (key.strip(), value.strip()) for key, _, value in (x.partition(":") for x in lines)
+        )
+        info["model"] = fields.get("model name") or info["model"]
+        info["checked"] = list(CPU_FEATURES)
+        info["features"] = [
+            name for name in CPU_FEATURES if name in fields.get("flags", "").split()
+        ]
+    return info
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -707,6 +728,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
+        "cpu": cpu(),
         "versions": versions(),
         "scale": scale.name,
     }

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 
 import httpx
+import pytest
 import yaml
 from conftest import REPO
 
@@ -51,3 +55,26 @@ def test_bentofiles_pin_what_pyproject_pins():
     assert tensorflow == base | {"tensorflow-cpu": extras["tensorflow"]["tensorflow-cpu"]}
     assert openvino == base | extras["openvino"]
     assert not any(name.startswith("tensorflow") for name in preprocess | classify | openvino)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("CLASSIFY_BATCHING", "sometimes", "CLASSIFY_BATCHING must be on, off or auto"),
+        ("CLASSIFY_BATCHER", "remote", "CLASSIFY_BATCHER must be in-process or routes"),
+        ("CLASSIFY_BATCH_STREAMS", "3", "CLASSIFY_BATCH_STREAMS must be 1 or 2"),
+        ("CLASSIFY_MAX_BATCH_SIZE", "1", "CLASSIFY_MAX_BATCH_SIZE must be 2 or more"),
+    ],
+)
+def test_classify_refuses_a_bad_setting_by_name(setting, value, message):
+    """A mistyped setting stops classify at start with a message naming it, not deep in BentoML."""
+    started = subprocess.run(
+        [sys.executable, "-c", "import service"],
+        cwd=REPO,
+        env={**os.environ, setting: value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode != 0
+    assert message in started.stderr.splitlines()[-1]
