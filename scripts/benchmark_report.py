@@ -259,9 +259,10 @@ def _cpu_line(report: dict) -> str:
     if cpu is None:
         return "CPU: not recorded (a report from before the benchmark recorded it)."
     missing = [name for name in cpu["checked"] if name not in cpu["features"]]
+    has = ", ".join(cpu["features"]) or "none of " + ", ".join(cpu["checked"])
+    lacks = f"; without {', '.join(missing)}" if missing and cpu["features"] else ""
     return (
-        f"CPU: {cpu['model']}, with {', '.join(cpu['features']) or 'none of'}"
-        f"{'; without ' + ', '.join(missing) if missing else ''}"
+        f"CPU: {cpu['model']}, with {has}{lacks}"
         " (INT8 gains most with VNNI or AMX; BF16 runs as FP32 without AVX-512 BF16 or AMX)."
     )
 

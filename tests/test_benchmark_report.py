@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from benchmark_report import targets, write_report
+from benchmark_report import _cpu_line, targets, write_report
 from conftest import REPO
 
 RESULTS = REPO / "benchmarks"
@@ -29,3 +29,13 @@ def test_every_target_row_has_a_measurement():
     for name, measured, goal, _met in rows:
         assert name and goal
         assert "nan" not in measured, f"{name}: nothing measured"
+
+
+def test_the_report_says_which_cpu_it_ran_on():
+    """Two CPUs have served these runs; INT8 and BF16 speed depend on the vector extensions."""
+    checked = ["avx2", "avx512_vnni", "amx_int8"]
+    line = _cpu_line({"cpu": {"model": "Some CPU", "features": ["avx2"], "checked": checked}})
+    assert line.startswith("CPU: Some CPU, with avx2; without avx512_vnni, amx_int8 (")
+    bare = _cpu_line({"cpu": {"model": "Old CPU", "features": [], "checked": checked}})
+    assert bare.startswith("CPU: Old CPU, with none of avx2, avx512_vnni, amx_int8 (")
+    assert _cpu_line({}).startswith("CPU: not recorded")
