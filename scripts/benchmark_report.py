@@ -258,6 +258,8 @@ def _cpu_line(report: dict) -> str:
     cpu = report.get("cpu")
     if cpu is None:
         return "CPU: not recorded (a report from before the benchmark recorded it)."
+    if not cpu["checked"]:  # no /proc/cpuinfo
+        return f"CPU: {cpu['model']} (its vector extensions were not read)."
     missing = [name for name in cpu["checked"] if name not in cpu["features"]]
     has = ", ".join(cpu["features"]) or "none of " + ", ".join(cpu["checked"])
     lacks = f"; without {', '.join(missing)}" if missing and cpu["features"] else ""

@@ -39,3 +39,5 @@ def test_the_report_says_which_cpu_it_ran_on():
     bare = _cpu_line({"cpu": {"model": "Old CPU", "features": [], "checked": checked}})
     assert bare.startswith("CPU: Old CPU, with none of avx2, avx512_vnni, amx_int8 (")
     assert _cpu_line({}).startswith("CPU: not recorded")
+    unread = _cpu_line({"cpu": {"model": "arm64", "features": [], "checked": []}})
+    assert unread == "CPU: arm64 (its vector extensions were not read)."
