@@ -65,10 +65,9 @@ if BATCHER == "in-process" and not batcher.available():
     )
     BATCHER = "routes"
 # Largest batch. Small batches keep a single-threaded call's activations in the CPU's caches:
-# TensorFlow on 2 cores (AMD EPYC, two single-threaded calls side by side) costs 16.8 core-ms
-# an image at batch 2, 19.9 at 4 and 25.6 at 8, so at concurrency 32 (paired runs) it served
-# 94-96 req/s with batches of up to 2 against 67-74 with up to 32, in 956 vs 1441 MB. ONNX
-# Runtime and OpenVINO INT8 batched serve the same either way, in a third to a half the memory.
+# TensorFlow on 2 cores served ~25% more with batches of up to 2 than of up to 32, in two
+# thirds of the memory; ONNX Runtime and OpenVINO the same either way, in less memory
+# (measured: README, "How classify batches"; benchmarks/analysis.md).
 MAX_BATCH_SIZE = int(os.environ.get("CLASSIFY_MAX_BATCH_SIZE", "2"))
 if MAX_BATCH_SIZE < 2:
     raise ValueError(
