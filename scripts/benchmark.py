@@ -190,7 +190,11 @@ def _thread_name(pid: int, tid: int) -> str:
 
 
 def raw_benchmark(
-    runtime_name: str, seconds: float, threads: int | None = None, streams: int = 1
+    runtime_name: str,
+    seconds: float,
+    threads: int | None = None,
+    streams: int = 1,
+    batch_sizes: tuple[int, ...] = BATCH_SIZES,
 ) -> dict:
     """Images/s and latency per batch size, in this (fresh) process; also load time and RSS.
 
@@ -208,7 +212,7 @@ def raw_benchmark(
     runtime.predict(np.zeros((1, 224, 224, 3), np.uint8))
     load_s = time.perf_counter() - started
     rng = np.random.default_rng(0)
-    inputs = {b: rng.integers(0, 256, (b, 224, 224, 3), dtype=np.uint8) for b in BATCH_SIZES}
+    inputs = {b: rng.integers(0, 256, (b, 224, 224, 3), dtype=np.uint8) for b in batch_sizes}
     results: dict[int, dict] = {}
     # Interleaved rounds, best round kept: on a shared machine a neighbour's burst during one
     # batch size's only window would otherwise lower this ceiling (and flatter the ratios).
@@ -502,13 +506,17 @@ def served_benchmark(
     }
 
 
-def target_rounds(paths: list[str], storage_dir: Path, scale: Scale) -> dict[str, list[float]]:
+def target_rounds(
+    paths: list[str], storage_dir: Path, scale: Scale, ceilings: dict[str, dict]
+) -> dict[str, list[float]]:
     """Req/s at concurrency 32 of the configs the targets compare, in interleaved rounds.
 
     One pass over the configs gives each a single window, and a neighbour's burst on this
     shared machine moves one window by 10-20%: enough to carry a ratio across its target. Here
     every round runs the compared configs back to back, so each ratio is taken within a round
-    and the report gives the median round's ratio and the range.
+    and the report gives the median round's ratio and the range. Each round also measures the
+    raw ceilings of `ceilings` (see `round_ceilings`) again, appending to their `images_per_s`,
+    so that a ratio to a raw ceiling compares figures taken minutes apart, not half an hour.
     """
     from benchmark_report import COMPARED
 
@@ -519,7 +527,35 @@ def target_rounds(paths: list[str], storage_dir: Path, scale: Scale) -> dict[str
         for config in compared:
             entry = served_benchmark(config, paths, storage_dir, scale, concurrencies=(32,))
             rounds[config.name].append(entry["levels"][32]["throughput"])
+        for name, ceiling in ceilings.items():
+            measured = raw_subprocess(ceiling["shape"], scale.raw_seconds, (ceiling["batch"],))
+            figure = measured["batches"][str(ceiling["batch"])]["images_per_s"]
+            ceiling["images_per_s"].append(figure)
+            print(f"  raw {name} ({ceiling['shape']}, batch {ceiling['batch']}): {figure:.1f}")
     return rounds
+
+
+def round_ceilings(raw: dict) -> dict[str, dict]:
+    """The raw ceilings the targets divide by, as shape and batch size from the first raw pass.
+
+    `onnxruntime`: the default runtime's best figure at any batch size; `tensorflow, batched`:
+    TensorFlow's best at batches of 2 or more. The rounds measure that one shape and batch again.
+    """
+    wanted = {"onnxruntime": ("onnxruntime", 1), "tensorflow, batched": ("tensorflow", 2)}
+    ceilings = {}
+    for name, (runtime, smallest) in wanted.items():
+        shape, batch = max(
+            (
+                (shape, int(batch))
+                for shape, entry in raw.items()
+                if shape.partition(":")[0] == runtime
+                for batch in entry["batches"]
+                if int(batch) >= smallest
+            ),
+            key=lambda found: raw[found[0]]["batches"][str(found[1])]["images_per_s"],
+        )
+        ceilings[name] = {"shape": shape, "batch": batch, "images_per_s": []}
+    return ceilings
 
 
 def _counters(server: ServerUnderTest) -> dict[str, float]:
@@ -607,21 +643,7 @@ def raw_pass(raw: dict, scale: Scale) -> None:
     # single-threaded ONNX Runtime calls, batched TensorFlow runs two single-threaded batch
     # streams, OpenVINO overlapping calls on its one-core streams.
     for runtime in RAW_RUNTIMES:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--raw-only",
-                runtime,
-                "--raw-seconds",
-                str(scale.raw_seconds),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        ).stdout
-        measured = json.loads(out.strip().splitlines()[-1])
+        measured = raw_subprocess(runtime, scale.raw_seconds)
         if runtime in raw:
             kept = raw[runtime]["batches"]
             for batch, figures in measured["batches"].items():
@@ -631,6 +653,30 @@ def raw_pass(raw: dict, scale: Scale) -> None:
             raw[runtime] = measured
         best = max(b["images_per_s"] for b in raw[runtime]["batches"].values())
         print(f"  {runtime}: best {best:.1f} images/s", flush=True)
+
+
+def raw_subprocess(shape: str, seconds: float, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> dict:
+    """`raw_benchmark` of one runtime shape ("runtime[:T[xS]]") in a fresh process.
+
+    Batch sizes come back as strings, as they do from results.json.
+    """
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--raw-only",
+            shape,
+            "--raw-seconds",
+            str(seconds),
+            "--raw-batches",
+            ",".join(map(str, batch_sizes)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def reduced_precision_accuracy(runtime_names: tuple[str, ...]) -> dict[str, dict]:
@@ -713,12 +759,18 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     parser.add_argument("--raw-only", help=argparse.SUPPRESS)  # internal: one raw runtime
     parser.add_argument("--raw-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-batches", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_only:
         runtime, _, shape = args.raw_only.partition(":")
         threads, _, streams = shape.partition("x")
+        batches = tuple(int(b) for b in args.raw_batches.split(",") if b) or BATCH_SIZES
         measured = raw_benchmark(
-            runtime, args.raw_seconds, int(threads) if threads else None, int(streams or 1)
+            runtime,
+            args.raw_seconds,
+            int(threads) if threads else None,
+            int(streams or 1),
+            batches,
         )
         print(json.dumps(measured))
         return 0
@@ -743,7 +795,9 @@ def main() -> int:
         print("served /classify", flush=True)
         report["served"] = [served_benchmark(c, paths, storage_dir, scale) for c in CONFIGS]
         print("the compared configs again, in interleaved rounds at c=32", flush=True)
-        report["target_rounds"] = target_rounds(paths, storage_dir, scale)
+        ceilings = round_ceilings(report["raw"])
+        report["target_rounds"] = target_rounds(paths, storage_dir, scale, ceilings)
+        report["round_ceilings"] = ceilings
         print("preprocess", flush=True)
         report["preprocess"] = preprocess_benchmark(storage_dir, scale)
     for _ in range(scale.raw_passes - 1):

@@ -35,7 +35,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path, mode
         env=env,
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=720,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text())
@@ -89,6 +89,10 @@ def test_report_has_every_target_round_and_accuracy(smoke_run):
     assert {
         name: len(figures) for name, figures in report["target_rounds"].items()
     } == dict.fromkeys(COMPARED, 1)
+    ceilings = report["round_ceilings"]  # raw ceilings measured again in each round
+    assert set(ceilings) == {"onnxruntime", "tensorflow, batched"}
+    assert ceilings["tensorflow, batched"]["batch"] >= 2
+    assert all(len(c["images_per_s"]) == 1 and c["images_per_s"][0] > 0 for c in ceilings.values())
     assert set(report["reduced_precision"]) == set(REDUCED_PRECISION_RUNTIMES)
     for accuracy in report["reduced_precision"].values():
         assert accuracy["top1_agreement"] > 0.9

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import json
 
-from benchmark_report import _cpu_line, targets, write_report
+from benchmark_report import (
+    DEFAULT,
+    _cpu_line,
+    _raw_best,
+    raw_round_ratios,
+    targets,
+    write_report,
+)
 from conftest import REPO
 
 RESULTS = REPO / "benchmarks"
@@ -41,3 +48,22 @@ def test_the_report_says_which_cpu_it_ran_on():
     assert _cpu_line({}).startswith("CPU: not recorded")
     unread = _cpu_line({"cpu": {"model": "arm64", "features": [], "checked": []}})
     assert unread == "CPU: arm64 (its vector extensions were not read)."
+
+
+def test_ratios_to_raw_divide_within_each_round_where_rounds_measured_their_ceiling():
+    """A host that slows down between the raw pass and the rounds must not move the ratio."""
+    report = json.loads((RESULTS / "results.json").read_text())
+    report.pop("round_ceilings", None)
+    best = _raw_best(report, "onnxruntime")
+    served = [100.0, 120.0, 90.0]
+    report["target_rounds"][DEFAULT] = served
+    assert raw_round_ratios(report, DEFAULT, "onnxruntime", best) == sorted(
+        s / best for s in served
+    )
+    report["round_ceilings"] = {
+        "onnxruntime": {"shape": "onnxruntime:1x2", "batch": 2, "images_per_s": [125, 150, 150]}
+    }
+    assert raw_round_ratios(report, DEFAULT, "onnxruntime", best) == [0.6, 0.8, 0.8]
+    row = next(r for r in targets(report) if r[0] == "default runtime at c=32 vs its raw best")
+    assert row[1].startswith("0.80 (rounds 0.60-0.80; against the run's best raw figure")
+    assert row[3] is True
