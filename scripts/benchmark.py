@@ -515,7 +515,7 @@ def target_rounds(
     shared machine moves one window by 10-20%: enough to carry a ratio across its target. Here
     every round runs the compared configs back to back, so each ratio is taken within a round
     and the report gives the median round's ratio and the range. Each round also measures the
-    raw ceilings of `ceilings` (see `round_ceilings`) again, appending to their `images_per_s`,
+    raw ceilings of `ceilings` (see `round_ceilings`) again, appending to their figures,
     so that a ratio to a raw ceiling compares figures taken minutes apart, not half an hour.
     """
     from benchmark_report import COMPARED
@@ -527,34 +527,38 @@ def target_rounds(
         for config in compared:
             entry = served_benchmark(config, paths, storage_dir, scale, concurrencies=(32,))
             rounds[config.name].append(entry["levels"][32]["throughput"])
-        for name, ceiling in ceilings.items():
-            measured = raw_subprocess(ceiling["shape"], scale.raw_seconds, (ceiling["batch"],))
-            figure = measured["batches"][str(ceiling["batch"])]["images_per_s"]
-            ceiling["images_per_s"].append(figure)
-            print(f"  raw {name} ({ceiling['shape']}, batch {ceiling['batch']}): {figure:.1f}")
+        for ceiling in ceilings.values():
+            for shape, batch in ceiling["shapes"].items():
+                measured = raw_subprocess(shape, scale.raw_seconds, (batch,))
+                figure = measured["batches"][str(batch)]["images_per_s"]
+                ceiling["by_shape"][shape].append(figure)
+                print(f"  raw {shape}, batch {batch}: {figure:.1f} images/s", flush=True)
+            ceiling["images_per_s"].append(max(f[-1] for f in ceiling["by_shape"].values()))
     return rounds
 
 
 def round_ceilings(raw: dict) -> dict[str, dict]:
-    """The raw ceilings the targets divide by, as shape and batch size from the first raw pass.
+    """The raw ceilings the targets divide by, to be measured again in every round.
 
-    `onnxruntime`: the default runtime's best figure at any batch size; `tensorflow, batched`:
-    TensorFlow's best at batches of 2 or more. The rounds measure that one shape and batch again.
+    `onnxruntime`: the default runtime's best at any batch size; `tensorflow, batched`:
+    TensorFlow's best at batches of 2 or more. A round measures every raw shape of the runtime
+    (threads x side-by-side calls) at the batch size that was that shape's best in the first
+    raw pass, and keeps the round's best: on a busy host one shape can halve while another
+    holds (TensorFlow's two-thread calls wait on each other at every op).
     """
     wanted = {"onnxruntime": ("onnxruntime", 1), "tensorflow, batched": ("tensorflow", 2)}
     ceilings = {}
     for name, (runtime, smallest) in wanted.items():
-        shape, batch = max(
-            (
-                (shape, int(batch))
-                for shape, entry in raw.items()
-                if shape.partition(":")[0] == runtime
-                for batch in entry["batches"]
-                if int(batch) >= smallest
-            ),
-            key=lambda found: raw[found[0]]["batches"][str(found[1])]["images_per_s"],
-        )
-        ceilings[name] = {"shape": shape, "batch": batch, "images_per_s": []}
+        shapes = {}
+        for shape, entry in raw.items():
+            if shape.partition(":")[0] == runtime:
+                batches = {int(b): f["images_per_s"] for b, f in entry["batches"].items()}
+                shapes[shape] = max((b for b in batches if b >= smallest), key=batches.__getitem__)
+        ceilings[name] = {
+            "shapes": shapes,
+            "by_shape": {shape: [] for shape in shapes},
+            "images_per_s": [],  # per round, the best of its shapes
+        }
     return ceilings
 
 

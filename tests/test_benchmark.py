@@ -91,8 +91,10 @@ def test_report_has_every_target_round_and_accuracy(smoke_run):
     } == dict.fromkeys(COMPARED, 1)
     ceilings = report["round_ceilings"]  # raw ceilings measured again in each round
     assert set(ceilings) == {"onnxruntime", "tensorflow, batched"}
-    assert ceilings["tensorflow, batched"]["batch"] >= 2
-    assert all(len(c["images_per_s"]) == 1 and c["images_per_s"][0] > 0 for c in ceilings.values())
+    assert min(ceilings["tensorflow, batched"]["shapes"].values()) >= 2
+    for ceiling in ceilings.values():
+        assert set(ceiling["by_shape"]) == set(ceiling["shapes"])
+        assert ceiling["images_per_s"] == [max(f[0] for f in ceiling["by_shape"].values())] > [0]
     assert set(report["reduced_precision"]) == set(REDUCED_PRECISION_RUNTIMES)
     for accuracy in report["reduced_precision"].values():
         assert accuracy["top1_agreement"] > 0.9

@@ -50,7 +50,7 @@ def test_the_report_says_which_cpu_it_ran_on():
     assert unread == "CPU: arm64 (its vector extensions were not read)."
 
 
-def test_ratios_to_raw_divide_within_each_round_where_rounds_measured_their_ceiling():
+def test_ratios_to_raw_divide_within_each_round_where_rounds_measured_their_ceiling(tmp_path):
     """A host that slows down between the raw pass and the rounds must not move the ratio."""
     report = json.loads((RESULTS / "results.json").read_text())
     report.pop("round_ceilings", None)
@@ -61,9 +61,16 @@ def test_ratios_to_raw_divide_within_each_round_where_rounds_measured_their_ceil
         s / best for s in served
     )
     report["round_ceilings"] = {
-        "onnxruntime": {"shape": "onnxruntime:1x2", "batch": 2, "images_per_s": [125, 150, 150]}
+        "onnxruntime": {
+            "shapes": {"onnxruntime:1x2": 2},
+            "by_shape": {"onnxruntime:1x2": [125, 150, 150]},
+            "images_per_s": [125, 150, 150],
+        }
     }
     assert raw_round_ratios(report, DEFAULT, "onnxruntime", best) == [0.6, 0.8, 0.8]
     row = next(r for r in targets(report) if r[0] == "default runtime at c=32 vs its raw best")
     assert row[1].startswith("0.80 (rounds 0.60-0.80; against the run's best raw figure")
     assert row[3] is True
+    write_report(report, tmp_path)
+    table_row = "| raw onnxruntime:1x2, batch 2 (images/s) | 125.0 | 150.0 | 150.0 | 150.0 |"
+    assert table_row in (tmp_path / "results.md").read_text()
