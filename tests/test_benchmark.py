@@ -94,7 +94,8 @@ def test_report_has_every_target_round_and_accuracy(smoke_run):
     assert min(ceilings["tensorflow, batched"]["shapes"].values()) >= 2
     for ceiling in ceilings.values():
         assert set(ceiling["by_shape"]) == set(ceiling["shapes"])
-        assert ceiling["images_per_s"] == [max(f[0] for f in ceiling["by_shape"].values())] > [0]
+        best_shape = max(figures[0] for figures in ceiling["by_shape"].values())
+        assert best_shape > 0 and ceiling["images_per_s"] == [best_shape]
     assert set(report["reduced_precision"]) == set(REDUCED_PRECISION_RUNTIMES)
     for accuracy in report["reduced_precision"].values():
         assert accuracy["top1_agreement"] > 0.9
