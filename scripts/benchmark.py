@@ -533,7 +533,6 @@ def target_rounds(
                 figure = measured["batches"][str(batch)]["images_per_s"]
                 ceiling["by_shape"][shape].append(figure)
                 print(f"  raw {shape}, batch {batch}: {figure:.1f} images/s", flush=True)
-            ceiling["images_per_s"].append(max(f[-1] for f in ceiling["by_shape"].values()))
     return rounds
 
 
@@ -543,8 +542,9 @@ def round_ceilings(raw: dict) -> dict[str, dict]:
     `onnxruntime`: the default runtime's best at any batch size; `tensorflow, batched`:
     TensorFlow's best at batches of 2 or more. A round measures every raw shape of the runtime
     (threads x side-by-side calls) at the batch size that was that shape's best in the first
-    raw pass, and keeps the round's best: on a busy host one shape can halve while another
-    holds (TensorFlow's two-thread calls wait on each other at every op).
+    raw pass; the report takes each round's best (`benchmark_report.round_ceiling`): on a busy
+    host one shape can halve while another holds (TensorFlow's two-thread calls wait on each
+    other at every op).
     """
     wanted = {"onnxruntime": ("onnxruntime", 1), "tensorflow, batched": ("tensorflow", 2)}
     ceilings = {}
@@ -554,11 +554,7 @@ def round_ceilings(raw: dict) -> dict[str, dict]:
             if shape.partition(":")[0] == runtime:
                 batches = {int(b): f["images_per_s"] for b, f in entry["batches"].items()}
                 shapes[shape] = max((b for b in batches if b >= smallest), key=batches.__getitem__)
-        ceilings[name] = {
-            "shapes": shapes,
-            "by_shape": {shape: [] for shape in shapes},
-            "images_per_s": [],  # per round, the best of its shapes
-        }
+        ceilings[name] = {"shapes": shapes, "by_shape": {shape: [] for shape in shapes}}
     return ceilings
 
 
