@@ -546,9 +546,10 @@ def round_ceilings(raw: dict) -> dict[str, dict]:
     host one shape can halve while another holds (TensorFlow's two-thread calls wait on each
     other at every op).
     """
-    wanted = {"onnxruntime": ("onnxruntime", 1), "tensorflow, batched": ("tensorflow", 2)}
+    from benchmark_report import CEILINGS
+
     ceilings = {}
-    for name, (runtime, smallest) in wanted.items():
+    for name, (runtime, smallest) in CEILINGS.items():
         shapes = {}
         for shape, entry in raw.items():
             if shape.partition(":")[0] == runtime:

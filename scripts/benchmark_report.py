@@ -20,6 +20,10 @@ TF_ON, TF_OFF = "tensorflow, batching on", "tensorflow, batching off"
 # the configs whose throughput the targets compare (scripts/benchmark.py runs them in rounds)
 COMPARED = (DEFAULT, TF_ON, TF_OFF, *REDUCED.values(), NAIVE)
 RUNTIME_THREADS = ALL_RUNTIMES  # the service names each runtime's own threads after it
+# the raw ceilings the targets divide by: name -> (runtime, smallest batch size counted);
+# scripts/benchmark.py measures them again in every round (`round_ceilings` in results.json)
+ORT_CEILING, TF_CEILING = "onnxruntime", "tensorflow, batched"
+CEILINGS = {ORT_CEILING: ("onnxruntime", 1), TF_CEILING: ("tensorflow", 2)}
 
 
 def _served(report: dict) -> dict[str, dict]:
@@ -66,11 +70,11 @@ def round_ceiling(ceiling: dict) -> list[float]:
 def raw_round_ratios(report: dict, config: str, ceiling: str, best: float) -> list[float]:
     """Per round, config's req/s at c=32 over the raw ceiling measured in the same round
     (`round_ceilings`), sorted; over the run's best raw figure `best` in runs without them."""
-    measured = report.get("round_ceilings", {}).get(ceiling)
-    if not measured:
+    if "round_ceilings" not in report:
         return round_ratios(report, config, best)
+    measured = round_ceiling(report["round_ceilings"][ceiling])
     served = report["target_rounds"][config]
-    return sorted(s / raw for s, raw in zip(served, round_ceiling(measured), strict=True))
+    return sorted(s / raw for s, raw in zip(served, measured, strict=True))
 
 
 def _ratio_cell(ratios: list[float], one_pass: float, unit: str = "") -> str:
@@ -108,9 +112,9 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
     default = served[DEFAULT]
     vs_naive = round_ratios(report, DEFAULT, NAIVE)
     ort_raw = _raw_best(report, "onnxruntime")
-    vs_raw = raw_round_ratios(report, DEFAULT, "onnxruntime", ort_raw)
+    vs_raw = raw_round_ratios(report, DEFAULT, ORT_CEILING, ort_raw)
     tf_raw = _raw_best(report, "tensorflow", batched=True)
-    tf_vs_raw = raw_round_ratios(report, TF_ON, "tensorflow, batched", tf_raw)
+    tf_vs_raw = raw_round_ratios(report, TF_ON, TF_CEILING, tf_raw)
     tf_on_off = round_ratios(report, TF_ON, TF_OFF)
     c1 = _level(default, 1)["p50_ms"]
     raw1 = _raw(report, "onnxruntime", 1)["latency_ms"]

@@ -64,7 +64,11 @@ def test_ratios_to_raw_divide_within_each_round_where_rounds_measured_their_ceil
         "onnxruntime": {
             "shapes": {"onnxruntime": 4, "onnxruntime:1x2": 2},
             "by_shape": {"onnxruntime": [100, 150, 120], "onnxruntime:1x2": [125, 140, 150]},
-        }
+        },
+        "tensorflow, batched": {
+            "shapes": {"tensorflow:1x2": 2},
+            "by_shape": {"tensorflow:1x2": [90, 90, 90]},
+        },
     }
     assert raw_round_ratios(report, DEFAULT, "onnxruntime", best) == [0.6, 0.8, 0.8]
     row = next(r for r in targets(report) if r[0] == "default runtime at c=32 vs its raw best")
