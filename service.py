@@ -34,7 +34,7 @@ from common.config import observability_config, settings
 from common.docs import DocsAlias
 from common.errors import ServiceError, error_response
 from common.http_guards import ErrorShape, JsonOnly
-from common.images import MODEL_SIZE, decode_image, set_pixel_limit, to_model_pixels
+from common.images import MODEL_SIZE, set_pixel_limit, to_model_pixels
 from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from common.shedding import LoadShedder
 from common.storage import storage_from_settings
@@ -178,6 +178,7 @@ class Classify:
         self.settings = settings()
         set_pixel_limit(self.settings.max_image_pixels)
         self.storage = storage_from_settings(self.settings)
+        self.decode_budget = self.settings.decode_budget()
         stored_model = self.model_ref
         self.model_name = str(stored_model.tag)
         self.labels = class_names(Path(stored_model.path))
@@ -271,8 +272,9 @@ class Classify:
     def _decode(self, data: bytes) -> np.ndarray:
         started = time.thread_time()
         try:
-            image = decode_image(data, self.settings.max_image_pixels)
-            return to_model_pixels(image, self.settings.resize_mode)
+            return to_model_pixels(
+                data, self.settings.max_image_pixels, self.settings.resize_mode, self.decode_budget
+            )
         finally:
             DECODE_CPU.inc(time.thread_time() - started)
 

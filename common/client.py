@@ -1,39 +1,54 @@
-"""`image-pipeline`: send image files through preprocess then classify, print a table.
+"""`image-pipeline`: send image files through preprocess then classify.
 
 image-pipeline photo.jpg
-image-pipeline ../shared/models/images --mode center-crop
+image-pipeline ~/Pictures --output results.csv            # thousands: rows saved as they arrive
+image-pipeline ~/Pictures --output results.csv --resume   # after a stop: only the files not done
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+from common.results import Outcome, ResultsFile
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif"}
+RETRY_STATUSES = {429, 503}
+MAX_RETRY_WAIT_S = 60.0
 
 
-@dataclass
-class Outcome:
-    """What happened to one file: a label and confidence, or the error that stopped it."""
-
-    file: Path
-    label: str | None = None
-    confidence: float | None = None
-    error: str | None = None
+class ServiceRefused(RuntimeError):
+    """A service answered an error status (after any retries)."""
 
 
 class PipelineClient:
-    """Calls the two services with explicit timeouts, so an unreachable service fails fast."""
+    """Calls the two services with explicit timeouts, so an unreachable service fails fast.
+
+    429 and 503 (overload, storage or decoder busy) are retried after the service's
+    Retry-After, at most `retries` times per call; then the file's outcome is that error.
+    """
 
     def __init__(
         self,
@@ -42,9 +57,11 @@ class PipelineClient:
         timeout_s: float,
         token: str | None = None,
         google_id_token: bool = False,
+        retries: int = 5,
     ) -> None:
         self.preprocess_url = preprocess_url.rstrip("/")
         self.classify_url = classify_url.rstrip("/")
+        self.retries = retries
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
         self.auth = {
             url: _authorization(url, token, google_id_token)
@@ -53,28 +70,46 @@ class PipelineClient:
 
     def run(self, file: Path, mode: str | None) -> Outcome:
         try:
-            with open(file, "rb") as image:
-                data = {"mode": mode} if mode else None
-                stored = self._post(
-                    self.preprocess_url, "/preprocess", files={"image": image}, data=data
-                )
+            data = file.read_bytes()
+            form = {"mode": mode} if mode else None
+            stored = self._post(
+                self.preprocess_url, "/preprocess", files={"image": (file.name, data)}, data=form
+            )
             answer = self._post(
                 self.classify_url, "/classify", json={"gcs_path": stored["gcs_path"]}
             )
-        except (httpx.HTTPError, OSError, RuntimeError) as exc:
-            return Outcome(file, error=str(exc) or type(exc).__name__)
-        return Outcome(file, label=answer["label"], confidence=answer["confidence"])
+        except (httpx.HTTPError, OSError, ServiceRefused) as exc:
+            return Outcome(file=str(file), error=str(exc) or type(exc).__name__)
+        return Outcome(
+            file=str(file), **{k: answer.get(k) for k in Outcome.model_fields if k != "file"}
+        )
 
     def _post(self, base_url: str, route: str, **kwargs: object) -> dict:
         url = base_url + route
-        response = self.http.post(url, headers=self.auth[base_url], **kwargs)
+        for attempt in range(self.retries + 1):
+            response = self.http.post(url, headers=self.auth[base_url], **kwargs)
+            if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                break
+            time.sleep(retry_after_s(response.headers.get("retry-after"), attempt))
         if response.is_error:
             try:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text
-            raise RuntimeError(f"{url} answered {response.status_code}: {message}")
+            raise ServiceRefused(f"{url} answered {response.status_code}: {message}")
         return response.json()
+
+
+def retry_after_s(header: str | None, attempt: int) -> float:
+    """Seconds to wait: the Retry-After header (seconds or an HTTP date), else backoff."""
+    wait_s = float(2**attempt)
+    if header:
+        try:
+            wait_s = float(header)
+        except ValueError:
+            with contextlib.suppress(TypeError, ValueError):
+                wait_s = parsedate_to_datetime(header).timestamp() - time.time()
+    return min(max(wait_s, 0.0), MAX_RETRY_WAIT_S)
 
 
 def _authorization(audience: str, token: str | None, google_id_token: bool) -> dict[str, str]:
@@ -105,14 +140,90 @@ def image_files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+class RateColumn(ProgressColumn):
+    """Files per second, as rich measures the task's speed."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} files/s" if task.speed else "", style="progress.data.speed")
+
+
+def run_all(
+    client: PipelineClient,
+    files: list[Path],
+    mode: str | None,
+    concurrency: int,
+    results: ResultsFile | None,
+    console: Console,
+) -> list[Outcome]:
+    """Every file through the pipeline, `concurrency` at a time, each outcome saved at once.
+
+    Only `concurrency` files are submitted ahead, so a stop (Ctrl-C) leaves nothing queued.
+    """
+    outcomes: list[Outcome] = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    pending = iter(files)
+    with (
+        Progress(*columns, console=console, transient=True, disable=len(files) < 2) as progress,
+        ThreadPoolExecutor(concurrency) as pool,
+    ):
+        task = progress.add_task("classifying", total=len(files))
+        in_flight: set[Future[Outcome]] = set()
+        while True:
+            for file in pending:
+                in_flight.add(pool.submit(client.run, file, mode))
+                if len(in_flight) >= concurrency:
+                    break
+            if not in_flight:
+                return outcomes
+            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                outcome = future.result()
+                if results:
+                    results.write(outcome)
+                outcomes.append(outcome)
+                progress.advance(task)
+
+
+def print_table(console: Console, outcomes: list[Outcome]) -> None:
+    table = Table("file", "label", "confidence")
+    for outcome in sorted(outcomes, key=lambda o: o.file):
+        if outcome.error:
+            table.add_row(outcome.file, f"[red]error: {outcome.error}[/red]", "")
+        else:
+            table.add_row(outcome.file, outcome.label, f"{outcome.confidence:.4f}")
+    console.print(table)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="image-pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="image-pipeline",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders")
     parser.add_argument("--preprocess-url", default="http://127.0.0.1:3001")
     parser.add_argument("--classify-url", default="http://127.0.0.1:3000")
     parser.add_argument("--mode", choices=["resize", "center-crop"], help="default: server's")
     parser.add_argument("--concurrency", type=int, default=4, help="files in flight at once")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP call")
+    parser.add_argument(
+        "--retries", type=int, default=5, help="retries of a 429/503 answer, after Retry-After"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="write a row per file as it finishes (.csv or .jsonl)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="skip files already in --output, append the rest"
+    )
     parser.add_argument(
         "--token", default=os.environ.get("AUTH_TOKEN"), help="shared bearer token ($AUTH_TOKEN)"
     )
@@ -122,32 +233,43 @@ def main(argv: list[str] | None = None) -> int:
         help="send Google ID tokens for each service URL (Cloud Run, private services)",
     )
     args = parser.parse_args(argv)
+    if args.resume and not args.output:
+        parser.error("--resume needs --output")
 
     files = image_files(args.paths)
     if not files:
         parser.error("no image files found")
-    client = PipelineClient(
-        args.preprocess_url, args.classify_url, args.timeout, args.token, args.google_id_token
-    )
+    try:
+        results = ResultsFile(args.output, args.resume) if args.output else None
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     console = Console()
-    with (
-        Progress(console=console, transient=True, disable=len(files) < 2) as progress,
-        ThreadPoolExecutor(max(1, args.concurrency)) as pool,
-    ):
-        task = progress.add_task("classifying", total=len(files))
-        outcomes = []
-        for outcome in pool.map(lambda f: client.run(f, args.mode), files):
-            outcomes.append(outcome)
-            progress.advance(task)
-
-    table = Table("file", "label", "confidence")
-    for outcome in outcomes:
-        if outcome.error:
-            table.add_row(str(outcome.file), f"[red]error: {outcome.error}[/red]", "")
-        else:
-            table.add_row(str(outcome.file), outcome.label, f"{outcome.confidence:.4f}")
-    console.print(table)
-    return 1 if any(outcome.error for outcome in outcomes) else 0
+    if results and results.done:
+        before = len(files)
+        files = [file for file in files if str(file) not in results.done]
+        console.print(f"resuming: {before - len(files)} files already in {args.output}")
+    client = PipelineClient(
+        args.preprocess_url,
+        args.classify_url,
+        args.timeout,
+        args.token,
+        args.google_id_token,
+        max(0, args.retries),
+    )
+    try:
+        outcomes = run_all(client, files, args.mode, max(1, args.concurrency), results, console)
+    except KeyboardInterrupt:
+        console.print("stopped: rerun with --resume to finish" if results else "stopped")
+        return 130
+    finally:
+        if results:
+            results.close()
+    failed = sum(1 for outcome in outcomes if outcome.error)
+    if results:
+        console.print(f"{len(outcomes) - failed} classified, {failed} failed: {args.output}")
+    else:
+        print_table(console, outcomes)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from common.decode_budget import DecodeBudget
 from common.schemas import ResizeMode
 
 MIB = 1024 * 1024
@@ -22,6 +23,10 @@ class Settings(BaseModel):
     max_upload_bytes: int = Field(20 * MIB, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)
     resize_mode: ResizeMode = ResizeMode.resize
+    decode_pixel_budget: int | None = Field(
+        None, gt=0, description="Decoded pixels in memory at once; default MAX_IMAGE_PIXELS."
+    )
+    decode_wait_s: float = Field(5.0, ge=0, description="Wait for the decode budget, then 503.")
     storage_timeout_s: float = Field(10.0, gt=0)
     auth_token: str | None = Field(None, description="Bearer token required on working routes.")
     max_in_flight: int = Field(64, gt=0, description="Requests in flight before 503s.")
@@ -30,6 +35,12 @@ class Settings(BaseModel):
     auth_allowed_emails: set[str] = Field(default_factory=set)
     access_log: bool = Field(False, description="BentoML's access log line per request.")
     request_tracing: bool = Field(False, description="BentoML's OpenTelemetry request spans.")
+
+    def decode_budget(self) -> DecodeBudget:
+        """The process's decode budget: by default one image of the largest accepted size."""
+        return DecodeBudget(
+            self.decode_pixel_budget or self.max_image_pixels, wait_s=self.decode_wait_s
+        )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -41,6 +52,8 @@ class Settings(BaseModel):
             "max_upload_bytes": env.get("MAX_UPLOAD_BYTES"),
             "max_image_pixels": env.get("MAX_IMAGE_PIXELS"),
             "resize_mode": env.get("RESIZE_MODE"),
+            "decode_pixel_budget": env.get("DECODE_PIXEL_BUDGET") or None,
+            "decode_wait_s": env.get("DECODE_WAIT_S"),
             "storage_timeout_s": env.get("STORAGE_TIMEOUT_S"),
             "auth_token": env.get("AUTH_TOKEN") or None,
             "max_in_flight": env.get("MAX_IN_FLIGHT"),

@@ -7,6 +7,7 @@ partial is ever visible); reads accept only locations inside the configured buck
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import unicodedata
 from collections.abc import Iterator
@@ -86,15 +87,22 @@ class LocalStorage:
     def read(self, uri: str, max_bytes: int) -> bytes:
         path = self._resolve(uri)
         try:
-            with open(path, "rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                if size > max_bytes:
-                    raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
-                # Ask for the size the file has: `read(max_bytes + 1)` would allocate the whole
-                # limit (20 MiB by default) per call, ~4x the cost of reading a stored image.
-                data = file.read(size + 1)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            # O_NONBLOCK: opening a FIFO inside the folder must not wait for a writer (it would
+            # hold a reading thread for good); anything but a regular file is refused below.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"no stored object at {uri}") from exc
+        with open(fd, "rb") as file:
+            status = os.fstat(file.fileno())
+            if stat.S_ISDIR(status.st_mode):
+                raise ObjectNotFound(f"no stored object at {uri}")
+            if not stat.S_ISREG(status.st_mode):
+                raise InvalidPath("the path names a special file, not a stored image")
+            if status.st_size > max_bytes:
+                raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
+            # Ask for the size the file has: `read(max_bytes + 1)` would allocate the whole
+            # limit (20 MiB by default) per call, several times the cost of a stored image.
+            data = file.read(status.st_size + 1)
         if len(data) > max_bytes:  # grew since fstat: stored objects never do, but be sure
             raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
         return data

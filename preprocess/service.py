@@ -1,16 +1,14 @@
 """The preprocess Bento: upload an image, get back where its normalized 224x224 image is stored.
 
-No TensorFlow here: this service only decodes, normalizes, encodes and stores.
+No TensorFlow here: this service only decodes, normalizes, encodes and stores. The upload is
+parsed once, in memory, by `UploadGuard`; decoding is admitted against the decode budget.
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-from typing import Annotated
 
 import bentoml
-from pydantic import Field
 from starlette.responses import JSONResponse
 
 from common.auth import BearerAuth
@@ -21,15 +19,14 @@ from common.http_guards import ErrorShape
 from common.images import (
     STORED_CONTENT_TYPE,
     STORED_SUFFIX,
-    decode_image,
     encode_stored,
-    normalize,
+    load_model_image,
     set_pixel_limit,
 )
 from common.schemas import PreprocessResponse, ResizeMode
 from common.shedding import LoadShedder
 from common.storage import storage_from_settings
-from preprocess.uploads import UploadGuard
+from preprocess.uploads import PreprocessForm, UploadGuard
 
 
 @bentoml.service(
@@ -45,34 +42,30 @@ class Preprocess:
         self.settings = settings()
         set_pixel_limit(self.settings.max_image_pixels)
         self.storage = storage_from_settings(self.settings)
+        self.decode_budget = self.settings.decode_budget()
 
-    @bentoml.api(route="/preprocess", output_spec=PreprocessResponse)
+    @bentoml.api(route="/preprocess", input_spec=PreprocessForm, output_spec=PreprocessResponse)
     def preprocess(
-        self,
-        image: Annotated[Path, Field(description="The image: JPEG, PNG, WebP, BMP or GIF.")],
-        mode: Annotated[
-            ResizeMode | None,
-            Field(description="`resize` (whole image) or `center-crop`; default from config."),
-        ] = None,
+        self, image: bytes, mode: ResizeMode | None = None
     ) -> PreprocessResponse | JSONResponse:
         """Normalize an uploaded image to 224x224 RGB, store it (lossless BMP), return its path."""
         try:
-            return self._store(self._read_upload(image), mode or self.settings.resize_mode)
+            self._check_size(image)
+            return self._store(image, mode or self.settings.resize_mode)
         except ServiceError as exc:
             return error_response(exc)
 
-    def _read_upload(self, upload: Path) -> bytes:
-        size = upload.stat().st_size
-        if size == 0:
+    def _check_size(self, upload: bytes) -> None:
+        if not upload:
             raise EmptyUpload("the uploaded file is empty")
-        if size > self.settings.max_upload_bytes:
+        if len(upload) > self.settings.max_upload_bytes:
             raise UploadTooLarge(
-                f"the upload is {size:,} bytes; the limit is {self.settings.max_upload_bytes:,}"
+                f"the upload is {len(upload):,} bytes; "
+                f"the limit is {self.settings.max_upload_bytes:,}"
             )
-        return upload.read_bytes()
 
     def _store(self, data: bytes, mode: ResizeMode) -> PreprocessResponse:
-        image = normalize(decode_image(data, self.settings.max_image_pixels), mode)
+        image = load_model_image(data, self.settings.max_image_pixels, mode, self.decode_budget)
         stored = encode_stored(image)
         digest = hashlib.sha256(stored).hexdigest()
         key = f"{self.settings.storage_prefix}{digest}{STORED_SUFFIX}"
@@ -87,9 +80,5 @@ Preprocess.add_asgi_middleware(ErrorShape)
 Preprocess.add_asgi_middleware(BearerAuth, settings=settings())
 Preprocess.add_asgi_middleware(LoadShedder, max_in_flight=settings().max_in_flight)
 Preprocess.add_asgi_middleware(
-    UploadGuard,
-    path="/preprocess",
-    max_upload_bytes=settings().max_upload_bytes,
-    file_field="image",
-    fields={"image", "mode"},
+    UploadGuard, path="/preprocess", max_upload_bytes=settings().max_upload_bytes
 )

@@ -1,25 +1,39 @@
-"""ASGI guard in front of `/preprocess`: size cap while streaming, strict multipart fields.
+"""`/preprocess`'s multipart form, parsed once, in memory, with the size cap enforced as it streams.
 
-BentoML's multipart parsing fetches URLs given in place of files and fails with a 500 on
-unexpected binary fields; this guard answers such requests with a clear 4xx before BentoML
-sees them, and never holds more than the upload cap in memory.
+`UploadGuard` (ASGI, in front of BentoML) is the only parser of the body: it refuses what
+BentoML's own multipart handling gets wrong (it fetches URLs given in place of files, answers
+500 to unexpected binary fields, and spools every upload to a temporary file, then copies it
+into another) with a clear 4xx, and hands the parsed form to the API through the request's
+state, where `PreprocessForm.from_http_request` picks it up.
 """
 
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Annotated, Any, ClassVar
 
-from starlette.datastructures import UploadFile
+import bentoml
+from pydantic import Field
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import ServiceError, UploadTooLarge, error_response
+from common.schemas import ResizeMode
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers and boundaries around the file
+FORM_STATE_KEY = "preprocess_form"
+FILE_FIELD = "image"
+FIELDS = frozenset({FILE_FIELD, "mode"})
 
 
 class UnexpectedForm(ServiceError):
     code = "invalid_form"
+
+
+class InvalidMode(ServiceError):
+    code = "invalid_request"
 
 
 class NotMultipart(ServiceError):
@@ -27,44 +41,80 @@ class NotMultipart(ServiceError):
     code = "expected_multipart"
 
 
-class UploadGuard:
-    """Check the request body of `POST path` before the wrapped app parses it."""
+class PreprocessForm(bentoml.IODescriptor):
+    """The multipart form of `/preprocess` (its schema in `/docs`); `UploadGuard` parses it."""
 
-    def __init__(
-        self, app: ASGIApp, *, path: str, max_upload_bytes: int, file_field: str, fields: set[str]
-    ) -> None:
+    image: Annotated[
+        bytes,
+        Field(description="The image file: JPEG, PNG, WebP, BMP, GIF, HEIC/HEIF or AVIF."),
+    ]
+    mode: Annotated[
+        ResizeMode | None,
+        Field(description="`resize` (whole image) or `center-crop`; default from config."),
+    ] = None
+
+    multipart_fields: ClassVar[list[str]]
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> PreprocessForm:
+        try:
+            return request.scope["state"][FORM_STATE_KEY]
+        except KeyError:  # the guard is not installed: refuse rather than parse again
+            raise UnexpectedForm("the upload was not parsed (UploadGuard missing)") from None
+
+
+# BentoML documents multipart inputs through `multipart_fields`, which it derives from
+# Path/PIL annotations only; the file arrives here as bytes.
+PreprocessForm.multipart_fields = [FILE_FIELD]
+
+
+class _InMemoryParser(MultiPartParser):
+    """Starlette's streaming parser, keeping a file part in memory up to the body cap."""
+
+    def __init__(self, headers: Headers, stream: Any, spool_max_size: int) -> None:
+        super().__init__(headers, stream, max_files=4, max_fields=8, max_part_size=64 * 1024)
+        self.spool_max_size = spool_max_size
+
+
+class UploadGuard:
+    """Parse and check the body of `POST path` before the wrapped app runs."""
+
+    def __init__(self, app: ASGIApp, *, path: str, max_upload_bytes: int) -> None:
         self.app = app
         self.path = path
         self.max_upload_bytes = max_upload_bytes
         self.max_body_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-        self.file_field = file_field
-        self.fields = fields
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
         try:
-            body = await self._read_body(scope, receive)
-            await self._check_form(scope, body)
+            form = await self._parse(scope, receive)
         except ServiceError as exc:
             await error_response(exc)(scope, receive, send)
             return
-        await self.app(scope, _replay(body), send)
+        scope.setdefault("state", {})[FORM_STATE_KEY] = form
+        await self.app(scope, _no_body, send)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        content_type = Request(scope).headers.get("content-type", "")
-        if not content_type.startswith("multipart/form-data"):
-            raise NotMultipart(
-                f"send the image as multipart/form-data in field {self.file_field!r}"
-            )
-        too_large = UploadTooLarge(
-            f"the upload exceeds the limit of {self.max_upload_bytes:,} bytes"
-        )
-        declared = Request(scope).headers.get("content-length")
+    async def _parse(self, scope: Scope, receive: Receive) -> PreprocessForm:
+        headers = Headers(scope=scope)
+        if not headers.get("content-type", "").startswith("multipart/form-data"):
+            raise NotMultipart(f"send the image as multipart/form-data in field {FILE_FIELD!r}")
+        declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise too_large
-        chunks: list[bytes] = []
+            raise self._too_large()
+        parser = _InMemoryParser(headers, self._body(receive), self.max_body_bytes + 1)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise UnexpectedForm(f"the multipart body is malformed: {exc.message}") from exc
+        try:
+            return self._checked(form)
+        finally:
+            await form.close()
+
+    async def _body(self, receive: Receive):
         received = 0
         while True:
             message = await receive()
@@ -73,45 +123,42 @@ class UploadGuard:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > self.max_body_bytes:
-                raise too_large
-            chunks.append(chunk)
+                raise self._too_large()
+            yield chunk
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return
 
-    async def _check_form(self, scope: Scope, body: bytes) -> None:
+    def _too_large(self) -> UploadTooLarge:
+        return UploadTooLarge(f"the upload exceeds the limit of {self.max_upload_bytes:,} bytes")
+
+    def _checked(self, form: Any) -> PreprocessForm:
+        unexpected = sorted(set(form.keys()) - FIELDS)
+        if unexpected:
+            raise UnexpectedForm(
+                f"unexpected form field(s) {unexpected}; expected {sorted(FIELDS)}"
+            )
+        files = form.getlist(FILE_FIELD)
+        if not files:
+            raise UnexpectedForm(f"missing file field {FILE_FIELD!r}")
+        if len(files) > 1 or not isinstance(files[0], UploadFile):
+            raise UnexpectedForm(
+                f"field {FILE_FIELD!r} must be one file upload (URLs are not fetched)"
+            )
+        modes = form.getlist("mode")
+        if len(modes) > 1 or any(isinstance(value, UploadFile) for value in modes):
+            raise UnexpectedForm("field 'mode' must be one text value, not a file")
         try:
-            form = await Request(scope, _replay(body)).form()
-        except Exception as exc:  # starlette raises several types for malformed multipart
-            raise UnexpectedForm(f"the multipart body is malformed: {exc}") from exc
-        try:
-            unexpected = sorted(set(form.keys()) - self.fields)
-            if unexpected:
-                raise UnexpectedForm(
-                    f"unexpected form field(s) {unexpected}; expected {sorted(self.fields)}"
-                )
-            files = form.getlist(self.file_field)
-            if not files:
-                raise UnexpectedForm(f"missing file field {self.file_field!r}")
-            if len(files) > 1 or not isinstance(files[0], UploadFile):
-                raise UnexpectedForm(
-                    f"field {self.file_field!r} must be one file upload (URLs are not fetched)"
-                )
-            for name in self.fields - {self.file_field}:
-                if any(isinstance(value, UploadFile) for value in form.getlist(name)):
-                    raise UnexpectedForm(f"field {name!r} must be text, not a file")
-        finally:
-            await form.close()
+            mode = ResizeMode(modes[0]) if modes else None
+        except ValueError:
+            raise InvalidMode(
+                f"mode must be one of {[m.value for m in ResizeMode]}, not {modes[0]!r}"
+            ) from None
+        upload = files[0].file
+        upload.seek(0)
+        # the only copy of the upload the service holds; the parser's buffer goes with the form
+        return PreprocessForm.model_construct(image=upload.read(), mode=mode)
 
 
-def _replay(body: bytes) -> Receive:
-    """A `receive` that hands the already-read body to the next app in one message."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
+async def _no_body() -> Message:
+    """The body has been consumed by the guard; the app reads the parsed form instead."""
+    return {"type": "http.request", "body": b"", "more_body": False}

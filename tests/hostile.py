@@ -92,6 +92,28 @@ def animated(fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def heif_family_bomb(fmt: str, side: int) -> bytes:
+    """A small HEIC or AVIF whose every `ispe` box (image size) declares `side` x `side`."""
+    data = bytearray(_save(Image.new("RGB", (64, 64), (200, 30, 30)), fmt))
+    at = data.find(b"ispe")
+    while at >= 0:
+        data[at + 8 : at + 16] = struct.pack(">II", side, side)
+        at = data.find(b"ispe", at + 4)
+    return bytes(data)
+
+
+def heic_burst() -> bytes:
+    """A HEIC sequence of three images (a burst); the primary one is decoded."""
+    frames = [Image.new("RGB", (64, 48), c) for c in ((220, 20, 20), (20, 220, 20), (20, 20, 220))]
+    return _save(frames[0], "HEIF", save_all=True, append_images=frames[1:])
+
+
+def heic_grid() -> bytes:
+    """A HEIC stored as a grid of 64x64 tiles, as iPhones store their photos."""
+    image = Image.effect_noise((256, 192), 40).convert("RGB")
+    return _save(image, "HEIF", tile_size=64)
+
+
 def exif_oriented(orientation: int) -> bytes:
     image = Image.new("RGB", (64, 32), (255, 0, 0))
     image.paste((0, 0, 255), (32, 0, 64, 32))
@@ -132,6 +154,17 @@ def corpus() -> dict[str, tuple[bytes, int, str | None]]:
             415,
             "unsupported_format",
         ),
+        "heic bomb (10000x10000)": (heif_family_bomb("HEIF", 10_000), 413, "too_many_pixels"),
+        "heic bomb (100000x100000)": (heif_family_bomb("HEIF", 100_000), 413, "too_many_pixels"),
+        "avif bomb (10000x10000)": (heif_family_bomb("AVIF", 10_000), 413, "too_many_pixels"),
+        # past libavif's own size limit the header does not open: refused as corrupt
+        "avif bomb (100000x100000)": (heif_family_bomb("AVIF", 100_000), 422, "corrupt_image"),
+        "truncated heic": (heic_grid()[:-200], 422, "corrupt_image"),
+        "truncated avif": (
+            _save(Image.effect_noise((96, 96), 60), "AVIF")[:-100],
+            422,
+            "corrupt_image",
+        ),
         "30 MB upload": (b"\xff\xd8\xff\xe0" + bytes(30 * MIB), 413, "upload_too_large"),
     }
     accepted = {
@@ -142,6 +175,9 @@ def corpus() -> dict[str, tuple[bytes, int, str | None]]:
         "cmyk jpeg": (_save(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG"), 200, None),
         "palette with alpha": (_png(Image.new("P", (40, 30), 3), transparency=3), 200, None),
         "la png": (_png(Image.new("LA", (40, 30), (128, 128))), 200, None),
+        "heic burst": (heic_burst(), 200, None),
+        "heic grid": (heic_grid(), 200, None),
+        "avif with alpha": (_save(Image.new("RGBA", (40, 30), (0, 0, 0, 0)), "AVIF"), 200, None),
     }
     accepted |= {f"exif orientation {n}": (exif_oriented(n), 200, None) for n in range(1, 9)}
     return refused | accepted

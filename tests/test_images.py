@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import numpy as np
 import pytest
+from conftest import PHOTOS
 from helpers import encode
 from PIL import Image
 
 from common import errors
-from common.images import decode_image, encode_stored, normalize, to_model_pixels
+from common.decode_budget import DecodeBudget
+from common.images import (
+    decode_image,
+    encode_stored,
+    load_model_image,
+    normalize,
+    to_model_pixels,
+)
 from common.schemas import ResizeMode
 
 LIMIT = 40_000_000
@@ -62,6 +72,21 @@ def test_modes_become_8bit_rgb(image):
         assert np.asarray(decoded).min() >= 250
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_heic_and_avif_orientation_is_applied(fmt, orientation):
+    """HEIC carries orientation as irot/imir boxes (libheif applies them), AVIF as EXIF too."""
+    image = Image.new("RGB", (64, 32), (255, 0, 0))
+    image.paste((0, 0, 255), (32, 0, 64, 32))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded = np.asarray(decode_image(encode(image, fmt, exif=exif.tobytes()), LIMIT))
+    # what a viewer shows: JPEG's own EXIF handling of the same tag is the reference
+    expected = np.asarray(decode_image(encode(image, "JPEG", exif=exif, quality=95), LIMIT))
+    assert decoded.shape == expected.shape
+    assert np.abs(decoded.astype(int) - expected.astype(int)).mean() < 10
+
+
 def test_animated_gif_uses_first_frame():
     frames = [Image.new("RGB", (16, 16), color) for color in ((255, 0, 0), (0, 255, 0))]
     buffer = io.BytesIO()
@@ -71,7 +96,7 @@ def test_animated_gif_uses_first_frame():
     assert red > 200 and green < 50
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "HEIF", "AVIF"])
 def test_allowlisted_formats_decode(fmt):
     assert decode_image(encode(Image.new("RGB", (10, 10), (9, 9, 9)), fmt), LIMIT).size == (10, 10)
 
@@ -109,5 +134,109 @@ def test_stored_encoding_is_deterministic_and_lossless():
 
 
 def test_model_pixels_of_other_sizes_are_normalized():
-    pixels = to_model_pixels(Image.new("RGB", (300, 500)), ResizeMode.resize)
+    pixels = to_model_pixels(encode(Image.new("RGB", (300, 500)), "PNG"), LIMIT, ResizeMode.resize)
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
+
+
+def test_stored_model_size_images_are_used_as_they_are():
+    image = Image.effect_noise((224, 224), 40).convert("RGB")
+    for mode in ResizeMode:  # center-crop would zoom in on a 224x224 image
+        pixels = to_model_pixels(encode_stored(image), LIMIT, mode)
+        assert np.array_equal(pixels, np.asarray(image))
+
+
+class RecordingBudget(DecodeBudget):
+    """The real budget, remembering what each decode was admitted for."""
+
+    def __init__(self) -> None:
+        super().__init__(10**9, wait_s=0)
+        self.costs: list[int] = []
+
+    def admit(self, cost: int):
+        self.costs.append(cost)
+        return super().admit(cost)
+
+
+def _photo(width: int, height: int, fmt: str = "JPEG") -> bytes:
+    """A photo-like image (a shipped photo, scaled, with sensor-like noise)."""
+    image = Image.open(PHOTOS / "parrot.jpg").convert("RGB").resize((width, height))
+    noise = Image.effect_noise((width, height), 12).convert("RGB")
+    return encode(Image.blend(image, noise, 0.05), fmt, quality=90)
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "decoded"),
+    [
+        ((4000, 3000), ResizeMode.resize, (1000, 750)),  # 1/4: both sides stay >= 448
+        ((4000, 3000), ResizeMode.center_crop, (1000, 750)),  # short side stays >= 512
+        ((2000, 1500), ResizeMode.center_crop, (1000, 750)),  # 1/4 would leave 375 < 512
+        ((900, 900), ResizeMode.resize, (450, 450)),
+        ((900, 900), ResizeMode.center_crop, (900, 900)),  # 450 < 512: no reduction
+        ((6000, 400), ResizeMode.resize, (6000, 400)),  # a short side below 448: full size
+    ],
+)
+def test_large_jpegs_are_decoded_at_reduced_scale(size, mode, decoded):
+    budget = RecordingBudget()
+    image = load_model_image(_photo(*size), LIMIT, mode, budget)
+    assert image.size == (224, 224) and image.mode == "RGB"
+    assert budget.costs == [decoded[0] * decoded[1]]
+
+
+def test_other_formats_are_decoded_at_full_size():
+    budget = RecordingBudget()
+    load_model_image(_photo(1200, 900, "PNG"), LIMIT, ResizeMode.resize, budget)
+    assert budget.costs == [1200 * 900]
+
+
+@pytest.mark.parametrize("mode", list(ResizeMode))
+def test_reduced_decoding_stays_close_to_a_full_decode(mode):
+    data = _photo(4000, 3000)
+    full = np.asarray(normalize(decode_image(data, LIMIT), mode), dtype=np.int16)
+    reduced = np.asarray(load_model_image(data, LIMIT, mode), dtype=np.int16)
+    assert np.abs(full - reduced).mean() < 1.0  # agreement of answers: test_large_photos.py
+
+
+def test_exif_orientation_survives_reduced_decoding():
+    image = Image.new("RGB", (2000, 1000), (255, 0, 0))
+    image.paste((0, 0, 255), (1000, 0, 2000, 1000))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to view: red on top
+    pixels = np.asarray(
+        load_model_image(encode(image, "JPEG", exif=exif), LIMIT, ResizeMode.resize)
+    )
+    assert pixels[10, 112, 0] > 200 and pixels[-10, 112, 2] > 200
+
+
+def test_decode_budget_makes_decodes_wait_then_refuses():
+    budget = DecodeBudget(100, wait_s=0.2)
+    with budget.admit(80):
+        started = time.monotonic()
+        with pytest.raises(errors.ServiceError) as refused, budget.admit(30):
+            pass
+        assert time.monotonic() - started >= 0.2
+        assert refused.value.status == 503 and refused.value.retry_after_s
+        with budget.admit(20):  # still fits
+            assert budget.in_use == 100
+    assert budget.in_use == 0
+
+
+def test_decode_budget_admits_a_waiting_decode_when_another_ends():
+    budget = DecodeBudget(100, wait_s=5)
+    admitted = threading.Event()
+
+    def second() -> None:
+        with budget.admit(60):
+            admitted.set()
+
+    with budget.admit(60):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not admitted.wait(0.2)
+    assert admitted.wait(5)
+    thread.join()
+
+
+def test_an_image_over_the_whole_budget_runs_alone():
+    budget = DecodeBudget(100, wait_s=0)
+    with budget.admit(10**6):
+        assert budget.in_use == 100

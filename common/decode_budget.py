@@ -1,0 +1,56 @@
+"""Admission of image decodes against a pixel budget, so memory is bounded by design.
+
+A decode's memory grows with the pixels it produces (about `BYTES_PER_PIXEL` at the peak: the
+decoded image, its RGB conversion and the codec's own buffers). Requests whose decode would
+take the budget over wait for others to finish, briefly, then get 503 + Retry-After: an
+instance answers "try again" instead of being killed for running out of memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+
+from common.errors import ServiceError
+
+# Peak bytes per decoded pixel, the sizing rule's factor (measured: tests/test_memory.py
+# keeps the deployed worst case inside the service's memory with it).
+BYTES_PER_PIXEL = 8
+RETRY_AFTER_S = 2
+
+
+class DecoderBusy(ServiceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "overloaded"
+
+
+class DecodeBudget:
+    """At most `pixels` decoded pixels in memory at once across the process's threads."""
+
+    def __init__(self, pixels: int, wait_s: float) -> None:
+        self.pixels = pixels
+        self.wait_s = wait_s
+        self.in_use = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def admit(self, cost: int) -> Iterator[None]:
+        """Hold `cost` pixels of the budget while the block runs (one image over it runs alone)."""
+        cost = min(cost, self.pixels)
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: self.in_use + cost <= self.pixels, timeout=self.wait_s
+            ):
+                raise DecoderBusy(
+                    "too many large images are being decoded at once; retry shortly",
+                    retry_after_s=RETRY_AFTER_S,
+                )
+            self.in_use += cost
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= cost
+                self._changed.notify_all()

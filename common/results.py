@@ -1,0 +1,69 @@
+"""`image-pipeline --output`: one row per file, written as results arrive, resumable.
+
+CSV or JSON Lines (by the file's suffix). Each row is flushed when it is written, so a run that
+stops halfway keeps every answer it had; `--resume` reads the file back, drops a last line cut
+short by the stop, and skips the files already in it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+COLUMNS = ("file", "label", "index", "confidence", "top_k", "model", "runtime", "error")
+
+
+class Outcome(BaseModel):
+    """What happened to one file: the classification, or the error that stopped it."""
+
+    file: str
+    label: str | None = None
+    index: int | None = None
+    confidence: float | None = None
+    top_k: list[dict[str, Any]] | None = None
+    model: str | None = None
+    runtime: str | None = None
+    error: str | None = None
+
+
+class ResultsFile:
+    """An append-only CSV or JSONL file of outcomes."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        if path.suffix.lower() not in (".csv", ".jsonl"):
+            raise ValueError(f"--output must end in .csv or .jsonl, not {path.name!r}")
+        self.path = path
+        self.is_csv = path.suffix.lower() == ".csv"
+        self.done: set[str] = self._complete_rows() if resume and path.exists() else set()
+        fresh = not self.done
+        self._file = open(path, "w" if fresh else "a", newline="", encoding="utf-8")  # noqa: SIM115
+        self._csv = csv.DictWriter(self._file, COLUMNS) if self.is_csv else None
+        if self._csv and fresh:
+            self._csv.writeheader()
+
+    def _complete_rows(self) -> set[str]:
+        """Files with a whole row already, after cutting off a partly written last line."""
+        text = self.path.read_text(encoding="utf-8")
+        whole = text[: text.rfind("\n") + 1]
+        if len(whole) != len(text):
+            self.path.write_text(whole, encoding="utf-8")
+        if self.is_csv:
+            return {row["file"] for row in csv.DictReader(io.StringIO(whole)) if row.get("file")}
+        return {json.loads(line)["file"] for line in whole.splitlines() if line.strip()}
+
+    def write(self, outcome: Outcome) -> None:
+        if self._csv:
+            row = outcome.model_dump()
+            row["top_k"] = json.dumps(row["top_k"]) if row["top_k"] is not None else None
+            self._csv.writerow(row)
+        else:
+            self._file.write(outcome.model_dump_json(exclude_none=True) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
