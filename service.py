@@ -35,6 +35,7 @@ from common.docs import DocsAlias
 from common.errors import ServiceError, error_response
 from common.http_guards import ErrorShape, JsonOnly
 from common.images import MODEL_SIZE, set_pixel_limit, to_model_pixels
+from common.memory import release_large_buffers_promptly
 from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from common.shedding import LoadShedder
 from common.storage import storage_from_settings
@@ -176,6 +177,7 @@ class Classify:
 
     def __init__(self) -> None:
         self.settings = settings()
+        release_large_buffers_promptly()
         set_pixel_limit(self.settings.max_image_pixels)
         self.storage = storage_from_settings(self.settings)
         self.decode_budget = self.settings.decode_budget()

@@ -1,9 +1,10 @@
 """Admission of image decodes against a pixel budget, so memory is bounded by design.
 
-A decode's memory grows with the pixels it produces (about `BYTES_PER_PIXEL` at the peak: the
-decoded image, its RGB conversion and the codec's own buffers). Requests whose decode would
-take the budget over wait for others to finish, briefly, then get 503 + Retry-After: an
-instance answers "try again" instead of being killed for running out of memory.
+A decode's memory grows with the pixels it produces: up to `BYTES_PER_PIXEL` at its peak (the
+codec's own buffers, the decoded image, its RGB conversion; WebP's decoder is the hungriest).
+Requests whose decode would take the budget over wait for others to finish, briefly, then get
+503 + Retry-After: an instance answers "try again" instead of being killed for running out of
+memory.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from http import HTTPStatus
 
 from common.errors import ServiceError
 
-# Peak bytes per decoded pixel, the sizing rule's factor (measured: tests/test_memory.py
-# keeps the deployed worst case inside the service's memory with it).
-BYTES_PER_PIXEL = 8
+# Peak bytes per decoded pixel, the sizing rule's factor (docs: README, "Memory"; the worst case
+# is held to it by tests/test_memory.py).
+BYTES_PER_PIXEL = 16
 RETRY_AFTER_S = 2
 
 

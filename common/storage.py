@@ -6,6 +6,7 @@ partial is ever visible); reads accept only locations inside the configured buck
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -92,12 +93,16 @@ class LocalStorage:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"no stored object at {uri}") from exc
+        except OSError as exc:
+            if exc.errno not in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
+                raise
+            raise _not_a_file() from exc  # a socket, or a device with no driver behind it
         with open(fd, "rb") as file:
             status = os.fstat(file.fileno())
             if stat.S_ISDIR(status.st_mode):
                 raise ObjectNotFound(f"no stored object at {uri}")
             if not stat.S_ISREG(status.st_mode):
-                raise InvalidPath("the path names a special file, not a stored image")
+                raise _not_a_file()
             if status.st_size > max_bytes:
                 raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
             # Ask for the size the file has: `read(max_bytes + 1)` would allocate the whole
@@ -124,6 +129,10 @@ class LocalStorage:
         if not path.is_relative_to(self.root):
             raise ForbiddenLocation("the path is outside this service's storage folder")
         return path
+
+
+def _not_a_file() -> InvalidPath:
+    return InvalidPath("the path names a special file (FIFO, socket, device), not an image")
 
 
 class GCSStorage:

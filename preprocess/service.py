@@ -23,6 +23,7 @@ from common.images import (
     load_model_image,
     set_pixel_limit,
 )
+from common.memory import release_large_buffers_promptly
 from common.schemas import PreprocessResponse, ResizeMode
 from common.shedding import LoadShedder
 from common.storage import storage_from_settings
@@ -40,6 +41,7 @@ from preprocess.uploads import PreprocessForm, UploadGuard
 class Preprocess:
     def __init__(self) -> None:
         self.settings = settings()
+        release_large_buffers_promptly()
         set_pixel_limit(self.settings.max_image_pixels)
         self.storage = storage_from_settings(self.settings)
         self.decode_budget = self.settings.decode_budget()

@@ -190,7 +190,7 @@ def test_deploy_runs_exactly_what_its_dry_run_prints(stubs, bentoml_home):
 
 @pytest.mark.parametrize(
     ("variant", "bento", "memory"),
-    [("tensorflow", "classify-tensorflow", "2Gi"), ("openvino", "classify-openvino", "1Gi")],
+    [("tensorflow", "classify-tensorflow", "3Gi"), ("openvino", "classify-openvino", "2Gi")],
 )
 def test_classify_variant_picks_the_bento_and_its_sizing(stubs, variant, bento, memory):
     result = run_script({**stubs, "CLASSIFY_VARIANT": variant}, "deploy", "--dry-run")

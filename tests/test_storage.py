@@ -104,3 +104,25 @@ def test_local_writes_leave_no_temporary_files(tmp_path):
     backend.storage.put_if_absent("preprocessed/a.png", b"abc", "image/png")
     files = [p.name for p in Path(backend.settings.storage_dir).rglob("*") if p.is_file()]
     assert files == ["a.png"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_local_special_files_are_refused_without_blocking(tmp_path, kind):
+    """A FIFO inside the folder would block `open()` until a writer came, holding the thread."""
+    import socket
+    import time
+
+    backend = make_backend("local", tmp_path, None)
+    root = backend.settings.storage_dir
+    special = root / "preprocessed" / f"special-{kind}.bmp"
+    special.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(special)
+    else:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(special))
+    started = time.monotonic()
+    with pytest.raises(errors.ServiceError) as refused:
+        backend.storage.read(special.resolve().as_uri(), MAX)
+    assert refused.value.status < 500 and time.monotonic() - started < 1
+    assert not isinstance(refused.value, errors.ObjectNotFound)
