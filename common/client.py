@@ -62,6 +62,7 @@ class PipelineClient:
         self.preprocess_url = preprocess_url.rstrip("/")
         self.classify_url = classify_url.rstrip("/")
         self.retries = retries
+        self.retried = 0  # answers retried, for the summary (+= under the GIL is enough here)
         self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
         self.auth = {
             url: _authorization(url, token, google_id_token)
@@ -90,6 +91,7 @@ class PipelineClient:
             response = self.http.post(url, headers=self.auth[base_url], **kwargs)
             if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                 break
+            self.retried += 1
             time.sleep(retry_after_s(response.headers.get("retry-after"), attempt))
         if response.is_error:
             try:
@@ -269,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{len(outcomes) - failed} classified, {failed} failed: {args.output}")
     else:
         print_table(console, outcomes)
+    if client.retried:
+        console.print(f"{client.retried} busy answers (429/503) retried after their Retry-After")
     return 1 if failed else 0
 
 
