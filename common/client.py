@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import sys
 import time
 from collections.abc import Iterable
@@ -103,7 +104,8 @@ class PipelineClient:
 
 
 def retry_after_s(header: str | None, attempt: int) -> float:
-    """Seconds to wait: the Retry-After header (seconds or an HTTP date), else backoff."""
+    """Seconds to wait: the Retry-After header (seconds or an HTTP date), else backoff; plus up
+    to half again at random, so that files refused together do not all come back together."""
     wait_s = float(2**attempt)
     if header:
         try:
@@ -111,7 +113,7 @@ def retry_after_s(header: str | None, attempt: int) -> float:
         except ValueError:
             with contextlib.suppress(TypeError, ValueError):
                 wait_s = parsedate_to_datetime(header).timestamp() - time.time()
-    return min(max(wait_s, 0.0), MAX_RETRY_WAIT_S)
+    return min(max(wait_s, 0.0) * random.uniform(1.0, 1.5), MAX_RETRY_WAIT_S)
 
 
 def _authorization(audience: str, token: str | None, google_id_token: bool) -> dict[str, str]:

@@ -157,7 +157,8 @@ def test_overload_answers_are_retried_after_retry_after(bentoml_home, tmp_path, 
         output = tmp_path / "results.jsonl"
         files = sorted(photo_folder.rglob("IMG_*"))[:24]
         urls = ["--preprocess-url", preprocess.url, "--classify-url", classify.url]
-        result = run_client(*map(str, files), "--concurrency", "8", "--output", str(output), *urls)
+        options = ["--concurrency", "8", "--retries", "30", "--output", str(output)]
+        result = run_client(*map(str, files), *options, *urls)
         assert result.returncode == 0, result.stdout
         assert len(rows_of(output)) == 24
         retried = re.search(r"(\d+) busy answers \(429/503\) retried", result.stdout)
