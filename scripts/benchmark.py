@@ -49,7 +49,6 @@ from heldout import labelled_views, top1_accuracy  # noqa: E402
 from common.images import (  # noqa: E402
     STORED_CONTENT_TYPE,
     STORED_SUFFIX,
-    decode_image,
     encode_stored,
     normalize,
     to_model_pixels,
@@ -285,7 +284,7 @@ def decode_cost_ms(paths: list[str]) -> float:
     for _ in range(rounds):
         for path in paths:
             data = Path(path.removeprefix("file://")).read_bytes()
-            to_model_pixels(decode_image(data, 10**8), ResizeMode.resize)
+            to_model_pixels(data, 10**8, ResizeMode.resize)
     return 1000 * (time.process_time() - cpu_start) / (rounds * len(paths))
 
 
@@ -318,12 +317,14 @@ def prepare_images(storage_dir: Path, count: int = 32) -> list[str]:
 class ServerUnderTest:
     """A server process: started, timed to /readyz, sampled for RSS, stopped."""
 
-    def __init__(self, command: list[str], env: dict[str, str], port: int) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str], port: int, cwd: Path = REPO
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         handle, log = tempfile.mkstemp(prefix="bench-", suffix=".log")
         self.log = Path(log)
         started = time.monotonic()
-        self.popen = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=handle)
+        self.popen = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=handle)
         os.close(handle)
         self.process = psutil.Process(self.popen.pid)
         deadline = started + 180

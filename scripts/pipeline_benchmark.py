@@ -1,0 +1,330 @@
+#!/usr/bin/env python
+"""Pipeline benchmark: photos as people send them, upload -> /preprocess -> /classify.
+
+    .venv/bin/python scripts/pipeline_benchmark.py                # ~15 minutes on 2 cores
+    .venv/bin/python scripts/pipeline_benchmark.py --smoke --out /tmp/pipe   # does it run?
+
+Side by side in one run, on 127.0.0.1 only, bounded in requests and time, three stacks:
+- ours: the preprocess and classify Bentos of this checkout (default settings);
+- today: the same services at BASELINE_REF (the code before reduced-scale decoding and the
+  single upload parse), served from a git worktree with this venv;
+- brief: the brief's design, a FastAPI preprocess storing PNG (benchmarks/naive_preprocess.py)
+  and the naive FastAPI classify (benchmarks/naive_fastapi.py, Keras `predict_on_batch`).
+Photos of 224 px and ~0.3/1/3/12 MP are generated reproducibly from the shipped photos (JPEG,
+with a little sensor-like noise, distinct pixels per upload so every one is stored), plus real
+12 MP HEIC for ours. Per stack, size and concurrency: photos/s, p50/p95/p99, errors, core-ms
+per photo in each service and in the load generator, peak RSS; then the Cloud Run cost per
+million photos from the measured core-ms. Writes pipeline.md, pipeline.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import pillow_heif  # noqa: E402
+from benchmark import (  # noqa: E402
+    ASSETS,
+    BENTOML,
+    ServerUnderTest,
+    cpu,
+    free_port,
+    private_bentoml_home,
+    tree_cpu_s,
+)
+
+pillow_heif.register_heif_opener()
+
+BASELINE_REF = "4422b56"  # the code the photos issue measured
+# Cloud Run list prices, Tier 1 regions, request-based billing (CPU only during requests), as
+# published at cloud.google.com/run/pricing; read 2026-12-01.
+PRICES = {"vcpu_second": 0.000024, "gib_second": 0.0000025, "per_request": 0.40 / 1e6}
+PRICES_NOTE = (
+    "Cloud Run list prices, Tier 1, request-based billing: $0.000024 per vCPU-second, "
+    "$0.0000025 per GiB-second, $0.40 per million requests (read 2026-12-01; free tier ignored)"
+)
+# (vCPU, GiB) per service, as scripts/deploy sizes ours; the brief's design is priced on the
+# same shapes, so that the ratio is one of CPU per photo.
+SHAPES = {"preprocess": (1, 2.0), "classify": (2, 2.0)}
+SIZES = {"224 px": 224 * 224 / 1e6, "0.3 MP": 0.3, "1 MP": 1.0, "3 MP": 3.0, "12 MP": 12.0}
+VARIANTS = 8  # distinct photos per size
+
+
+@dataclass(frozen=True)
+class Scale:
+    concurrencies: tuple[int, ...]
+    photos_per_client: int  # per concurrency level: base + per_client * concurrency
+    base_photos: int
+    limit_s: float  # per level
+
+
+SCALES = {
+    "full": Scale((1, 4, 16, 32), 5, 12, 40.0),
+    "smoke": Scale((1, 4), 1, 2, 10.0),
+}
+
+
+def photo_variants(megapixels: float, fmt: str = "JPEG", count: int = VARIANTS) -> list[bytes]:
+    """`count` distinct phone-like photos of about `megapixels`, the shipped photos scaled."""
+    sources = sorted((ASSETS / "images").glob("*.jpg"))
+    width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
+    size = (width, round(width * 3 / 4))
+    options = {"JPEG": {"quality": 90}, "HEIF": {"quality": 80, "tile_size": 512}}[fmt]
+    if fmt == "HEIF":
+        options["enc_params"] = {"preset": "ultrafast"}
+    photos = []
+    for n in range(count):
+        photo = Image.open(sources[n % len(sources)]).convert("RGB").resize(size)
+        noise = Image.effect_noise(size, 10 + n).convert("RGB")
+        buffer = io.BytesIO()
+        Image.blend(photo, noise, 0.03).save(buffer, fmt, **options)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+class Stack:
+    """A preprocess and a classify server, started together, sampled for peak RSS."""
+
+    def __init__(self, name: str, storage: Path, cwd: Path = REPO) -> None:
+        self.name = name
+        env = {**os.environ, "STORAGE_DIR": str(storage), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env["BENTOML_HOME"] = str(private_bentoml_home(storage.parent / f"home-{name}"))
+        ports = free_port(), free_port()
+        if name == "brief":
+            weights = str(ASSETS / "mobilenet_v2_imagenet.h5")
+            naive = [sys.executable, str(REPO / "benchmarks" / "naive_preprocess.py")]
+            naive += ["--port", str(ports[0]), "--storage-dir", str(storage)]
+            self.preprocess = ServerUnderTest(naive, env, ports[0])
+            naive = [sys.executable, str(REPO / "benchmarks" / "naive_fastapi.py")]
+            naive += ["--port", str(ports[1]), "--weights", weights]
+            self.classify = ServerUnderTest(naive, env, ports[1])
+        else:
+            serve = [BENTOML, "serve", "--host", "127.0.0.1", "--port"]
+            self.preprocess = _serve(
+                [*serve, str(ports[0]), "preprocess.service:Preprocess"], env, ports[0], cwd
+            )
+            self.classify = _serve([*serve, str(ports[1]), "service:Classify"], env, ports[1], cwd)
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.preprocess.sample()
+            self.classify.sample()
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sampler.join()
+        self.preprocess.stop()
+        self.classify.stop()
+
+
+def _serve(command: list[str], env: dict[str, str], port: int, cwd: Path) -> ServerUnderTest:
+    if cwd == REPO:
+        return ServerUnderTest(command, env, port)
+    # the baseline's checkout: its own service code, this venv's packages
+    return ServerUnderTest(command, {**env, "PYTHONPATH": str(cwd)}, port, cwd=cwd)
+
+
+async def pipeline_load(
+    stack: Stack, photos: list[bytes], concurrency: int, count: int, limit_s: float
+) -> dict:
+    """`count` photos (or `limit_s`) through upload -> classify, `concurrency` at a time."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    sent = 0
+    deadline = time.monotonic() + limit_s
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while sent < count and time.monotonic() < deadline:
+            photo = photos[sent % len(photos)]
+            sent += 1
+            started = time.perf_counter()
+            try:
+                stored = await http.post(
+                    f"{stack.preprocess.url}/preprocess", files={"image": ("photo", photo)}
+                )
+                stored.raise_for_status()
+                answer = await http.post(
+                    f"{stack.classify.url}/classify", json={"gcs_path": stored.json()["gcs_path"]}
+                )
+                answer.raise_for_status()
+            except httpx.HTTPError as exc:
+                errors.append(str(exc)[:200])
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    cpu_before = _cpu(stack)
+    async with httpx.AsyncClient(timeout=120) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    cpu_used = {key: value - cpu_before[key] for key, value in _cpu(stack).items()}
+    done = max(1, len(latencies))
+    ms = 1000 * np.array(latencies or [0.0])
+    return {
+        "concurrency": concurrency,
+        "photos": len(latencies),
+        "photos_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "core_ms_per_photo": {key: 1000 * value / done for key, value in cpu_used.items()},
+    }
+
+
+async def preprocess_only(stack: Stack, photos: list[bytes], concurrency: int, count: int) -> dict:
+    """Uploads/s of /preprocess alone (the preprocess targets)."""
+    done = 0
+    sent = 0
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal sent, done
+        while sent < count:
+            photo = photos[sent % len(photos)]
+            sent += 1
+            response = await http.post(
+                f"{stack.preprocess.url}/preprocess", files={"image": ("photo", photo)}
+            )
+            done += response.status_code == 200
+
+    cpu_before = tree_cpu_s(stack.preprocess.process)
+    async with httpx.AsyncClient(timeout=120) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    core_ms = 1000 * (tree_cpu_s(stack.preprocess.process) - cpu_before) / max(1, done)
+    return {"uploads_per_s": done / wall, "errors": count - done, "core_ms_per_upload": core_ms}
+
+
+def _cpu(stack: Stack) -> dict[str, float]:
+    return {
+        "preprocess": tree_cpu_s(stack.preprocess.process),
+        "classify": tree_cpu_s(stack.classify.process),
+        "load generator": time.process_time(),
+    }
+
+
+def cost_per_million(core_ms: dict[str, float]) -> dict[str, float]:
+    """USD per million photos on Cloud Run, instances busy: each service's vCPU-seconds, its
+    memory for the same instance time, and two requests per photo."""
+    total = 2 * PRICES["per_request"] * 1e6
+    breakdown = {}
+    for service, (vcpus, gib) in SHAPES.items():
+        cpu_s = core_ms[service] / 1000 * 1e6  # per million photos
+        instance_s = cpu_s / vcpus
+        breakdown[service] = cpu_s * PRICES["vcpu_second"] + instance_s * gib * PRICES["gib_second"]
+        total += breakdown[service]
+    return {"total": total, **breakdown}
+
+
+def baseline_worktree(tmp: Path) -> Path:
+    path = tmp / "baseline"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), BASELINE_REF],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def run(scale: Scale, tmp: Path) -> dict:
+    sizes = {name: photo_variants(mp) for name, mp in SIZES.items()}
+    heic = photo_variants(12.0, "HEIF", 2 if scale is SCALES["smoke"] else 4)
+    report: dict = {"stacks": {}, "preprocess_only": {}, "photo_bytes": {}}
+    report["photo_bytes"] = {name: int(np.mean([len(p) for p in v])) for name, v in sizes.items()}
+    report["photo_bytes"]["12 MP HEIC"] = int(np.mean([len(p) for p in heic]))
+    baseline = baseline_worktree(tmp)
+    try:
+        for name, cwd in (("ours", REPO), ("today", baseline), ("brief", REPO)):
+            print(f"stack: {name}", flush=True)
+            stack = Stack(name, tmp / f"storage-{name}", cwd)
+            try:
+                kinds = dict(sizes) | ({"12 MP HEIC": heic} if name == "ours" else {})
+                levels = {}
+                for kind, photos in kinds.items():
+                    levels[kind] = []
+                    for c in scale.concurrencies:
+                        count = scale.base_photos + scale.photos_per_client * c
+                        level = asyncio.run(pipeline_load(stack, photos, c, count, scale.limit_s))
+                        levels[kind].append(level)
+                        print(
+                            f"  {kind:>10} c={c:<2} {level['photos_per_s']:6.1f} photos/s "
+                            f"p50 {level['p50_ms']:6.0f} ms errors {level['errors']}",
+                            flush=True,
+                        )
+                report["preprocess_only"][name] = {
+                    kind: asyncio.run(
+                        preprocess_only(stack, sizes[kind], 16, scale.base_photos * 4)
+                    )
+                    for kind in ("1 MP", "12 MP")
+                }
+                report["stacks"][name] = {
+                    "levels": levels,
+                    "peak_rss_mb": {
+                        "preprocess": stack.preprocess.peak_rss_mb,
+                        "classify": stack.classify.peak_rss_mb,
+                    },
+                }
+            finally:
+                stack.stop()
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO)
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few photos: checks it runs")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
+    args = parser.parse_args()
+    scale = SCALES["smoke" if args.smoke else "full"]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    with tempfile.TemporaryDirectory(prefix="pipeline-") as tmp:
+        report = run(scale, Path(tmp))
+    report |= {
+        "date": started,
+        "cpu": cpu(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30),
+        "scale": "smoke" if args.smoke else "full",
+        "baseline_ref": BASELINE_REF,
+        "prices": PRICES,
+        "shapes": SHAPES,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pipeline.json").write_text(json.dumps(report, indent=2))
+    from pipeline_report import write_pipeline_report
+
+    write_pipeline_report(report, args.out)
+    print(f"wrote {args.out / 'pipeline.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
