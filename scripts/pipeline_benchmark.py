@@ -213,12 +213,32 @@ async def preprocess_only(stack: Stack, photos: list[bytes], concurrency: int, c
             done += response.status_code == 200
 
     cpu_before = tree_cpu_s(stack.preprocess.process)
+    image_before = image_cpu_s(stack)
     async with httpx.AsyncClient(timeout=120) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - started
     core_ms = 1000 * (tree_cpu_s(stack.preprocess.process) - cpu_before) / max(1, done)
-    return {"uploads_per_s": done / wall, "errors": count - done, "core_ms_per_upload": core_ms}
+    measured = {"uploads_per_s": done / wall, "errors": count - done, "core_ms_per_upload": core_ms}
+    image_after = image_cpu_s(stack)
+    if image_after is not None and image_before is not None:
+        image_ms = 1000 * (image_after - image_before) / max(1, done)
+        measured |= {"image_core_ms": image_ms, "overhead_core_ms": core_ms - image_ms}
+    return measured
+
+
+def image_cpu_s(stack: Stack) -> float | None:
+    """Preprocess's own count of CPU spent decoding, resizing and encoding (ours only)."""
+    try:
+        metrics = httpx.get(f"{stack.preprocess.url}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("preprocess_image_cpu_seconds_total")
+    ]
+    return sum(values) if values else None
 
 
 def _cpu(stack: Stack) -> dict[str, float]:
@@ -242,59 +262,66 @@ def cost_per_million(core_ms: dict[str, float]) -> dict[str, float]:
     return {"total": total, **breakdown}
 
 
-def baseline_worktree(tmp: Path) -> Path:
+def baseline_worktree(tmp: Path) -> Path | None:
+    """A checkout of BASELINE_REF, or None where this clone lacks it (a shallow clone)."""
     path = tmp / "baseline"
-    subprocess.run(
+    added = subprocess.run(
         ["git", "worktree", "add", "--detach", str(path), BASELINE_REF],
         cwd=REPO,
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if added.returncode != 0:
+        print(f"no baseline stack: {added.stderr.strip()}", flush=True)
+        return None
     return path
+
+
+def measure_stack(
+    stack: Stack, sizes: dict[str, list[bytes]], heic: list[bytes], scale: Scale
+) -> tuple[dict, dict]:
+    """Every photo kind through the pipeline at every concurrency, then /preprocess alone."""
+    try:
+        kinds = dict(sizes) | ({"12 MP HEIC": heic} if stack.name == "ours" else {})
+        levels: dict[str, list[dict]] = {}
+        for kind, photos in kinds.items():
+            levels[kind] = []
+            for c in scale.concurrencies:
+                count = scale.base_photos + scale.photos_per_client * c
+                level = asyncio.run(pipeline_load(stack, photos, c, count, scale.limit_s))
+                levels[kind].append(level)
+                print(
+                    f"  {kind:>10} c={c:<2} {level['photos_per_s']:6.1f} photos/s "
+                    f"p50 {level['p50_ms']:6.0f} ms errors {level['errors']}",
+                    flush=True,
+                )
+        alone = {
+            kind: asyncio.run(preprocess_only(stack, sizes[kind], 16, scale.base_photos * 4))
+            for kind in ("1 MP", "12 MP")
+        }
+        rss = {"preprocess": stack.preprocess.peak_rss_mb, "classify": stack.classify.peak_rss_mb}
+        return {"levels": levels, "peak_rss_mb": rss}, alone
+    finally:
+        stack.stop()
 
 
 def run(scale: Scale, tmp: Path) -> dict:
     sizes = {name: photo_variants(mp) for name, mp in SIZES.items()}
     heic = photo_variants(12.0, "HEIF", 2 if scale is SCALES["smoke"] else 4)
-    report: dict = {"stacks": {}, "preprocess_only": {}, "photo_bytes": {}}
-    report["photo_bytes"] = {name: int(np.mean([len(p) for p in v])) for name, v in sizes.items()}
-    report["photo_bytes"]["12 MP HEIC"] = int(np.mean([len(p) for p in heic]))
+    photo_bytes = {kind: int(np.mean([len(p) for p in v])) for kind, v in sizes.items()}
+    photo_bytes["12 MP HEIC"] = int(np.mean([len(p) for p in heic]))
+    report: dict = {"stacks": {}, "preprocess_only": {}, "photo_bytes": photo_bytes}
     baseline = baseline_worktree(tmp)
+    stacks = [("ours", REPO), ("today", baseline), ("brief", REPO)]
     try:
-        for name, cwd in (("ours", REPO), ("today", baseline), ("brief", REPO)):
+        for name, cwd in (stack for stack in stacks if stack[1] is not None):
             print(f"stack: {name}", flush=True)
-            stack = Stack(name, tmp / f"storage-{name}", cwd)
-            try:
-                kinds = dict(sizes) | ({"12 MP HEIC": heic} if name == "ours" else {})
-                levels = {}
-                for kind, photos in kinds.items():
-                    levels[kind] = []
-                    for c in scale.concurrencies:
-                        count = scale.base_photos + scale.photos_per_client * c
-                        level = asyncio.run(pipeline_load(stack, photos, c, count, scale.limit_s))
-                        levels[kind].append(level)
-                        print(
-                            f"  {kind:>10} c={c:<2} {level['photos_per_s']:6.1f} photos/s "
-                            f"p50 {level['p50_ms']:6.0f} ms errors {level['errors']}",
-                            flush=True,
-                        )
-                report["preprocess_only"][name] = {
-                    kind: asyncio.run(
-                        preprocess_only(stack, sizes[kind], 16, scale.base_photos * 4)
-                    )
-                    for kind in ("1 MP", "12 MP")
-                }
-                report["stacks"][name] = {
-                    "levels": levels,
-                    "peak_rss_mb": {
-                        "preprocess": stack.preprocess.peak_rss_mb,
-                        "classify": stack.classify.peak_rss_mb,
-                    },
-                }
-            finally:
-                stack.stop()
+            report["stacks"][name], report["preprocess_only"][name] = measure_stack(
+                Stack(name, tmp / f"storage-{name}", cwd), sizes, heic, scale
+            )
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO)
+        if baseline is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO)
     return report
 
 

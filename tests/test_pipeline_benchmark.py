@@ -1,0 +1,60 @@
+"""The pipeline benchmark runs end to end (`scripts/pipeline_benchmark.py --smoke`).
+
+Every stack (this code, the code at the baseline ref, the brief's design) gets every photo kind
+through the real servers at each concurrency of the smoke scale, and the report, its targets,
+the cost table and the plot are written. Figures are not checked against targets here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from pipeline_benchmark import SCALES, SIZES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path, model_assets: Path):
+    out = tmp_path_factory.mktemp("pipeline")
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "MODEL_ASSETS": str(model_assets)}
+    run = subprocess.run(
+        [sys.executable, "scripts/pipeline_benchmark.py", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out, json.loads((out / "pipeline.json").read_text())
+
+
+def test_every_stack_sends_every_photo_kind_without_errors(smoke_run):
+    _, report = smoke_run
+    has_history = "today" in report["stacks"]  # a shallow clone lacks the baseline ref
+    assert set(report["stacks"]) == {"ours", "brief"} | ({"today"} if has_history else set())
+    for name, stack in report["stacks"].items():
+        kinds = set(SIZES) | ({"12 MP HEIC"} if name == "ours" else set())
+        assert set(stack["levels"]) == kinds
+        for levels in stack["levels"].values():
+            assert [lv["concurrency"] for lv in levels] == list(SCALES["smoke"].concurrencies)
+            for level in levels:
+                assert level["errors"] == 0, level["first_error"]
+                assert level["photos"] > 0 and level["core_ms_per_photo"]["preprocess"] > 0
+        assert stack["peak_rss_mb"]["preprocess"] > 0
+
+
+def test_the_report_has_targets_costs_and_a_plot(smoke_run):
+    out, report = smoke_run
+    text = (out / "pipeline.md").read_text()
+    assert "## Targets" in text and "pipeline, 12 MP: ours / brief's design" in text
+    assert report["cpu"]["model"] in text
+    assert "| 12 MP HEIC |" in text and "per million" in text
+    assert (out / "pipeline_photos_per_s.png").stat().st_size > 10_000
