@@ -27,7 +27,8 @@ try:
 except ImportError:  # a BentoML release that moved its batcher
     CorkDispatcher = NonBlockSema = None
 
-from common.shedding import RETRY_AFTER_S, Overloaded
+from common.errors import Overloaded
+from common.shedding import RETRY_AFTER_S
 
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="classify_batch_size",

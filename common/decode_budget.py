@@ -12,19 +12,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http import HTTPStatus
 
-from common.errors import ServiceError
+from common.errors import Overloaded
 
 # Peak bytes per decoded pixel, the sizing rule's factor (docs: README, "Memory"; the worst case
 # is held to it by tests/test_memory.py).
 BYTES_PER_PIXEL = 16
 RETRY_AFTER_S = 2
-
-
-class DecoderBusy(ServiceError):
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    code = "overloaded"
 
 
 class DecodeBudget:
@@ -44,7 +38,7 @@ class DecodeBudget:
             if not self._changed.wait_for(
                 lambda: self.in_use + cost <= self.pixels, timeout=self.wait_s
             ):
-                raise DecoderBusy(
+                raise Overloaded(
                     "too many large images are being decoded at once; retry shortly",
                     retry_after_s=RETRY_AFTER_S,
                 )

@@ -73,6 +73,13 @@ class StorageUnavailable(ServiceError):
     code = "storage_unavailable"
 
 
+class Overloaded(ServiceError):
+    """More work than the service takes on at once: come back after Retry-After."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "overloaded"
+
+
 def error_response(exc: ServiceError) -> JSONResponse:
     """Render `exc` as the JSON error body every endpoint uses."""
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None

@@ -7,20 +7,13 @@ clients when to come back. Every 503 leaving the service (the batcher's too) get
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.auth import INTERNAL_HEADER, OPEN_PATHS
-from common.errors import ServiceError, error_response
+from common.errors import Overloaded, error_response
 
 RETRY_AFTER_S = 1
-
-
-class Overloaded(ServiceError):
-    status = HTTPStatus.SERVICE_UNAVAILABLE
-    code = "overloaded"
 
 
 class LoadShedder:
