@@ -12,7 +12,6 @@ import io
 import struct
 import warnings
 from contextlib import nullcontext
-from typing import BinaryIO
 
 import numpy as np
 import pillow_heif
@@ -40,8 +39,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # libheif applies HEIF's irot/imir transforms itself and then reports orientation 1.
 pillow_heif.register_heif_opener()
 
-Source = bytes | BinaryIO
-
 
 def set_pixel_limit(max_pixels: int) -> None:
     """Set Pillow's own decompression-bomb guard explicitly (it errors above twice this)."""
@@ -56,10 +53,10 @@ def reduced_size(mode: ResizeMode) -> tuple[int, int]:
 
 
 def load_model_image(
-    source: Source, max_pixels: int, mode: ResizeMode, budget: DecodeBudget | None = None
+    data: bytes, max_pixels: int, mode: ResizeMode, budget: DecodeBudget | None = None
 ) -> Image.Image:
-    """Decode `source` and normalize it to 224x224 RGB, admitted against the decode budget."""
-    return _reduce_and_normalize(open_image(source, max_pixels), mode, budget)
+    """Decode `data` and normalize it to 224x224 RGB, admitted against the decode budget."""
+    return _reduce_and_normalize(open_image(data, max_pixels), mode, budget)
 
 
 def _reduce_and_normalize(
@@ -72,14 +69,14 @@ def _reduce_and_normalize(
         return normalize(_decode(image), mode)
 
 
-def decode_image(source: Source, max_pixels: int) -> Image.Image:
-    """Decode `source` (first frame of an animation) at full size to upright RGB."""
-    return _decode(open_image(source, max_pixels))
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode `data` (first frame of an animation) at full size to upright RGB."""
+    return _decode(open_image(data, max_pixels))
 
 
-def open_image(source: Source, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Read the header with allowlisted decoders only, and refuse it over `max_pixels`."""
-    image = _open_allowed(source, max_pixels)
+    image = _open_allowed(data, max_pixels)
     width, height = image.size
     if width * height > max_pixels:
         raise TooManyPixels(
@@ -99,18 +96,20 @@ def _check_complete(image: Image.Image) -> None:
     file = image.fp
     end = file.seek(0, io.SEEK_END)
     at = 0
-    while at + 8 <= end:
-        file.seek(at)
-        header = file.read(16)
-        size = struct.unpack(">I", header[:4])[0]
-        if size == 1 and len(header) == 16:  # a 64-bit size follows the type
-            size = struct.unpack(">Q", header[8:16])[0]
-        elif size == 0:  # the last box, running to the end of the file
-            return
-        if size < 8 or at + size > end:
-            raise CorruptImage(f"the {image.format} file is truncated or corrupt")
-        at += size
-    file.seek(0)
+    try:
+        while at + 8 <= end:
+            file.seek(at)
+            header = file.read(16)
+            size = struct.unpack(">I", header[:4])[0]
+            if size == 1 and len(header) == 16:  # a 64-bit size follows the type
+                size = struct.unpack(">Q", header[8:16])[0]
+            elif size == 0:  # the last box, running to the end of the file
+                return
+            if size < 8 or at + size > end:
+                raise CorruptImage(f"the {image.format} file is truncated or corrupt")
+            at += size
+    finally:
+        file.seek(0)
 
 
 def _decode(image: Image.Image) -> Image.Image:
@@ -124,9 +123,9 @@ def _decode(image: Image.Image) -> Image.Image:
         raise CorruptImage(f"the {image.format} file is truncated or corrupt: {exc}") from exc
 
 
-def _open_allowed(source: Source, max_pixels: int) -> Image.Image:
+def _open_allowed(data: bytes, max_pixels: int) -> Image.Image:
     """Open the header with allowlisted decoders only; name the format when it is refused."""
-    file = io.BytesIO(source) if isinstance(source, bytes) else source
+    file = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -161,7 +160,7 @@ def _claimed_format(head: bytes) -> str | None:
     return None
 
 
-def _identify_other_format(file: BinaryIO) -> str | None:
+def _identify_other_format(file: io.BytesIO) -> str | None:
     """Name a format outside the allowlist from its header alone (nothing is decoded)."""
     try:
         with warnings.catch_warnings():
@@ -216,10 +215,10 @@ def encode_stored(image: Image.Image) -> bytes:
 
 
 def to_model_pixels(
-    source: Source, max_pixels: int, mode: ResizeMode, budget: DecodeBudget | None = None
+    data: bytes, max_pixels: int, mode: ResizeMode, budget: DecodeBudget | None = None
 ) -> np.ndarray:
     """A 224x224x3 uint8 array of a stored image; other sizes are normalized as on upload."""
-    image = open_image(source, max_pixels)
+    image = open_image(data, max_pixels)
     if image.size == (MODEL_SIZE, MODEL_SIZE):  # stored by /preprocess: already normalized
         return np.asarray(_decode(image), dtype=np.uint8)
     return np.asarray(_reduce_and_normalize(image, mode, budget), dtype=np.uint8)

@@ -4,7 +4,9 @@
     .venv/bin/python scripts/pipeline_benchmark.py                # ~15 minutes on 2 cores
     .venv/bin/python scripts/pipeline_benchmark.py --smoke --out /tmp/pipe   # does it run?
 
-Side by side in one run, on 127.0.0.1 only, bounded in requests and time, three stacks:
+Side by side in one run, on 127.0.0.1 only, bounded in requests and time, three stacks, all
+started at once so that their measurements alternate (each level through each stack in turn;
+then target rounds, ratios taken within a round):
 - ours: the preprocess and classify Bentos of this checkout (default settings);
 - today: the same services at BASELINE_REF (the code before reduced-scale decoding and the
   single upload parse), served from a git worktree with this venv;
@@ -69,17 +71,22 @@ SIZES = {"224 px": 224 * 224 / 1e6, "0.3 MP": 0.3, "1 MP": 1.0, "3 MP": 3.0, "12
 VARIANTS = 8  # distinct photos per size
 
 
+TARGET_CONCURRENCY = 16  # the deployed concurrency
+
+
 @dataclass(frozen=True)
 class Scale:
     concurrencies: tuple[int, ...]
     photos_per_client: int  # per concurrency level: base + per_client * concurrency
     base_photos: int
     limit_s: float  # per level
+    rounds: int  # target rounds
+    round_uploads: int  # per /preprocess-alone measurement in a round
 
 
 SCALES = {
-    "full": Scale((1, 4, 16, 32), 5, 12, 40.0),
-    "smoke": Scale((1, 4), 1, 2, 10.0),
+    "full": Scale((1, 4, 16, 32), 5, 12, 40.0, 3, 96),
+    "smoke": Scale((1, 4), 1, 2, 10.0, 1, 8),
 }
 
 
@@ -123,6 +130,7 @@ class Stack:
                 [*serve, str(ports[0]), "preprocess.service:Preprocess"], env, ports[0], cwd
             )
             self.classify = _serve([*serve, str(ports[1]), "service:Classify"], env, ports[1], cwd)
+        self.levels: dict[str, list[dict]] = {}  # photo kind -> one measurement per concurrency
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -277,32 +285,46 @@ def baseline_worktree(tmp: Path) -> Path | None:
     return path
 
 
-def measure_stack(
-    stack: Stack, sizes: dict[str, list[bytes]], heic: list[bytes], scale: Scale
-) -> tuple[dict, dict]:
-    """Every photo kind through the pipeline at every concurrency, then /preprocess alone."""
-    try:
-        kinds = dict(sizes) | ({"12 MP HEIC": heic} if stack.name == "ours" else {})
-        levels: dict[str, list[dict]] = {}
-        for kind, photos in kinds.items():
-            levels[kind] = []
-            for c in scale.concurrencies:
+def sweep(stacks: list[Stack], kinds: dict[str, list[bytes]], scale: Scale) -> None:
+    """Every photo kind at every concurrency through each stack in turn (side by side)."""
+    for kind, photos in kinds.items():
+        for c in scale.concurrencies:
+            for stack in stacks:
+                if kind.endswith("HEIC") and stack.name != "ours":
+                    continue  # neither older stack decodes HEIC
                 count = scale.base_photos + scale.photos_per_client * c
                 level = asyncio.run(pipeline_load(stack, photos, c, count, scale.limit_s))
-                levels[kind].append(level)
+                stack.levels.setdefault(kind, []).append(level)
                 print(
-                    f"  {kind:>10} c={c:<2} {level['photos_per_s']:6.1f} photos/s "
-                    f"p50 {level['p50_ms']:6.0f} ms errors {level['errors']}",
+                    f"  {stack.name:>5} {kind:>10} c={c:<2} {level['photos_per_s']:6.1f} photos/s"
+                    f" p50 {level['p50_ms']:6.0f} ms errors {level['errors']}",
                     flush=True,
                 )
-        alone = {
-            kind: asyncio.run(preprocess_only(stack, sizes[kind], 16, scale.base_photos * 4))
-            for kind in ("1 MP", "12 MP")
-        }
-        rss = {"preprocess": stack.preprocess.peak_rss_mb, "classify": stack.classify.peak_rss_mb}
-        return {"levels": levels, "peak_rss_mb": rss}, alone
-    finally:
-        stack.stop()
+
+
+def target_rounds(stacks: list[Stack], sizes: dict[str, list[bytes]], scale: Scale) -> list:
+    """The compared measurements again, stack after stack, `scale.rounds` times: ratios are
+    taken within a round, so a busy minute on the shared host hits every stack alike."""
+    rounds = []
+    for number in range(scale.rounds):
+        print(f"  round {number + 1} of {scale.rounds}", flush=True)
+        measured: dict = {"preprocess": {}, "pipeline": {}}
+        for stack in stacks:
+            measured["preprocess"][stack.name] = {
+                kind: asyncio.run(
+                    preprocess_only(stack, sizes[kind], TARGET_CONCURRENCY, scale.round_uploads)
+                )
+                for kind in ("1 MP", "12 MP")
+            }
+            count = scale.base_photos + scale.photos_per_client * TARGET_CONCURRENCY
+            measured["pipeline"][stack.name] = {
+                kind: asyncio.run(
+                    pipeline_load(stack, sizes[kind], TARGET_CONCURRENCY, count, scale.limit_s)
+                )
+                for kind in ("224 px", "12 MP")
+            }
+        rounds.append(measured)
+    return rounds
 
 
 def run(scale: Scale, tmp: Path) -> dict:
@@ -310,18 +332,27 @@ def run(scale: Scale, tmp: Path) -> dict:
     heic = photo_variants(12.0, "HEIF", 2 if scale is SCALES["smoke"] else 4)
     photo_bytes = {kind: int(np.mean([len(p) for p in v])) for kind, v in sizes.items()}
     photo_bytes["12 MP HEIC"] = int(np.mean([len(p) for p in heic]))
-    report: dict = {"stacks": {}, "preprocess_only": {}, "photo_bytes": photo_bytes}
+    report: dict = {"stacks": {}, "photo_bytes": photo_bytes}
     baseline = baseline_worktree(tmp)
-    stacks = [("ours", REPO), ("today", baseline), ("brief", REPO)]
+    wanted = [("ours", REPO), ("today", baseline), ("brief", REPO)]
+    stacks: list[Stack] = []
     try:
-        for name, cwd in (stack for stack in stacks if stack[1] is not None):
-            print(f"stack: {name}", flush=True)
-            report["stacks"][name], report["preprocess_only"][name] = measure_stack(
-                Stack(name, tmp / f"storage-{name}", cwd), sizes, heic, scale
-            )
+        for name, cwd in wanted:
+            if cwd is not None:
+                print(f"starting stack: {name}", flush=True)
+                stacks.append(Stack(name, tmp / f"storage-{name}", cwd))
+        print("sweep: every photo kind and concurrency, stack after stack", flush=True)
+        sweep(stacks, sizes | {"12 MP HEIC": heic}, scale)
+        print(f"target rounds at concurrency {TARGET_CONCURRENCY}", flush=True)
+        report["rounds"] = target_rounds(stacks, sizes, scale)
     finally:
+        for stack in stacks:
+            stack.stop()
         if baseline is not None:
             subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO)
+    for stack in stacks:
+        rss = {"preprocess": stack.preprocess.peak_rss_mb, "classify": stack.classify.peak_rss_mb}
+        report["stacks"][stack.name] = {"levels": stack.levels, "peak_rss_mb": rss}
     return report
 
 

@@ -49,6 +49,12 @@ def test_every_stack_sends_every_photo_kind_without_errors(smoke_run):
                 assert level["errors"] == 0, level["first_error"]
                 assert level["photos"] > 0 and level["core_ms_per_photo"]["preprocess"] > 0
         assert stack["peak_rss_mb"]["preprocess"] > 0
+    for measured in report["rounds"]:
+        assert set(measured["preprocess"]) == set(report["stacks"])
+        for kinds in measured["preprocess"].values():
+            assert all(m["errors"] == 0 and m["uploads_per_s"] > 0 for m in kinds.values())
+    ours = report["rounds"][0]["preprocess"]["ours"]["12 MP"]
+    assert 0 < ours["image_core_ms"] < ours["core_ms_per_upload"]  # the service's own count
 
 
 def test_the_report_has_targets_costs_and_a_plot(smoke_run):
