@@ -28,6 +28,17 @@ sys.path.insert(0, str(REPO / "scripts"))  # the benchmark's modules, tested her
 
 from benchmark import private_bentoml_home  # noqa: E402
 
+# Fixtures that import the model (and so start servers or load Keras): a test that needs any
+# of them, directly or through another fixture, is `slow`. `scripts/test -m "not slow"` is the
+# quick tier: lint, unit tests, the storage backends against the emulator.
+SLOW_FIXTURES = {"bentoml_home", "keras_reference", "keras_model"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
