@@ -86,7 +86,7 @@ class Scale:
 
 SCALES = {
     "full": Scale((1, 4, 16, 32), 5, 12, 40.0, 3, 96),
-    "smoke": Scale((1, 4), 1, 2, 10.0, 1, 8),
+    "smoke": Scale((4,), 1, 2, 10.0, 1, 8),
 }
 
 
