@@ -95,7 +95,7 @@ class UploadGuard:
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})[FORM_STATE_KEY] = form
-        await self.app(scope, _no_body, send)
+        await self.app(scope, _body_consumed(receive), send)
 
     async def _parse(self, scope: Scope, receive: Receive) -> PreprocessForm:
         headers = Headers(scope=scope)
@@ -159,6 +159,16 @@ class UploadGuard:
         return PreprocessForm.model_construct(image=upload.read(), mode=mode)
 
 
-async def _no_body() -> Message:
-    """The body has been consumed by the guard; the app reads the parsed form instead."""
-    return {"type": "http.request", "body": b"", "more_body": False}
+def _body_consumed(receive: Receive) -> Receive:
+    """The app's `receive` once the guard has read the body: an empty last chunk, then the
+    client's own messages (a disconnect, when it comes), as ASGI has it."""
+    sent = False
+
+    async def after_body() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await receive()
+
+    return after_body
