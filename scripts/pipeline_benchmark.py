@@ -63,8 +63,9 @@ BASELINE_REF = "4422b56"  # the code the photos issue measured
 # published at cloud.google.com/run/pricing; read 2026-12-01.
 PRICES = {"vcpu_second": 0.000024, "gib_second": 0.0000025, "per_request": 0.40 / 1e6}
 PRICES_NOTE = (
-    "Cloud Run list prices, Tier 1, request-based billing: $0.000024 per vCPU-second, "
-    "$0.0000025 per GiB-second, $0.40 per million requests (read 2026-12-01; free tier ignored)"
+    f"Cloud Run list prices, Tier 1, request-based billing: ${PRICES['vcpu_second']:.6f} per "
+    f"vCPU-second, ${PRICES['gib_second']:.7f} per GiB-second, "
+    f"${PRICES['per_request'] * 1e6:.2f} per million requests (read 2026-12-01; free tier ignored)"
 )
 # (vCPU, GiB) per service, as scripts/deploy sizes ours; the brief's design is priced on the
 # same shapes, so that the ratio is one of CPU per photo.
