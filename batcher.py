@@ -1,17 +1,16 @@
-"""BentoML's adaptive batcher, called in-process by /classify instead of through HTTP.
+"""BentoML's adaptive batcher, driven in-process by /classify.
 
 A `@bentoml.api(batchable=True)` method runs its batches through BentoML's `CorkDispatcher`:
 the adaptive batching algorithm, which learns how long a batch takes and holds requests back
-only while waiting for more pays. Another API of the same service reaches a batchable method
-only through BentoML's self-call client, though: one more HTTP request per image through the
-whole server chain: the event loop spent 4.2-4.9 core-ms per request (0.9-1.5 in-process),
-and TensorFlow served 0.57-0.76 of its raw batched speed (benchmarks/analysis.md). This module
-drives the same dispatcher class straight from /classify, and lets it run `streams` batches
-at once (the dispatcher's own semaphore) so that one batch gathers while another runs.
+only while waiting for more pays. Another API of the same service could reach that method only
+through BentoML's self-call HTTP client, one more request per image through the whole server
+chain (its cost is in benchmarks/analysis.md). This module drives the same dispatcher class
+straight from /classify, and lets it run `streams` batches at once (the dispatcher's own
+semaphore) so that one batch gathers while another runs.
 
-`CorkDispatcher` lives in `bentoml._internal`: pyproject pins BentoML (1.4.40), the tests run
-this path, and if an upgrade moves the class, `available()` is false and the service falls
-back to its public batchable routes (`CLASSIFY_BATCHER=routes`).
+`CorkDispatcher` lives in `bentoml._internal`, so pyproject pins BentoML, the tests run this
+path, and a BentoML without the class stops the service at start (`require_dispatcher`)
+instead of serving without batching.
 """
 
 from __future__ import annotations
@@ -37,9 +36,18 @@ BATCH_SIZE = bentoml.metrics.Histogram(
 )
 
 
-def available() -> bool:
-    """Whether this BentoML still has the dispatcher where this module looks for it."""
-    return CorkDispatcher is not None
+class DispatcherMissing(RuntimeError):
+    """This BentoML has no `CorkDispatcher` where the batcher looks for it."""
+
+
+def require_dispatcher() -> None:
+    """Stop the service at start if this BentoML moved its adaptive batcher."""
+    if CorkDispatcher is None:
+        raise DispatcherMissing(
+            f"BentoML {bentoml.__version__} has no CorkDispatcher in "
+            "bentoml._internal.marshal.dispatcher, which classify's adaptive batcher drives: "
+            "install the BentoML version pyproject.toml pins"
+        )
 
 
 class TooLate(Overloaded):
@@ -59,8 +67,7 @@ class InProcessBatcher:
         max_latency_ms: int,
         streams: int,
     ) -> None:
-        if not available():
-            raise RuntimeError("this BentoML has no CorkDispatcher: use CLASSIFY_BATCHER=routes")
+        require_dispatcher()
         self._run_batch = run_batch
         dispatcher = CorkDispatcher(
             max_latency_ms,

@@ -16,19 +16,23 @@ from typing import Protocol
 
 import numpy as np
 
+from common.config import Runtime as RuntimeName
+from common.config import Settings
+
 MODEL_SIZE = 224
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model-int8.xml"  # NNCF's INT8 quantization of the ONNX export (OpenVINO IR)
 CLASS_INDEX_FILE = "imagenet_class_index.json"
 NUM_CLASSES = 1000
-# FP32 runtimes: each accepted only if it agrees with Keras (tests/test_runtimes.py)
-RUNTIMES = ("onnxruntime", "tensorflow", "openvino")
-# Opt-in reduced precision: accepted on top-1 accuracy within 1 point of FP32 instead
-REDUCED_PRECISION_RUNTIMES = ("openvino-int8", "openvino-bf16")
-ALL_RUNTIMES = RUNTIMES + REDUCED_PRECISION_RUNTIMES
+# Opt-in reduced precision: accepted on top-1 accuracy within 1 point of FP32 (the FP32 ones
+# must agree with Keras' probabilities instead; tests/test_runtimes.py)
+REDUCED_PRECISION_RUNTIMES = (RuntimeName.openvino_int8.value, RuntimeName.openvino_bf16.value)
+ALL_RUNTIMES = tuple(name.value for name in RuntimeName)
+RUNTIMES = tuple(name for name in ALL_RUNTIMES if name not in REDUCED_PRECISION_RUNTIMES)
 OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
-DEFAULT_RUNTIME = "onnxruntime"  # fastest accepted FP32 runtime (benchmarks/results.md)
+# the fastest accepted FP32 runtime (benchmarks/results.md)
+DEFAULT_RUNTIME = Settings.model_fields["classify_runtime"].default.value
 
 
 class Runtime(Protocol):
@@ -70,9 +74,8 @@ class OnnxRuntime:
 
     With `threads` unset the thread count adapts to load: a call that runs alone uses every
     core (its intra-op threads stop spinning when it returns, so they hold no core afterwards),
-    and calls that overlap run single-threaded, each on a core. On 2 cores that gives both the
-    lowest latency for a lone image (~4 vs 7.7 ms) and the most images/s under load (~265 vs
-    ~235 for one shared 2-thread session); see benchmarks/analysis.md.
+    and calls that overlap run single-threaded, each on a core. That gives both the lowest
+    latency for a lone image and the most images/s under load (benchmarks/analysis.md).
     """
 
     name = "onnxruntime"
@@ -106,15 +109,13 @@ class OpenVinoRuntime:
     """The ONNX export on OpenVINO's CPU plugin in FP32, or (opt-in) BF16 or INT8.
 
     - `f32`: asked for explicitly, because OpenVINO picks BF16 by itself on CPUs that have it.
-    - `bf16`: ~1.6x the model speed of FP32 ONNX Runtime on a CPU with AVX-512 BF16; on a CPU
-      without BF16 it runs FP32 (`precision` says so).
+    - `bf16`: faster on a CPU with AVX-512 BF16 or AMX; on a CPU without BF16 it runs FP32
+      (`precision` says so).
     - `int8`: the INT8 quantization stored beside the export (scripts/quantize_int8.py): every
-      convolution and the classifier run in INT8, the softmax in FP32. The model's speed over
-      FP32 ONNX Runtime depends on the CPU: ~2.3x at batch 1 with AVX-512 VNNI, ~1.5x on an
-      AMD EPYC with AVX2 only.
+      convolution and the classifier run in INT8, the softmax in FP32; how much faster depends
+      on the CPU (VNNI).
     Both reduced precisions keep top-1 accuracy within 1 point of FP32 on the held-out sample,
-    but probabilities move by up to ~0.15 (BF16) and ~0.19 (INT8; ~0.39 on a CPU without VNNI,
-    where the INT8 kernels differ); see benchmarks/analysis.md.
+    but move probabilities further than FP32 runtimes do (figures: benchmarks/analysis.md).
     """
 
     def __init__(self, model_dir: Path, threads: int | None = None, precision: str = "f32") -> None:
@@ -129,8 +130,8 @@ class OpenVinoRuntime:
         if threads:  # a fixed thread count inside each call: one stream on that many cores
             config |= {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
         else:
-            # one stream per core, so that overlapping calls run side by side (measured on
-            # 2 cores at concurrency 32: ~220-260 req/s vs ~175-195 with one all-core stream)
+            # one stream per core, so that overlapping calls run side by side (served more
+            # than one all-core stream under load: benchmarks/analysis.md)
             config["PERFORMANCE_HINT"] = "THROUGHPUT"
         model_file = INT8_FILE if precision == "int8" else ONNX_FILE
         self._model = core.compile_model(str(model_dir / model_file), "CPU", config)

@@ -3,14 +3,12 @@
 On Cloud Run, both services are deployed `--no-allow-unauthenticated` and Google's front end
 checks the caller's ID token. The service itself can check too: `AUTH_TOKEN` requires
 `Authorization: Bearer <AUTH_TOKEN>` (the local set-up), and `AUTH_AUDIENCE` accepts Google ID
-tokens for that audience (defence in depth on Cloud Run). A service's calls to its own routes
-(the batch route) carry a per-process secret instead, so they pass without the user's token.
+tokens for that audience (defence in depth on Cloud Run).
 """
 
 from __future__ import annotations
 
 import hmac
-import secrets
 from http import HTTPStatus
 
 from starlette.datastructures import Headers
@@ -20,16 +18,8 @@ from common.config import Settings
 from common.errors import ServiceError, error_response
 from common.id_tokens import IdTokenVerifier, InvalidIdToken
 
-INTERNAL_HEADER = "x-internal-call"
 # Probes must work without credentials; the docs describe the API but run nothing.
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/docs", "/docs/", "/docs.json", "/"})
-
-_internal_secret = secrets.token_urlsafe(32)
-
-
-def internal_headers() -> dict[str, str]:
-    """Headers that let this process's own calls through `BearerAuth`."""
-    return {INTERNAL_HEADER: _internal_secret}
 
 
 class Unauthorized(ServiceError):
@@ -67,9 +57,6 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
     def _authorize(self, headers: Headers) -> None:
-        internal = headers.get(INTERNAL_HEADER, "").encode()
-        if hmac.compare_digest(internal, _internal_secret.encode()):
-            return
         given = headers.get("authorization", "")
         if not given:
             raise Unauthorized("missing bearer token: send Authorization: Bearer <token>")

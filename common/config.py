@@ -1,12 +1,22 @@
-"""Settings read from the environment, once, with the embedded defaults a laptop needs."""
+"""Every setting of both services, in one `pydantic-settings` model read once from the environment.
+
+Each field is an environment variable of the same name in capitals (`max_upload_bytes` is
+`MAX_UPLOAD_BYTES`). The README's settings table and the performance doc's tuning table are
+generated from the fields' descriptions (`python -m common.config`), and a test keeps them equal.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.decode_budget import DecodeBudget
 from common.schemas import ResizeMode
@@ -14,27 +24,178 @@ from common.schemas import ResizeMode
 MIB = 1024 * 1024
 
 
-class Settings(BaseModel):
-    """Every knob of both services; see the README's table of environment variables."""
+class Runtime(StrEnum):
+    """The model runtimes classify can serve with (runtimes.py)."""
 
-    bucket: str | None = Field(None, description="GCS bucket; unset means local folder storage.")
-    storage_dir: Path = Field(Path("data"), description="Local storage folder when no bucket.")
-    storage_prefix: str = Field("preprocessed/", description="Key prefix for stored images.")
-    max_upload_bytes: int = Field(20 * MIB, gt=0)
-    max_image_pixels: int = Field(40_000_000, gt=0)
-    resize_mode: ResizeMode = ResizeMode.resize
-    decode_pixel_budget: int | None = Field(
-        None, gt=0, description="Decoded pixels in memory at once; default MAX_IMAGE_PIXELS."
+    onnxruntime = "onnxruntime"
+    tensorflow = "tensorflow"
+    openvino = "openvino"
+    openvino_int8 = "openvino-int8"
+    openvino_bf16 = "openvino-bf16"
+
+
+class Switch(StrEnum):
+    on = "on"
+    off = "off"
+
+
+def _setting(
+    default: Any = ..., *, used_by: str = "both", tuning: bool = False, **kwargs: Any
+) -> Any:
+    """A field that also records which service reads it and whether it is a tuning knob."""
+    return Field(default, json_schema_extra={"used_by": used_by, "tuning": tuning}, **kwargs)
+
+
+class Settings(BaseSettings):
+    """The configuration of both services (each reads the fields it uses)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, env_ignore_empty=True, extra="ignore")
+
+    # storage
+    bucket: str | None = _setting(
+        None, description="GCS bucket; unset means local folder storage (`STORAGE_DIR`)"
     )
-    decode_wait_s: float = Field(5.0, ge=0, description="Wait for the decode budget, then 503.")
-    storage_timeout_s: float = Field(10.0, gt=0)
-    auth_token: str | None = Field(None, description="Bearer token required on working routes.")
-    max_in_flight: int = Field(64, gt=0, description="Requests in flight before 503s.")
-    auth_audience: str | None = Field(None, description="Accept Google ID tokens for this URL.")
-    auth_certs_url: str = Field("https://www.googleapis.com/oauth2/v1/certs")
-    auth_allowed_emails: set[str] = Field(default_factory=set)
-    access_log: bool = Field(False, description="BentoML's access log line per request.")
-    request_tracing: bool = Field(False, description="BentoML's OpenTelemetry request spans.")
+    storage_dir: Path = _setting(
+        Path("data"), description="local storage folder, when `BUCKET` is unset"
+    )
+    storage_prefix: str = _setting(
+        "preprocessed/", used_by="preprocess", description="key prefix of stored images"
+    )
+    storage_timeout_s: float = _setting(
+        10.0, gt=0, description="the most one storage read or write may take, retries included"
+    )
+    # limits
+    max_upload_bytes: int = _setting(
+        20 * MIB,
+        gt=0,
+        description="largest upload, checked while it streams (and largest object classify reads)",
+    )
+    max_image_pixels: int = _setting(
+        40_000_000, gt=0, description="largest image in pixels, checked from its header"
+    )
+    decode_pixel_budget: int | None = _setting(
+        None,
+        gt=0,
+        description="decoded pixels in memory at once across requests "
+        "(default: `MAX_IMAGE_PIXELS`); see docs/deploy.md, Memory",
+    )
+    decode_wait_s: float = _setting(
+        5.0, ge=0, description="how long a decode waits for the budget before 503 + Retry-After"
+    )
+    max_in_flight: int = _setting(
+        64, gt=0, description="requests in flight before the service answers 503 + Retry-After"
+    )
+    resize_mode: ResizeMode = _setting(
+        ResizeMode.resize, description="default preprocessing mode: `resize` or `center-crop`"
+    )
+    # classify
+    classify_model: str = _setting(
+        "mobilenet_v2:latest", used_by="classify", description="model tag in the BentoML store"
+    )
+    classify_runtime: Runtime = _setting(
+        Runtime.onnxruntime,
+        used_by="classify",
+        description="`onnxruntime`, `tensorflow`, `openvino`, or the opt-in `openvino-int8` / "
+        "`openvino-bf16`",
+    )
+    classify_batching: Switch = _setting(
+        Switch.on,
+        used_by="classify",
+        description="`on`: concurrent requests share model calls (adaptive batching); "
+        "`off`: one model call per request",
+    )
+    classify_max_batch_size: int = _setting(
+        2, ge=2, used_by="classify", description="largest batch the adaptive batcher forms"
+    )
+    classify_max_latency_ms: int = _setting(
+        10_000,
+        gt=0,
+        used_by="classify",
+        description="the batcher's latency budget: requests predicted to wait longer get 503",
+    )
+    # auth and observability
+    auth_token: str | None = _setting(
+        None, description="when set, working routes need `Authorization: Bearer <AUTH_TOKEN>`"
+    )
+    auth_audience: str | None = _setting(
+        None, description="also accept Google ID tokens for this audience (the service URL)"
+    )
+    auth_certs_url: str = _setting(
+        "https://www.googleapis.com/oauth2/v1/certs",
+        description="where Google's ID-token signing certificates come from",
+    )
+    auth_allowed_emails: Annotated[frozenset[str], NoDecode] = _setting(
+        frozenset(), description="comma-separated callers allowed with an ID token (default: any)"
+    )
+    access_log: bool = _setting(False, description="BentoML's access log line per request")
+    request_tracing: bool = _setting(
+        False, description="BentoML's OpenTelemetry middleware on every route"
+    )
+    # tuning (docs/performance.md): derived from the runtime and the cores unless set
+    classify_batch_streams: int | None = _setting(
+        None,
+        ge=1,
+        le=2,
+        used_by="classify",
+        tuning=True,
+        description="batches that may run at once (default: 2, or 1 on one core)",
+    )
+    classify_model_threads: int | None = _setting(
+        None,
+        ge=1,
+        used_by="classify",
+        tuning=True,
+        description="a fixed thread count inside one model call (default: the runtime's choice;"
+        " TensorFlow batched: cores / batch streams)",
+    )
+    classify_concurrent_calls: int | None = _setting(
+        None,
+        ge=1,
+        used_by="classify",
+        tuning=True,
+        description="model calls that may run at once (default: batched, one per batch stream;"
+        " unbatched, 2 per core, OpenVINO 4)",
+    )
+
+    @field_validator("auth_allowed_emails", mode="before")
+    @classmethod
+    def _split_emails(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @property
+    def batching(self) -> bool:
+        return self.classify_batching is Switch.on
+
+    @property
+    def batch_streams(self) -> int:
+        """Batches at once: while one runs, the next gathers and keeps another core busy."""
+        return self.classify_batch_streams or (2 if _cores() > 1 else 1)
+
+    @property
+    def model_threads(self) -> int | None:
+        """Threads inside one model call; None leaves it to the runtime.
+
+        TensorFlow's overlapping calls share one intra-op pool whose per-op barriers stall when
+        the batch streams compete for the same cores, so each stream gets its share of them.
+        """
+        if self.classify_model_threads:
+            return self.classify_model_threads
+        if self.classify_runtime is Runtime.tensorflow and self.batching:
+            return max(1, _cores() // self.batch_streams)
+        return None
+
+    @property
+    def concurrent_calls(self) -> int:
+        """Model calls at once: one per batch stream, or (unbatched) enough per core that a core
+        stays busy while another call hands its answer back through the GIL."""
+        if self.classify_concurrent_calls:
+            return self.classify_concurrent_calls
+        if self.batching:
+            return self.batch_streams
+        per_core = 4 if self.classify_runtime.value.startswith("openvino") else 2
+        return per_core * _cores()
 
     def decode_budget(self) -> DecodeBudget:
         """The process's decode budget: by default one image of the largest accepted size."""
@@ -43,40 +204,47 @@ class Settings(BaseModel):
         )
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        values: dict[str, object] = {
-            "bucket": env.get("BUCKET") or None,
-            "storage_dir": env.get("STORAGE_DIR"),
-            "storage_prefix": env.get("STORAGE_PREFIX"),
-            "max_upload_bytes": env.get("MAX_UPLOAD_BYTES"),
-            "max_image_pixels": env.get("MAX_IMAGE_PIXELS"),
-            "resize_mode": env.get("RESIZE_MODE"),
-            "decode_pixel_budget": env.get("DECODE_PIXEL_BUDGET") or None,
-            "decode_wait_s": env.get("DECODE_WAIT_S"),
-            "storage_timeout_s": env.get("STORAGE_TIMEOUT_S"),
-            "auth_token": env.get("AUTH_TOKEN") or None,
-            "max_in_flight": env.get("MAX_IN_FLIGHT"),
-            "auth_audience": env.get("AUTH_AUDIENCE") or None,
-            "auth_certs_url": env.get("AUTH_CERTS_URL"),
-            "auth_allowed_emails": _split(env.get("AUTH_ALLOWED_EMAILS")),
-            "access_log": env.get("ACCESS_LOG") or None,
-            "request_tracing": env.get("REQUEST_TRACING") or None,
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Settings from `env` alone (not the process's environment), as the services read it."""
+        values = {
+            key.lower(): value
+            for key, value in env.items()
+            if key.lower() in cls.model_fields and value != ""
         }
-        return cls.model_validate({k: v for k, v in values.items() if v is not None})
+        return cls.model_validate(values)
 
 
-def _split(value: str | None) -> set[str] | None:
-    return {item.strip() for item in value.split(",") if item.strip()} if value else None
+class SettingsError(ValueError):
+    """The environment holds a value a setting does not accept; names the variable."""
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _explain(error: ValidationError) -> SettingsError:
+    lines = []
+    for problem in error.errors():
+        variable = "_".join(str(part) for part in problem["loc"]).upper()
+        lines.append(f"{variable}={problem.get('input')!r}: {problem['msg']}")
+    return SettingsError("invalid setting in the environment: " + "; ".join(lines))
+
+
+@cache
+def settings() -> Settings:
+    """The process-wide settings, read and validated once (a bad value stops the start)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise _explain(error) from None
 
 
 def observability_config(settings: Settings) -> dict[str, object]:
     """BentoML service config for the per-request access log and OpenTelemetry middleware.
 
-    Both are off unless asked for: Cloud Run already logs every request (status, latency,
-    size), and BentoML's tracing middleware runs on every request even when no span is sampled
-    (its default). Together they cost ~0.6 CPU-ms per request, a quarter of classify's
-    per-request overhead on 2 cores (benchmarks/analysis.md).
+    Both are off unless asked for: Cloud Run already logs every request, and BentoML's tracing
+    middleware runs on every request even when no span is sampled (its cost is measured in
+    benchmarks/analysis.md).
     """
     return {
         "logging": {"access": {"enabled": settings.access_log}},
@@ -85,7 +253,30 @@ def observability_config(settings: Settings) -> dict[str, object]:
     }
 
 
-@cache
-def settings() -> Settings:
-    """The process-wide settings (read once: the environment does not change under a server)."""
-    return Settings.from_env()
+def settings_table(tuning: bool = False) -> str:
+    """The markdown table of the settings (or of the tuning knobs), from the fields."""
+    rows = ["| variable | default | used by | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra or {}
+        assert isinstance(extra, dict)
+        if extra.get("tuning", False) != tuning:
+            continue
+        rows.append(
+            f"| `{name.upper()}` | {_default(field.default)} | {extra['used_by']} "
+            f"| {field.description} |"
+        )
+    return "\n".join(rows)
+
+
+def _default(value: object) -> str:
+    if value is None or value == frozenset():
+        return "unset"
+    if isinstance(value, StrEnum):
+        value = value.value
+    elif isinstance(value, bool):
+        value = str(value).lower()
+    return f"`{value}`"
+
+
+if __name__ == "__main__":
+    print(settings_table(tuning="--tuning" in sys.argv))

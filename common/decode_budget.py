@@ -15,8 +15,8 @@ from contextlib import contextmanager
 
 from common.errors import Overloaded
 
-# Peak bytes per decoded pixel, the sizing rule's factor (docs: README, "Memory"; the worst case
-# is held to it by tests/test_memory.py).
+# Peak bytes per decoded pixel, the sizing rule's factor (docs/deploy.md, "Memory"; the worst
+# case is held to it by tests/test_memory.py).
 BYTES_PER_PIXEL = 16
 RETRY_AFTER_S = 2
 

@@ -105,6 +105,26 @@ class ClassifyResponse(BaseModel):
     runtime: str = Field(
         description="What ran the model: `onnxruntime`, `tensorflow` or `openvino` (FP32), or "
         "the opt-in reduced precision `openvino-int8` or `openvino-bf16`, whose probabilities "
-        "differ from FP32's by up to ~0.2.",
+        "differ a little from FP32's (docs/performance.md).",
         examples=["onnxruntime"],
     )
+
+
+MODEL_PIXEL_BYTES = 224 * 224 * 3  # one 224x224 RGB image, uint8
+NUM_CLASSES = 1000
+
+
+class ModelInput(BaseModel):
+    """One 224x224 RGB image as raw uint8 bytes (height, width, channel), base64 in JSON."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    pixels: bytes = Field(min_length=MODEL_PIXEL_BYTES, max_length=MODEL_PIXEL_BYTES)
+
+
+class ModelOutput(BaseModel):
+    """Softmax over the 1000 ImageNet classes: little-endian float32, URL-safe base64 in JSON."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    probabilities: bytes = Field(min_length=NUM_CLASSES * 4, max_length=NUM_CLASSES * 4)

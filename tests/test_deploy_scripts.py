@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -218,6 +219,24 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @cache
+def gcloud_tree() -> dict:
+    """gcloud's own static tree of every command and flag (what its shell completion reads),
+    from the installed SDK: one file read instead of a `gcloud ... --help` per command."""
+    sdk = Path(shutil.which("gcloud") or "gcloud").resolve().parents[1]
+    completions = sdk / "data" / "cli" / "gcloud_completions.py"
+    return runpy.run_path(str(completions))["STATIC_COMPLETION_CLI_TREE"]
+
+
+def command_node(args: list[str]) -> tuple[list[str], dict]:
+    """The longest run of leading words that name a command, and that command's node."""
+    words, node = [], gcloud_tree()
+    for word in args:
+        if word.startswith("-") or word not in node["commands"]:
+            break
+        words, node = [*words, word], node["commands"][word]
+    return words, node
+
+
 def gcloud_help(*words: str) -> str:
     result = subprocess.run(
         ["gcloud", *words, "--help"],
@@ -229,28 +248,29 @@ def gcloud_help(*words: str) -> str:
     return ANSI.sub("", result.stdout) if result.returncode == 0 else ""
 
 
-def command_path(args: list[str]) -> list[str]:
-    """The longest run of leading words that gcloud's help names as a command."""
-    words = []
-    for word in args:
-        if word.startswith("-"):
-            break
-        candidate = [*words, word]
-        if f"gcloud {' '.join(candidate)} -" not in gcloud_help(*candidate):
-            break
-        words = candidate
-    return words
-
-
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
 def test_every_gcloud_subcommand_and_flag_exists(stubs):
     deploy = run_script(stubs, "deploy", "--dry-run", "--setup", "--invoker", "user:me@x.org")
     teardown = run_script(stubs, "teardown", "--dry-run", "--delete-bucket", "--delete-repository")
     commands = [c[1:] for c in printed(deploy.stdout + teardown.stdout) if c[0] == "gcloud"]
     assert len(commands) >= 20
+    global_flags = set(gcloud_tree()["flags"])
     for args in commands:
-        path = command_path(args)
-        assert len(path) >= 2, f"not a gcloud command: {args}"
-        text = gcloud_help(*path)
+        path, node = command_node(args)
+        assert len(path) >= 2 and not node["commands"], f"not a gcloud command: {args}"
+        known = set(node["flags"]) | global_flags
+        # a boolean flag also has its --no- form
+        known |= {f"--no-{f[2:]}" for f, kind in node["flags"].items() if kind == "bool"}
         for flag in (a.split("=")[0] for a in args if a.startswith("--")):
-            assert re.search(rf"{re.escape(flag)}\b", text), f"gcloud {' '.join(path)}: no {flag}"
+            assert flag in known, f"gcloud {' '.join(path)}: no {flag}"
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
+def test_the_completion_tree_is_the_installed_cli():
+    """The tree the check above reads describes the gcloud that runs: its `run deploy` flags
+    are the ones `gcloud run deploy --help` documents."""
+    _, node = command_node(["run", "deploy"])
+    text = gcloud_help("run", "deploy")
+    for flag in ("--startup-probe", "--cpu-boost", "--concurrency", "--memory"):
+        assert flag in node["flags"]
+        assert re.search(rf"{re.escape(flag)}\b", text), flag

@@ -60,21 +60,23 @@ def test_bentofiles_pin_what_pyproject_pins():
 @pytest.mark.parametrize(
     ("setting", "value", "message"),
     [
-        ("CLASSIFY_BATCHING", "sometimes", "CLASSIFY_BATCHING must be on, off or auto"),
-        ("CLASSIFY_BATCHER", "remote", "CLASSIFY_BATCHER must be in-process or routes"),
-        ("CLASSIFY_BATCH_STREAMS", "3", "CLASSIFY_BATCH_STREAMS must be 1 or 2"),
-        ("CLASSIFY_MAX_BATCH_SIZE", "1", "CLASSIFY_MAX_BATCH_SIZE must be 2 or more"),
+        ("CLASSIFY_BATCHING", "sometimes", "CLASSIFY_BATCHING='sometimes': Input should be"),
+        ("CLASSIFY_RUNTIME", "tflite", "CLASSIFY_RUNTIME='tflite': Input should be"),
+        ("CLASSIFY_BATCH_STREAMS", "3", "CLASSIFY_BATCH_STREAMS='3': Input should be less"),
+        ("CLASSIFY_MAX_BATCH_SIZE", "1", "CLASSIFY_MAX_BATCH_SIZE='1': Input should be greater"),
+        ("MAX_UPLOAD_BYTES", "lots", "MAX_UPLOAD_BYTES='lots': Input should be a valid integer"),
     ],
 )
 def test_classify_refuses_a_bad_setting_by_name(setting, value, message):
-    """A mistyped setting stops classify at start with a message naming it, not deep in BentoML."""
-    started = subprocess.run(
-        [sys.executable, "-c", "import service"],
-        cwd=REPO,
-        env={**os.environ, setting: value},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert started.returncode != 0
-    assert message in started.stderr.splitlines()[-1]
+    """A mistyped setting stops either service at start with a message naming it."""
+    for module in ("service", "preprocess.service"):
+        started = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            cwd=REPO,
+            env={**os.environ, setting: value},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode != 0
+        assert message in started.stderr.splitlines()[-1], started.stderr[-2000:]

@@ -1,6 +1,6 @@
 # Shared settings and helpers for scripts/deploy and scripts/teardown (sourced, not run).
-# Every setting comes from the environment (or the scripts' flags); see the README's
-# "Deploy" section.
+# Every setting comes from the environment (or the scripts' flags); see docs/deploy.md
+# ("Deploy settings").
 
 PROJECT_ID=${PROJECT_ID:-$(gcloud config get-value project 2>/dev/null || true)}
 REGION=${REGION:-us-central1}
