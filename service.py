@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 
 import batcher
 from common.auth import BearerAuth
+from common.bento_image import slim_image
 from common.config import observability_config, settings
 from common.docs import DocsAlias
 from common.errors import ServiceError, error_response
@@ -63,6 +64,7 @@ def _named_pool(threads: int, name: str) -> ThreadPoolExecutor:
 
 @bentoml.service(
     name="classify",
+    image=slim_image(),
     workers=1,
     threads=SETTINGS.concurrent_calls,
     traffic={"timeout": 60},

@@ -39,6 +39,12 @@ class Switch(StrEnum):
     off = "off"
 
 
+# Runtimes that batch by default: where scripts/batching_benchmark.py measured batched within 5%
+# of unbatched at concurrency 32 and no worse at concurrency 1 (benchmarks/batching.md; a test
+# keeps this set equal to that run's verdicts).
+BATCHED_BY_DEFAULT = frozenset({Runtime.openvino_bf16})
+
+
 def _setting(
     default: Any = ..., *, used_by: str = "both", tuning: bool = False, **kwargs: Any
 ) -> Any:
@@ -98,11 +104,12 @@ class Settings(BaseSettings):
         description="`onnxruntime`, `tensorflow`, `openvino`, or the opt-in `openvino-int8` / "
         "`openvino-bf16`",
     )
-    classify_batching: Switch = _setting(
-        Switch.on,
+    classify_batching: Switch | None = _setting(
+        None,
         used_by="classify",
-        description="`on`: concurrent requests share model calls (adaptive batching); "
-        "`off`: one model call per request",
+        description="`on`: concurrent requests share model calls (adaptive batching); `off`: one "
+        "model call per request; unset: on where it pays for the runtime "
+        "([measured](docs/performance.md#batching-on-by-default))",
     )
     classify_max_batch_size: int = _setting(
         2, ge=2, used_by="classify", description="largest batch the adaptive batcher forms"
@@ -135,7 +142,7 @@ class Settings(BaseSettings):
     classify_batch_streams: int | None = _setting(
         None,
         ge=1,
-        le=2,
+        le=8,
         used_by="classify",
         tuning=True,
         description="batches that may run at once (default: 2, or 1 on one core)",
@@ -166,6 +173,8 @@ class Settings(BaseSettings):
 
     @property
     def batching(self) -> bool:
+        if self.classify_batching is None:
+            return self.classify_runtime in BATCHED_BY_DEFAULT
         return self.classify_batching is Switch.on
 
     @property

@@ -13,6 +13,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from common.auth import BearerAuth
+from common.bento_image import slim_image
 from common.config import observability_config, settings
 from common.docs import DocsAlias
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
@@ -42,6 +43,7 @@ IMAGE_CPU = bentoml.metrics.Counter(
 
 @bentoml.service(
     name="preprocess",
+    image=slim_image(),
     workers=1,
     threads=4,  # Pillow releases the GIL while decoding and resizing
     traffic={"timeout": 60},

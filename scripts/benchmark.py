@@ -74,6 +74,16 @@ RAW_RUNTIMES = (
     "openvino-int8",
     "openvino-int8:0x2",
 )
+# The smoke run's raw shapes: one per runtime, plus one of side-by-side calls (every code path
+# of the raw measurement, in a fraction of the time)
+SMOKE_RAW_RUNTIMES = (
+    "onnxruntime",
+    "onnxruntime:1x2",
+    "tensorflow",
+    "openvino",
+    "openvino-bf16",
+    "openvino-int8",
+)
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 SERVER_ENV: dict[str, str] = {}  # set for every server the benchmark starts (BENTOML_HOME)
 
@@ -116,6 +126,9 @@ class Scale:
     requests_per_client: int
     target_rounds: int  # interleaved rounds at c=32 of the configs the targets compare
     uploads: int  # per preprocess image size
+    raw_shapes: tuple[str, ...] = RAW_RUNTIMES
+    # the smoke run takes its one round from the sweep instead of starting every server again
+    rounds_from_sweep: bool = False
 
 
 SCALES = {
@@ -123,7 +136,7 @@ SCALES = {
     "quick": Scale("quick", 1.0, 2, CONCURRENCY, 40, 10, 3, 48),
     # every step once with a handful of requests: checks the benchmark runs (the test suite
     # does), its figures mean nothing
-    "smoke": Scale("smoke", 0.2, 1, (1, 32), 4, 1, 1, 8),
+    "smoke": Scale("smoke", 0.2, 1, (1, 32), 4, 1, 1, 8, SMOKE_RAW_RUNTIMES, True),
 }
 
 
@@ -502,7 +515,12 @@ def served_benchmark(
 
 
 def target_rounds(
-    paths: list[str], storage_dir: Path, scale: Scale, ceilings: dict[str, dict]
+    paths: list[str],
+    storage_dir: Path,
+    scale: Scale,
+    ceilings: dict[str, dict],
+    sweep: list[dict],
+    raw: dict,
 ) -> dict[str, list[float]]:
     """Req/s at concurrency 32 of the configs the targets compare, in interleaved rounds.
 
@@ -517,6 +535,15 @@ def target_rounds(
 
     compared = [config for config in CONFIGS if config.name in COMPARED]
     rounds: dict[str, list[float]] = {config.name: [] for config in compared}
+    if scale.rounds_from_sweep:  # smoke: the sweep's figures and the raw pass's, once
+        for entry in sweep:
+            if entry["config"]["name"] in rounds:
+                rounds[entry["config"]["name"]].append(entry["levels"][32]["throughput"])
+        for ceiling in ceilings.values():
+            for shape, batch in ceiling["shapes"].items():
+                figure = raw[shape]["batches"][str(batch)]["images_per_s"]
+                ceiling["by_shape"][shape].append(figure)
+        return rounds
     for number in range(1, scale.target_rounds + 1):
         print(f"  round {number} of {scale.target_rounds}", flush=True)
         for config in compared:
@@ -638,7 +665,7 @@ def raw_pass(raw: dict, scale: Scale) -> None:
     # such calls side by side. The ceilings count both: the default service overlaps
     # single-threaded ONNX Runtime calls, batched TensorFlow runs two single-threaded batch
     # streams, OpenVINO overlapping calls on its one-core streams.
-    for runtime in RAW_RUNTIMES:
+    for runtime in scale.raw_shapes:
         measured = raw_subprocess(runtime, scale.raw_seconds)
         if runtime in raw:
             kept = raw[runtime]["batches"]
@@ -792,7 +819,9 @@ def main() -> int:
         report["served"] = [served_benchmark(c, paths, storage_dir, scale) for c in CONFIGS]
         print("the compared configs again, in interleaved rounds at c=32", flush=True)
         ceilings = round_ceilings(report["raw"])
-        report["target_rounds"] = target_rounds(paths, storage_dir, scale, ceilings)
+        report["target_rounds"] = target_rounds(
+            paths, storage_dir, scale, ceilings, report["served"], report["raw"]
+        )
         report["round_ceilings"] = ceilings
         print("preprocess", flush=True)
         report["preprocess"] = preprocess_benchmark(storage_dir, scale)

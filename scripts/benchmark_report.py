@@ -10,11 +10,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from runtimes import ALL_RUNTIMES, REDUCED_PRECISION_RUNTIMES
+from common.config import BATCHED_BY_DEFAULT, Runtime
+from runtimes import ALL_RUNTIMES, DEFAULT_RUNTIME, REDUCED_PRECISION_RUNTIMES
 
-DEFAULT = "onnxruntime, batching off"  # the default: CLASSIFY_BATCHING=auto
+
+def served_by_default(runtime: str) -> str:
+    """The config name of `runtime` as it serves with the default settings."""
+    batching = "on" if Runtime(runtime) in BATCHED_BY_DEFAULT else "off"
+    return f"{runtime}, batching {batching}"
+
+
+DEFAULT = served_by_default(DEFAULT_RUNTIME)
 NAIVE = "naive FastAPI (brief's design)"  # predict_on_batch: the stronger naive baseline
-# the opt-in reduced-precision runtimes, as they serve (classify-openvino: INT8 by default)
+# the opt-in reduced-precision runtimes (classify-openvino: INT8 by default), compared
+# unbatched: BF16 batches by default since benchmarks/batching.md found it within noise of
+# unbatched, and the committed run's rounds measured it unbatched
 REDUCED = {name: f"{name}, batching off" for name in REDUCED_PRECISION_RUNTIMES}
 TF_ON, TF_OFF = "tensorflow, batching on", "tensorflow, batching off"
 # the configs whose throughput the targets compare (scripts/benchmark.py runs them in rounds)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import random
 import re
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 from conftest import REPO, Server, service_env
 from helpers import EXPECTED_LABELS, encode, pixels_of, upload
 from PIL import Image, ImageOps
+
+from common.config import BATCHED_BY_DEFAULT, Runtime, Settings
 
 CONCURRENT_REQUESTS = 32
 local_storage_only = pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -86,15 +89,6 @@ def classify_concurrently(url: str, expected: dict[str, np.ndarray]) -> tuple[fl
     return after[0] - before[0], after[1] - before[1]
 
 
-@local_storage_only
-def test_the_default_service_batches_and_answers_each_request(services, stored_variants):
-    """Batching is on by default: 32 concurrent requests share model calls."""
-    batches, images = classify_concurrently(services.classify.url, stored_variants)
-    assert images == CONCURRENT_REQUESTS
-    assert batches < CONCURRENT_REQUESTS, "every request ran alone: no batch formed"
-    print(f"{images:.0f} requests ran in {batches:.0f} model calls")
-
-
 @pytest.fixture(scope="module")
 def classify_with(services, bentoml_home, tmp_path_factory):
     """Start classify with extra settings (each started once per module)."""
@@ -113,17 +107,29 @@ def classify_with(services, bentoml_home, tmp_path_factory):
         server.stop()
 
 
+def default_or_started(services, classify_with, runtime: Runtime, batching: bool) -> Server:
+    """The default service where it already serves `runtime` that way, else one started so."""
+    default = Settings.from_env({})
+    if default.classify_runtime == runtime and default.batching == batching:
+        return services.classify
+    return classify_with(CLASSIFY_RUNTIME=runtime, CLASSIFY_BATCHING="on" if batching else "off")
+
+
 @local_storage_only
-def test_tensorflow_batches_and_answers_each_request(classify_with, stored_variants):
-    server = classify_with(CLASSIFY_RUNTIME="tensorflow")
+@pytest.mark.parametrize("runtime", [Runtime.onnxruntime, Runtime.tensorflow])
+def test_batched_requests_share_model_calls_and_get_their_own_answers(
+    services, classify_with, stored_variants, runtime
+):
+    server = default_or_started(services, classify_with, runtime, batching=True)
     batches, images = classify_concurrently(server.url, stored_variants)
     assert images == CONCURRENT_REQUESTS
     assert batches < CONCURRENT_REQUESTS, "every request ran alone: no batch formed"
+    print(f"{runtime}: {images:.0f} requests ran in {batches:.0f} model calls")
 
 
 @local_storage_only
-def test_batching_off_gives_each_request_a_model_call(classify_with, stored_variants):
-    server = classify_with(CLASSIFY_BATCHING="off")
+def test_batching_off_gives_each_request_a_model_call(services, classify_with, stored_variants):
+    server = default_or_started(services, classify_with, Runtime.onnxruntime, batching=False)
     assert classify_concurrently(server.url, stored_variants) == (0, 0)
 
 
@@ -171,7 +177,7 @@ def test_model_and_decode_cpu_are_counted_per_request(services, stored_variants)
 @local_storage_only
 def test_batcher_sheds_what_it_cannot_serve_in_time_with_503(services, classify_with, photos):
     """Requests the batcher predicts to be late get 503 + Retry-After, the rest their answer."""
-    impatient = classify_with(CLASSIFY_MAX_LATENCY_MS="1")
+    impatient = classify_with(CLASSIFY_BATCHING="on", CLASSIFY_MAX_LATENCY_MS="1")
     path = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]
 
     async def burst() -> list[httpx.Response]:
@@ -218,3 +224,20 @@ def test_a_bentoml_without_the_dispatcher_stops_classify_at_start():
     assert started.returncode != 0
     assert "DispatcherMissing" in started.stderr
     assert "has no CorkDispatcher" in started.stderr.splitlines()[-1]
+
+
+def test_batching_defaults_follow_the_committed_batching_benchmark():
+    """A runtime batches by default exactly where benchmarks/batching.md found that it pays."""
+    run = json.loads((REPO / "benchmarks" / "batching.json").read_text())
+    assert set(run["runtimes"]) == set(Runtime)
+    measured = {
+        Runtime(name) for name, result in run["runtimes"].items() if result["batching_pays"]
+    }
+    assert measured == BATCHED_BY_DEFAULT
+    for runtime in Runtime:
+        chosen = Settings.from_env({"CLASSIFY_RUNTIME": runtime}).batching
+        assert chosen == (runtime in BATCHED_BY_DEFAULT), runtime
+        assert (
+            Settings.from_env({"CLASSIFY_RUNTIME": runtime, "CLASSIFY_BATCHING": "off"}).batching
+            is False
+        )

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmark import CONFIGS, RAW_RUNTIMES
+from benchmark import CONFIGS, SMOKE_RAW_RUNTIMES
 from benchmark_report import COMPARED, round_ceiling, targets
 from conftest import REPO
 
@@ -43,7 +43,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path, mode
 
 def test_every_raw_shape_is_measured(smoke_run):
     _, report = smoke_run
-    assert set(report["raw"]) == set(RAW_RUNTIMES)
+    assert set(report["raw"]) == set(SMOKE_RAW_RUNTIMES)
     for shape, entry in report["raw"].items():
         assert entry["load_s"] > 0, shape
         for batch, figures in entry["batches"].items():

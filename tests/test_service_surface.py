@@ -62,7 +62,7 @@ def test_bentofiles_pin_what_pyproject_pins():
     [
         ("CLASSIFY_BATCHING", "sometimes", "CLASSIFY_BATCHING='sometimes': Input should be"),
         ("CLASSIFY_RUNTIME", "tflite", "CLASSIFY_RUNTIME='tflite': Input should be"),
-        ("CLASSIFY_BATCH_STREAMS", "3", "CLASSIFY_BATCH_STREAMS='3': Input should be less"),
+        ("CLASSIFY_BATCH_STREAMS", "9", "CLASSIFY_BATCH_STREAMS='9': Input should be less"),
         ("CLASSIFY_MAX_BATCH_SIZE", "1", "CLASSIFY_MAX_BATCH_SIZE='1': Input should be greater"),
         ("MAX_UPLOAD_BYTES", "lots", "MAX_UPLOAD_BYTES='lots': Input should be a valid integer"),
     ],
