@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import tempfile
+import threading
+import time
 import unicodedata
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -135,6 +138,52 @@ def _not_a_file() -> InvalidPath:
     return InvalidPath("the path names a special file (FIFO, socket, device), not an image")
 
 
+class ReadDeadline:
+    """Cuts a storage response's connection when the read that asked for it runs out of time.
+
+    The client's timeout bounds each socket read, not the whole download: a server that sends
+    a byte now and then would hold a reading thread for good. A response hook (requests calls
+    it before the body is read) arms a timer for the current thread's deadline; when it fires,
+    the socket is shut down, the blocked read fails, and the request answers 503.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @contextmanager
+    def within(self, seconds: float) -> Iterator[None]:
+        self._local.deadline = time.monotonic() + seconds
+        self._local.timers = []
+        try:
+            yield
+        finally:
+            for timer in self._local.timers:
+                timer.cancel()
+            self._local.deadline = None
+
+    def watch(self, response, *args: object, **kwargs: object):  # a requests response hook
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None:
+            timer = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (response,))
+            timer.daemon = True
+            timer.start()
+            self._local.timers.append(timer)
+        return response
+
+
+def _cut(response) -> None:
+    """Shut the response's connection down: a read blocked on it returns at once.
+
+    Through a duplicate of the socket's descriptor (urllib3 exposes the descriptor, not the
+    socket object): shutting a duplicate down shuts the connection down for both.
+    """
+    with suppress(OSError, ValueError):
+        if response.raw.closed:  # read to the end meanwhile: nothing to cut
+            return
+        with socket.fromfd(response.raw.fileno(), socket.AF_INET, socket.SOCK_STREAM) as dup:
+            dup.shutdown(socket.SHUT_RDWR)
+
+
 class GCSStorage:
     """One Google Cloud Storage bucket through `google-cloud-storage`."""
 
@@ -152,7 +201,10 @@ class GCSStorage:
         # Retry transient failures (5xx, 429, connection errors) with backoff, but give up
         # within the storage timeout so the request can answer 503 instead of hanging ~2 min.
         self.retry = DEFAULT_RETRY.with_timeout(timeout_s)
-        self._bucket = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT")).bucket(bucket)
+        client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+        self._deadline = ReadDeadline()
+        client._http.hooks["response"].append(self._deadline.watch)  # its requests session
+        self._bucket = client.bucket(bucket)
 
     def uri_for(self, key: str) -> str:
         return f"gs://{self.bucket_name}/{key}"
@@ -186,7 +238,7 @@ class GCSStorage:
         from google.api_core.exceptions import RequestRangeNotSatisfiable
 
         blob = self._bucket.blob(self._key_of(uri))
-        with _storage_errors():
+        with _storage_errors(), self._deadline.within(self.timeout_s):
             try:
                 data = blob.download_as_bytes(
                     start=0, end=max_bytes, timeout=self.timeout_s, retry=self.retry

@@ -1,10 +1,12 @@
 """A tiny HTTP proxy in front of the GCS emulator that records every request and can answer
-503/429 instead of forwarding: storage faults on demand, and a storage-side log of reads."""
+503/429 instead of forwarding, or drip an answer's body a byte at a time: storage faults on
+demand, and a storage-side log of reads."""
 
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -14,6 +16,8 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.failures_left = 0  # how many requests to fail before forwarding again
         self.failure_status = 503
+        self.drip_interval_s: float | None = None  # send each body byte this long apart
+        self.drips_cut = 0  # dripping answers whose client closed the connection mid-body
         self.seen: list[tuple[str, str]] = []  # (method, decoded path) of every request
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_port
@@ -22,6 +26,10 @@ class FaultProxy:
 
     def fail_next(self, count: int, status: int = 503) -> None:
         self.failures_left, self.failure_status = count, status
+
+    def drip(self, interval_s: float | None) -> None:
+        """Send answer bodies one byte every `interval_s` (None: at once again)."""
+        self.drip_interval_s = interval_s
 
     def close(self) -> None:
         self._server.shutdown()
@@ -56,8 +64,17 @@ class FaultProxy:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
                 upstream.close()
+                if proxy.drip_interval_s is None or not data:
+                    self.wfile.write(data)
+                    return
+                try:
+                    for index in range(len(data)):
+                        self.wfile.write(data[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(proxy.drip_interval_s)
+                except OSError:  # the client cut the connection
+                    proxy.drips_cut += 1
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _relay
 

@@ -218,6 +218,23 @@ def test_storage_503_and_429_are_retried_then_reported(proxied_stack, photos):
     assert upload(preprocess.url, photos["bird"]).status_code == 200  # recovered
 
 
+def test_a_dripping_storage_answer_is_cut_at_the_storage_timeout(proxied_stack, photos):
+    """Storage that sends a byte now and then (each socket read within its timeout) still
+    gets the request a 503 at STORAGE_TIMEOUT_S, and the connection is cut, not left holding
+    a reading thread."""
+    proxy, preprocess, classify_server = proxied_stack
+    path = upload(preprocess.url, photos["cat"]).json()["gcs_path"]
+    proxy.drip(0.5)
+    try:
+        started = time.monotonic()
+        _assert_unavailable(classify(classify_server.url, path))
+        assert time.monotonic() - started < STORAGE_TIMEOUT_S + 3
+        wait_until(lambda: proxy.drips_cut >= 1, 10, "the dripping connection to be cut")
+    finally:
+        proxy.drip(None)
+    assert classify(classify_server.url, path).status_code == 200
+
+
 def test_refused_paths_never_reach_storage(proxied_stack, photos):
     proxy, preprocess, classify_server = proxied_stack
     path = upload(preprocess.url, photos["cat"]).json()["gcs_path"]
