@@ -68,7 +68,10 @@ class Settings(BaseSettings):
         "preprocessed/", used_by="preprocess", description="key prefix of stored images"
     )
     storage_timeout_s: float = _setting(
-        10.0, gt=0, description="the most one storage read or write may take, retries included"
+        10.0,
+        gt=0,
+        description="the most a storage read may take in all, retries included (also each "
+        "storage call's network timeout)",
     )
     # limits
     max_upload_bytes: int = _setting(

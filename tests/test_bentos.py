@@ -26,7 +26,7 @@ def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(buil
     folder = _bento_dir(built, "classify")
     manifest = yaml.safe_load((folder / "bento.yaml").read_text())
     assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
-    assert manifest["envs"][0]["value"] == "onnxruntime"
+    assert _bento_envs(built, "classify")["CLASSIFY_RUNTIME"] == "onnxruntime"
     requirements = _requirements(folder)
     assert requirements["onnxruntime"] == "1.32.0"
     assert requirements["bentoml"] == "1.4.40"
@@ -40,7 +40,7 @@ def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(buil
 def test_tensorflow_variant_carries_tensorflow(built):
     folder = _bento_dir(built, "tensorflow")
     manifest = yaml.safe_load((folder / "bento.yaml").read_text())
-    assert manifest["envs"][0]["value"] == "tensorflow"
+    assert _bento_envs(built, "tensorflow")["CLASSIFY_RUNTIME"] == "tensorflow"
     assert _requirements(folder)["tensorflow-cpu"] == "2.21.0"
     assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
 
@@ -48,7 +48,7 @@ def test_tensorflow_variant_carries_tensorflow(built):
 def test_openvino_variant_carries_openvino_but_no_tensorflow(built):
     folder = _bento_dir(built, "openvino")
     manifest = yaml.safe_load((folder / "bento.yaml").read_text())
-    assert manifest["envs"][0]["value"] == "openvino-int8"
+    assert _bento_envs(built, "openvino")["CLASSIFY_RUNTIME"] == "openvino-int8"
     requirements = _requirements(folder)
     assert requirements["openvino"] == "2026.4.1"
     assert not any(name.startswith(("tensorflow", "onnxruntime")) for name in requirements)
