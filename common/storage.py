@@ -143,32 +143,53 @@ class ReadDeadline:
 
     The client's timeout bounds each socket read, not the whole download: a server that sends
     a byte now and then would hold a reading thread for good. A response hook (requests calls
-    it before the body is read) arms a timer for the current thread's deadline; when it fires,
-    the socket is shut down, the blocked read fails, and the request answers 503.
+    it before the body is read) registers the response with the current thread's deadline; one
+    watchdog thread per process cuts what is overdue (the socket is shut down, the blocked
+    read fails, and the request answers 503), so a read starts no thread of its own.
     """
+
+    TICK_S = 0.1  # how late past its deadline a cut may come
 
     def __init__(self) -> None:
         self._local = threading.local()
+        self._watched: dict[int, tuple[float, object]] = {}  # id(response) -> (deadline, it)
+        self._lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
 
     @contextmanager
     def within(self, seconds: float) -> Iterator[None]:
         self._local.deadline = time.monotonic() + seconds
-        self._local.timers = []
+        self._local.watched = []
         try:
             yield
         finally:
-            for timer in self._local.timers:
-                timer.cancel()
+            with self._lock:
+                for key in self._local.watched:
+                    self._watched.pop(key, None)
             self._local.deadline = None
 
     def watch(self, response, *args: object, **kwargs: object):  # a requests response hook
         deadline = getattr(self._local, "deadline", None)
         if deadline is not None:
-            timer = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (response,))
-            timer.daemon = True
-            timer.start()
-            self._local.timers.append(timer)
+            with self._lock:
+                self._watched[id(response)] = (deadline, response)
+                if self._watchdog is None:
+                    self._watchdog = threading.Thread(
+                        target=self._cut_overdue, name="storage-deadline", daemon=True
+                    )
+                    self._watchdog.start()
+            self._local.watched.append(id(response))
         return response
+
+    def _cut_overdue(self) -> None:
+        while True:
+            time.sleep(self.TICK_S)
+            now = time.monotonic()
+            with self._lock:
+                overdue = [key for key, (deadline, _) in self._watched.items() if deadline <= now]
+                responses = [self._watched.pop(key)[1] for key in overdue]
+            for response in responses:
+                _cut(response)
 
 
 def _cut(response) -> None:
