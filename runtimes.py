@@ -1,8 +1,8 @@
 """Model runtimes for classify: one interface, uint8 images in, softmax out.
 
-The model is defined and imported with Keras; the import also stores an ONNX export in the
-same BentoML model. Each runtime imports its library lazily, so a Bento that serves with ONNX
-Runtime does not need TensorFlow installed.
+The model is defined and imported with Keras (scripts/import_model.py), which stores one BentoML
+model per runtime family with only the files that family loads. Each runtime imports its library
+lazily, so a Bento that serves with ONNX Runtime does not need TensorFlow installed.
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ REDUCED_PRECISION_RUNTIMES = (RuntimeName.openvino_int8.value, RuntimeName.openv
 ALL_RUNTIMES = tuple(name.value for name in RuntimeName)
 RUNTIMES = tuple(name for name in ALL_RUNTIMES if name not in REDUCED_PRECISION_RUNTIMES)
 OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
+# The stored model each runtime family loads, by family (scripts/import_model.py writes them).
+STORED_MODELS = {
+    "keras": "mobilenet_v2_keras",
+    "onnx": "mobilenet_v2_onnx",
+    "openvino": "mobilenet_v2_openvino",
+}
 # the fastest accepted FP32 runtime (benchmarks/results.md)
 DEFAULT_RUNTIME = Settings.model_fields["classify_runtime"].default.value
 
@@ -178,6 +184,26 @@ def scale_pixels_tf(pixels):  # a tf.Tensor in and out
     import tensorflow as tf
 
     return tf.cast(pixels, tf.float32) / 127.5 - 1.0
+
+
+def stored_model(runtime: str) -> str:
+    """The tag of the stored model `runtime` loads by default (its family's latest import)."""
+    if runtime == "tensorflow":
+        family = "keras"
+    elif runtime == "onnxruntime":
+        family = "onnx"
+    elif runtime in OPENVINO_PRECISIONS:
+        family = "openvino"
+    else:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(ALL_RUNTIMES)}")
+    return f"{STORED_MODELS[family]}:latest"
+
+
+def stored_model_dir(runtime: str) -> Path:
+    """The folder of the stored model `runtime` loads, in the BentoML store (BENTOML_HOME)."""
+    import bentoml
+
+    return Path(bentoml.models.get(stored_model(runtime)).path)
 
 
 def load_runtime(name: str, model_dir: Path, threads: int | None = None) -> Runtime:

@@ -33,7 +33,7 @@ from common.schemas import ClassifyRequest, ClassifyResponse, ModelInput, ModelO
 from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from common.threads import name_this_thread, name_thread, thread_ids
-from runtimes import class_names, load_runtime
+from runtimes import class_names, load_runtime, stored_model
 
 # Read and validated once, at import: a bad value stops the service before it serves.
 SETTINGS = settings()
@@ -72,19 +72,22 @@ def _named_pool(threads: int, name: str) -> ThreadPoolExecutor:
     **observability_config(SETTINGS),
 )
 class Classify:
-    model_ref = bentoml.models.BentoModel(SETTINGS.classify_model)
-
     def __init__(self) -> None:
         """Load the model on the configured runtime and run it once (trace, allocate)."""
         release_large_buffers_promptly()
         set_pixel_limit(SETTINGS.max_image_pixels)
         self.storage = storage_from_settings(SETTINGS)
         self.decode_budget = SETTINGS.decode_budget()
-        self.model_name = str(self.model_ref.tag)
-        self.labels = class_names(Path(self.model_ref.path))
+        # Looked up here, not declared on the class: a declared model would be packed into
+        # every Bento; each bentofile packs only the model its runtime loads.
+        model = bentoml.models.get(
+            SETTINGS.classify_model or stored_model(SETTINGS.classify_runtime)
+        )
+        self.model_name = str(model.tag)
+        self.labels = class_names(Path(model.path))
         threads_before = thread_ids()
         self.runtime = load_runtime(
-            SETTINGS.classify_runtime, Path(self.model_ref.path), SETTINGS.model_threads
+            SETTINGS.classify_runtime, Path(model.path), SETTINGS.model_threads
         )
         self.runtime.predict(np.zeros((1, MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
         for tid in thread_ids() - threads_before:  # the runtime's own pools (intra-op etc.)

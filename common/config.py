@@ -98,8 +98,11 @@ class Settings(BaseSettings):
         ResizeMode.resize, description="default preprocessing mode: `resize` or `center-crop`"
     )
     # classify
-    classify_model: str = _setting(
-        "mobilenet_v2:latest", used_by="classify", description="model tag in the BentoML store"
+    classify_model: str | None = _setting(
+        None,
+        used_by="classify",
+        description="model tag in the BentoML store; unset: the import's model for the runtime "
+        "(`mobilenet_v2_onnx:latest` for ONNX Runtime)",
     )
     classify_runtime: Runtime = _setting(
         Runtime.onnxruntime,

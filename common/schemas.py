@@ -91,7 +91,7 @@ class ClassifyResponse(BaseModel):
                     {"label": "Labrador retriever", "index": 208, "confidence": 0.93},
                     {"label": "golden retriever", "index": 207, "confidence": 0.03},
                 ],
-                "model": "mobilenet_v2:abc123",
+                "model": "mobilenet_v2_onnx:abc123",
                 "runtime": "onnxruntime",
             }
         },

@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/benchmark.py            # full run, ~25 minutes on 2 cores
     .venv/bin/python scripts/benchmark.py --quick    # fewer requests, ~8 minutes
-    .venv/bin/python scripts/benchmark.py --smoke --out /tmp/bench  # does it all run? ~4 min
+    .venv/bin/python scripts/benchmark.py --smoke --out /tmp/bench  # does it all run? ~3 min
 
 Everything runs side by side in one run, on 127.0.0.1 only, bounded in requests and time:
 1. raw model per runtime, in-process, batch 1/2/4/8/16/32 (the ceiling);
@@ -129,6 +129,9 @@ class Scale:
     raw_shapes: tuple[str, ...] = RAW_RUNTIMES
     # the smoke run takes its one round from the sweep instead of starting every server again
     rounds_from_sweep: bool = False
+    # the smoke run serves only the configs the targets compare (every code path is among them)
+    compared_only: bool = False
+    views_per_photo: int = 100  # of the labelled held-out sample (reduced-precision accuracy)
 
 
 SCALES = {
@@ -136,7 +139,7 @@ SCALES = {
     "quick": Scale("quick", 1.0, 2, CONCURRENCY, 40, 10, 3, 48),
     # every step once with a handful of requests: checks the benchmark runs (the test suite
     # does), its figures mean nothing
-    "smoke": Scale("smoke", 0.2, 1, (1, 32), 4, 1, 1, 8, SMOKE_RAW_RUNTIMES, True),
+    "smoke": Scale("smoke", 0.2, 1, (1, 32), 4, 1, 1, 8, SMOKE_RAW_RUNTIMES, True, True, 10),
 }
 
 
@@ -215,9 +218,9 @@ def raw_benchmark(
     load-adaptive threading as the service runs it (OpenVINO: one single-threaded stream per
     core, so side-by-side calls run on separate cores).
     """
-    from runtimes import load_runtime
+    from runtimes import load_runtime, stored_model_dir
 
-    model_dir = stored_model_dir()
+    model_dir = stored_model_dir(runtime_name)
     started = time.perf_counter()
     fixed = os.cpu_count() if threads is None else threads or None
     runtime = load_runtime(runtime_name, model_dir, fixed)
@@ -282,12 +285,6 @@ def private_bentoml_home(home: Path, shared: Path | None = None) -> Path:
         if not (home / store).exists():
             (home / store).symlink_to(shared / store)
     return home
-
-
-def stored_model_dir() -> Path:
-    import bentoml
-
-    return Path(bentoml.models.get("mobilenet_v2:latest").path)
 
 
 def decode_cost_ms(paths: list[str]) -> float:
@@ -702,26 +699,27 @@ def raw_subprocess(shape: str, seconds: float, batch_sizes: tuple[int, ...] = BA
     return json.loads(out.strip().splitlines()[-1])
 
 
-def reduced_precision_accuracy(runtime_names: tuple[str, ...]) -> dict[str, dict]:
+def reduced_precision_accuracy(
+    runtime_names: tuple[str, ...], views_per_photo: int = 100
+) -> dict[str, dict]:
     """Top-1 accuracy of each reduced-precision runtime and of FP32 on the labelled held-out views.
 
     FP32 is ONNX Runtime, which tests/test_runtimes.py holds within 1e-4 of Keras.
     """
-    from runtimes import class_names, load_runtime
+    from runtimes import class_names, load_runtime, stored_model_dir
 
-    model_dir = stored_model_dir()
-    names = class_names(model_dir)
-    views, labels = labelled_views(ASSETS / "images")
+    names = class_names(stored_model_dir("onnxruntime"))
+    views, labels = labelled_views(ASSETS / "images", views_per_photo)
 
     def predict(runtime) -> np.ndarray:
         return np.concatenate(
             [runtime.predict(views[i : i + 32]) for i in range(0, len(views), 32)]
         )
 
-    fp32 = predict(load_runtime("onnxruntime", model_dir))
+    fp32 = predict(load_runtime("onnxruntime", stored_model_dir("onnxruntime")))
     accuracy = {}
     for name in runtime_names:
-        runtime = load_runtime(name, model_dir)
+        runtime = load_runtime(name, stored_model_dir(name))
         reduced = predict(runtime)
         accuracy[name] = {
             "runtime": name,
@@ -798,7 +796,9 @@ def main() -> int:
         print(json.dumps(measured))
         return 0
     scale = SCALES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    from benchmark_report import COMPARED
 
+    configs = [c for c in CONFIGS if c.name in COMPARED or not scale.compared_only]
     report: dict = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -816,7 +816,7 @@ def main() -> int:
         paths = prepare_images(storage_dir)
         report["decode_cpu_ms"] = decode_cost_ms(paths)
         print("served /classify", flush=True)
-        report["served"] = [served_benchmark(c, paths, storage_dir, scale) for c in CONFIGS]
+        report["served"] = [served_benchmark(c, paths, storage_dir, scale) for c in configs]
         print("the compared configs again, in interleaved rounds at c=32", flush=True)
         ceilings = round_ceilings(report["raw"])
         report["target_rounds"] = target_rounds(
@@ -829,7 +829,9 @@ def main() -> int:
         print("raw model again (the ceiling is the best of both passes)", flush=True)
         raw_pass(report["raw"], scale)
     print("reduced precision: top-1 on the labelled held-out sample", flush=True)
-    report["reduced_precision"] = reduced_precision_accuracy(REDUCED_PRECISION_RUNTIMES)
+    report["reduced_precision"] = reduced_precision_accuracy(
+        REDUCED_PRECISION_RUNTIMES, scale.views_per_photo
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Import Keras MobileNetV2 (ImageNet) into the BentoML model store, with its class names.
+"""Import Keras MobileNetV2 (ImageNet) into the BentoML model store, one model per runtime.
 
 Weights come from Keras' own `weights="imagenet"` download, or from a local HDF5/Keras
-weights file (`--weights PATH`). The stored model holds the Keras model, an ONNX export of it
-(uint8 pixels in, softmax out, scaling included) for ONNX Runtime and OpenVINO, an INT8
-quantization of that export for the opt-in INT8 runtime, and the class index.
-Importing the same weights again reuses the stored model instead of piling up versions.
+weights file (`--weights PATH`). Each runtime family gets a stored model with only the files
+it loads, so that each Bento (and container image) carries no model file it never reads:
+`mobilenet_v2_keras` (the Keras model, for TensorFlow), `mobilenet_v2_onnx` (an ONNX export:
+uint8 pixels in, softmax out, scaling included, for ONNX Runtime) and `mobilenet_v2_openvino`
+(the same export plus its INT8 quantization, for OpenVINO). Each holds the class index too.
+Importing the same weights again reuses the stored models instead of piling up versions.
 
     python scripts/import_model.py                      # Keras downloads the weights
     python scripts/import_model.py --weights ../shared/models/mobilenet_v2_imagenet.h5
@@ -18,12 +20,24 @@ import hashlib
 import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from quantize_int8 import quantize_int8
 
-MODEL_NAME = "mobilenet_v2"
-LAYOUT = 3  # bump when the stored files change, so older imports are not reused
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from runtimes import (
+    CLASS_INDEX_FILE,
+    INT8_FILE,
+    KERAS_FILE,
+    ONNX_FILE,
+    STORED_MODELS,
+)
+
+LAYOUT = 4  # bump when the stored files change, so older imports are not reused
+# The files each stored model holds (besides the class index).
+INT8_FILES = (INT8_FILE, INT8_FILE.replace(".xml", ".bin"))
+FILES = {"keras": (KERAS_FILE,), "onnx": (ONNX_FILE,), "openvino": (ONNX_FILE, *INT8_FILES)}
 CLASS_INDEX_URL = (
     "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
 )
@@ -65,7 +79,6 @@ def export_onnx(model, path: Path) -> None:  # model: a keras.Model
     import tensorflow as tf
     import tf2onnx
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from runtimes import scale_pixels_tf
 
     signature = (tf.TensorSpec((None, 224, 224, 3), tf.uint8, name="pixels"),)
@@ -94,16 +107,18 @@ def find_existing(name: str, weights_id: str) -> str | None:
     return None
 
 
-def import_model(name: str, weights: Path | None, class_index: Path | None) -> str:
+def import_model(weights: Path | None, class_index: Path | None) -> list[str]:
+    """Store the three models (or find them stored already); answers their tags."""
     import bentoml
     import keras
 
     weights_id = (
         f"sha256:{sha256_of(weights)}" if weights else f"keras-imagenet:{keras.__version__}"
     )
-    if existing := find_existing(name, weights_id):
-        print(f"{existing} already holds these weights ({weights_id}); nothing to do")
-        return existing
+    existing = {family: find_existing(name, weights_id) for family, name in STORED_MODELS.items()}
+    if all(existing.values()):
+        print(f"{', '.join(existing.values())} already hold these weights; nothing to do")
+        return list(existing.values())
 
     index_path = class_index_file(class_index)
     check_class_index(index_path)
@@ -113,42 +128,48 @@ def import_model(name: str, weights: Path | None, class_index: Path | None) -> s
         include_top=True,
         classes=1000,
     )
-    with bentoml.models.create(
-        name,
-        labels={"framework": "keras", "dataset": "imagenet", "architecture": "mobilenet_v2"},
-        metadata={
-            "weights_id": weights_id,
-            "layout": LAYOUT,
-            "weights_source": str(weights) if weights else "keras weights='imagenet'",
-            "keras_version": keras.__version__,
-            "input": "uint8 RGB 224x224, scaled to [-1, 1] (mobilenet_v2.preprocess_input)",
-            "parameters": model.count_params(),
-            "files": "model.keras, model.onnx (opset 17), model-int8.xml/.bin (OpenVINO), "
-            "imagenet_class_index.json",
-        },
-    ) as stored:
-        model.save(stored.path_of("model.keras"))
-        onnx_path = Path(stored.path_of("model.onnx"))
-        export_onnx(model, onnx_path)
+    metadata = {
+        "weights_id": weights_id,
+        "layout": LAYOUT,
+        "weights_source": str(weights) if weights else "keras weights='imagenet'",
+        "keras_version": keras.__version__,
+        "input": "uint8 RGB 224x224, scaled to [-1, 1] (mobilenet_v2.preprocess_input)",
+        "parameters": model.count_params(),
+    }
+    tags = []
+    with tempfile.TemporaryDirectory(prefix="mobilenet-v2-") as scratch:
+        files = Path(scratch)
+        model.save(files / KERAS_FILE)
+        export_onnx(model, files / ONNX_FILE)
         print("quantizing to INT8 (calibration statistics) ...", flush=True)
-        stored.info.metadata.update(
-            quantize_int8(onnx_path, Path(stored.path_of("model-int8.xml")))
-        )
-        shutil.copyfile(index_path, stored.path_of("imagenet_class_index.json"))
-    print(f"imported {stored.tag} from {weights_id}")
-    return str(stored.tag)
+        int8_metadata = quantize_int8(files / ONNX_FILE, files / INT8_FILE)
+        shutil.copyfile(index_path, files / CLASS_INDEX_FILE)
+        for family, name in STORED_MODELS.items():
+            if existing[family]:
+                tags.append(existing[family])
+                continue
+            extra = int8_metadata if family == "openvino" else {}
+            with bentoml.models.create(
+                name,
+                labels={"framework": family, "dataset": "imagenet", "architecture": "mobilenet_v2"},
+                metadata={**metadata, **extra, "files": ", ".join(FILES[family])},
+            ) as stored:
+                for file in (*FILES[family], CLASS_INDEX_FILE):
+                    shutil.copyfile(files / file, stored.path_of(file))
+            print(f"imported {stored.tag} from {weights_id}")
+            tags.append(str(stored.tag))
+    return tags
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="local MobileNetV2 weights file (.h5)")
     parser.add_argument("--class-index", type=Path, help="local imagenet_class_index.json")
-    parser.add_argument("--name", default=MODEL_NAME, help="model name in the BentoML store")
     args = parser.parse_args(argv)
     for path in (args.weights, args.class_index):
         if path is not None and not path.is_file():
             parser.error(f"{path} is not a file")
-    import_model(args.name, args.weights, args.class_index)
+    import_model(args.weights, args.class_index)
     return 0
 
 

@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
+import decode_agreement as decode_agreement_module  # noqa: E402
 import pillow_heif  # noqa: E402
 from benchmark import (  # noqa: E402
     ASSETS,
@@ -55,6 +56,8 @@ from benchmark import (  # noqa: E402
     private_bentoml_home,
     tree_cpu_s,
 )
+
+from common.storage import LocalStorage  # noqa: E402
 
 pillow_heif.register_heif_opener()
 
@@ -85,11 +88,12 @@ class Scale:
     limit_s: float  # per level
     rounds: int  # target rounds
     round_uploads: int  # per /preprocess-alone measurement in a round
+    agreement_images: int | None  # of the labelled sample, per mode (None: all of it)
 
 
 SCALES = {
-    "full": Scale((1, 4, 16, 32), 5, 12, 40.0, 3, 96),
-    "smoke": Scale((4,), 1, 2, 10.0, 1, 8),
+    "full": Scale((1, 4, 16, 32), 5, 12, 40.0, 3, 96, None),
+    "smoke": Scale((4,), 1, 2, 10.0, 1, 8, 8),
 }
 
 
@@ -346,6 +350,22 @@ def target_rounds(stacks: list[Stack], sizes: dict[str, list[bytes]], scale: Sca
     return rounds
 
 
+def decode_agreement(ours: Stack, tmp: Path, scale: Scale) -> dict[str, dict]:
+    """Reduced-scale decoding against a full decode, through ours, in each mode."""
+    if not (decode_agreement_module.IMAGENET / "labels.csv").is_file():
+        print("no labelled ImageNet sample: decode agreement not measured", flush=True)
+        return {}
+    sample = decode_agreement_module.imagenet_sample(scale.agreement_images)
+    storage = LocalStorage(tmp / "storage-ours")
+    measured = {}
+    for mode in ("resize", "center-crop"):
+        print(f"decode agreement, {mode}: {len(sample)} labelled images upscaled 4x", flush=True)
+        measured[mode] = decode_agreement_module.measure(
+            ours.preprocess.url, ours.classify.url, storage, mode, sample
+        )
+    return measured
+
+
 def run(scale: Scale, tmp: Path) -> dict:
     sizes = {name: photo_variants(mp) for name, mp in SIZES.items()}
     heic = photo_variants(12.0, "HEIF", 2 if scale is SCALES["smoke"] else 4)
@@ -364,6 +384,7 @@ def run(scale: Scale, tmp: Path) -> dict:
         sweep(stacks, sizes | {"12 MP HEIC": heic}, scale)
         print(f"target rounds at concurrency {TARGET_CONCURRENCY}", flush=True)
         report["rounds"] = target_rounds(stacks, sizes, scale)
+        report["decode_agreement"] = decode_agreement(stacks[0], tmp, scale)
     finally:
         for stack in stacks:
             stack.stop()

@@ -26,6 +26,10 @@ TARGETS = (
 )
 
 
+AGREEMENT_GOAL = 0.98  # reduced-scale decoding: top-1 agreement with a full decode
+ACCURACY_DROP_GOAL = 0.5  # and top-1 accuracy lower by at most this many points
+
+
 def round_value(measured: dict, source: str, stack: str, kind: str) -> float:
     if source == "preprocess":
         return measured["preprocess"][stack][kind]["uploads_per_s"]
@@ -74,6 +78,20 @@ def target_rows(report: dict) -> list[str]:
     )
     met = "yes" if errors == 0 else "no"
     rows.append(f"| errors, ours, up to c=32 (sweep) | {errors} | | 0 | {met} |")
+    for mode, m in report.get("decode_agreement", {}).items():
+        what = f"reduced-scale decoding, {mode}, {m['images']} labelled images upscaled 4x"
+        met = "yes" if m["agreement"] >= AGREEMENT_GOAL else "no"
+        rows.append(
+            f"| {what}: top-1 agreement with a full decode | {m['agreement']:.1%} | "
+            f"| >= {AGREEMENT_GOAL:.0%} | {met} |"
+        )
+        drop = m["accuracy_drop_points"]
+        met = "yes" if drop <= ACCURACY_DROP_GOAL else "no"
+        rows.append(
+            f"| {what}: top-1 accuracy, served {m['served_top1']:.1%} against full decode "
+            f"{m['full_decode_top1']:.1%} | {drop:+.2f} points lower | "
+            f"| <= {ACCURACY_DROP_GOAL} points lower | {met} |"
+        )
     return rows
 
 

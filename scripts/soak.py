@@ -128,11 +128,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    import bentoml
+    from runtimes import DEFAULT_RUNTIME, load_runtime, stored_model_dir
 
-    from runtimes import DEFAULT_RUNTIME, load_runtime
-
-    runtime = load_runtime(DEFAULT_RUNTIME, Path(bentoml.models.get("mobilenet_v2:latest").path), 1)
+    runtime = load_runtime(DEFAULT_RUNTIME, stored_model_dir(DEFAULT_RUNTIME), 1)
     with tempfile.TemporaryDirectory(prefix="soak-") as storage:
         env = {**os.environ, "STORAGE_DIR": storage, "TF_CPP_MIN_LOG_LEVEL": "3"}
         pre_process, pre = start("preprocess.service:Preprocess", env)

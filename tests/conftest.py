@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from filelock import FileLock
 
 from common.config import Settings
 from common.storage import GCSStorage, LocalStorage, Storage
@@ -130,12 +131,30 @@ def model_assets() -> Path:
 
 
 @pytest.fixture(scope="session")
-def bentoml_home(tmp_path_factory: pytest.TempPathFactory, model_assets: Path) -> Path:
-    """A private BentoML store holding MobileNetV2 imported from the real offline weights."""
-    home = tmp_path_factory.mktemp("bentoml-home")
+def bentoml_home(
+    tmp_path_factory: pytest.TempPathFactory, model_assets: Path, worker_id: str
+) -> Path:
+    """A private BentoML store holding MobileNetV2 imported from the real offline weights.
+
+    With pytest-xdist the workers share one store: the first imports, the others wait for it
+    (a lock in the session's temporary folder, which all workers of one run share)."""
+    if worker_id == "master":  # not distributed
+        home = tmp_path_factory.mktemp("bentoml-home")
+        _import_model(home, model_assets)
+        return home
+    shared = tmp_path_factory.getbasetemp().parent
+    home = shared / "bentoml-home"
+    with FileLock(shared / "bentoml-home.lock"):
+        if not (home / ".imported").exists():
+            home.mkdir(exist_ok=True)
+            _import_model(home, model_assets)
+            (home / ".imported").touch()
+    return home
+
+
+def _import_model(home: Path, model_assets: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(home), "MODEL_ASSETS": str(model_assets)}
     subprocess.run([str(REPO / "scripts" / "ensure-model")], env=env, check=True, cwd=REPO)
-    return home
 
 
 @pytest.fixture(scope="session")
@@ -260,5 +279,5 @@ def built(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         )
     )
     exported = sorted(path.name for path in export_dir.iterdir())
-    assert exported == sorted(f"{tag.replace(':', '-')}.bento" for tag in tags.values())
+    assert exported == sorted(f"{tag.replace(':', '-')}.tar.gz" for tag in tags.values())
     return {**tags, "home": str(bentoml_home)}

@@ -22,10 +22,20 @@ def _requirements(folder: Path) -> dict[str, str]:
     return dict(line.split("==", 1) for line in lines if "==" in line)
 
 
+def _packed_model(folder: Path) -> tuple[str, set[str]]:
+    """The one model a Bento packs: its name, and the files it holds (BentoML's own aside)."""
+    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
+    ((name, version),) = [model["tag"].split(":") for model in manifest["models"]]
+    files = {path.name for path in (folder / "models" / name / version).iterdir()}
+    return name, files - {"model.yaml"}
+
+
+CLASS_INDEX = "imagenet_class_index.json"
+
+
 def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(built):
     folder = _bento_dir(built, "classify")
-    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
-    assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
+    assert _packed_model(folder) == ("mobilenet_v2_onnx", {"model.onnx", CLASS_INDEX})
     assert _bento_envs(built, "classify")["CLASSIFY_RUNTIME"] == "onnxruntime"
     requirements = _requirements(folder)
     assert requirements["onnxruntime"] == "1.32.0"
@@ -39,20 +49,19 @@ def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(buil
 
 def test_tensorflow_variant_carries_tensorflow(built):
     folder = _bento_dir(built, "tensorflow")
-    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
     assert _bento_envs(built, "tensorflow")["CLASSIFY_RUNTIME"] == "tensorflow"
     assert _requirements(folder)["tensorflow-cpu"] == "2.21.0"
-    assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
+    assert _packed_model(folder) == ("mobilenet_v2_keras", {"model.keras", CLASS_INDEX})
 
 
 def test_openvino_variant_carries_openvino_but_no_tensorflow(built):
     folder = _bento_dir(built, "openvino")
-    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
     assert _bento_envs(built, "openvino")["CLASSIFY_RUNTIME"] == "openvino-int8"
     requirements = _requirements(folder)
     assert requirements["openvino"] == "2026.4.1"
     assert not any(name.startswith(("tensorflow", "onnxruntime")) for name in requirements)
-    assert [model["tag"].split(":")[0] for model in manifest["models"]] == ["mobilenet_v2"]
+    files = {"model.onnx", "model-int8.xml", "model-int8.bin", CLASS_INDEX}
+    assert _packed_model(folder) == ("mobilenet_v2_openvino", files)
 
 
 def test_preprocess_bento_has_shared_code_but_no_tensorflow(built):

@@ -23,6 +23,7 @@ import yaml
 from conftest import BENTOML, REPO, free_port, wait_until
 from helpers import EXPECTED_LABELS, classify, encode, upload
 from PIL import Image
+from sizing import record
 
 TOOLS = ("podman", "buildah", "debootstrap", "runc")
 MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -51,6 +52,14 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
+BENTOFILES = {
+    "classify": "bentofile.yaml",
+    "preprocess": "preprocess/bentofile.yaml",
+    "classify-openvino": "bentofile.openvino.yaml",
+    "classify-tensorflow": "bentofile.tensorflow.yaml",
+}
+
+
 @pytest.fixture(scope="module")
 def images(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     """The Bentos built on the local base and containerized with buildah."""
@@ -59,11 +68,7 @@ def images(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     base_bytes = json.loads(podman("image", "inspect", BASE_IMAGE).stdout)[0]["Size"]
     tmp = tmp_path_factory.mktemp("bentofiles")
     built = {}
-    for name, bentofile in (
-        ("classify", "bentofile.yaml"),
-        ("preprocess", "preprocess/bentofile.yaml"),
-        ("classify-openvino", "bentofile.openvino.yaml"),
-    ):
+    for name, bentofile in BENTOFILES.items():
         config = yaml.safe_load((REPO / bentofile).read_text())
         config["docker"]["base_image"] = BASE_IMAGE  # test-only substitution
         test_bentofile = tmp / f"{name}.yaml"
@@ -100,18 +105,37 @@ def images(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
             "base_mb": round(base_bytes / 1e6),
             "user": inspect["Config"].get("User", ""),
         }
+        record("images", name, **{k: built[name][k] for k in ("size_mb", "added_mb", "base_mb")})
     return built
 
 
-# What each image may add on top of its base, in MB: the measured size plus a little, so that a
-# heavier image fails here (measured and explained in docs/deploy.md, "Containers").
-MOST_ADDED_MB = {"classify": 430, "preprocess": 310, "classify-openvino": 540}
+# What each image may add on top of its base, in MB (the targets; measured figures and what
+# each image carries: docs/deploy.md, "Containers").
+MOST_ADDED_MB = {
+    "classify": 400,
+    "preprocess": 300,
+    "classify-openvino": 500,
+    # TensorFlow's own wheel carries 287 MB of C++ headers and pulls in libclang (62 MB), neither
+    # used at run time; BentoML's template installs them in one layer that a later step cannot
+    # shrink (docs/deploy.md, "Containers"), so this image stays above the 1.6 GB target
+    "classify-tensorflow": 1800,
+}
 # Build tools and package caches no runtime image may carry.
 BUILD_TOOLS = ("gcc", "cc", "git", "make")
 CACHES = ("/root/.cache", "/home/bentoml/.cache", "/var/cache/apt/archives", "/var/lib/apt/lists")
 # Cold start, `podman run` to the first correct answer: the targets are 3 s (classify) and 2 s
 # (preprocess) on 2 cores, reported by the test; it fails only far beyond them (a busy CI host).
-COLD_START_CEILING_S = {"classify": 9.0, "preprocess": 6.0}
+COLD_START_CEILING_S = {
+    "classify": 9.0,
+    "preprocess": 6.0,
+    "classify-openvino": 12.0,
+    "classify-tensorflow": 30.0,
+}
+RUNTIMES = {
+    "classify": "onnxruntime",
+    "classify-openvino": "openvino-int8",
+    "classify-tensorflow": "tensorflow",
+}
 
 
 class Container:
@@ -170,6 +194,30 @@ def test_images_carry_no_build_tools_or_package_caches(images):
         assert found.stdout.split() == [], f"{name} carries {found.stdout.split()}"
 
 
+# The model files each image carries: only what its runtime loads (and the class index).
+MODEL_FILES = {
+    "classify": {"model.onnx"},
+    "classify-openvino": {"model.onnx", "model-int8.xml", "model-int8.bin"},
+    "classify-tensorflow": {"model.keras"},
+    "preprocess": set(),
+}
+
+
+def test_images_carry_only_the_model_files_their_runtime_loads(images):
+    for name, built in images.items():
+        listing = podman(
+            "run",
+            "--rm",
+            "--entrypoint",
+            "sh",
+            built["image"],
+            "-c",
+            'find "$BENTO_PATH/models" -type f ! -name model.yaml -printf "%f\\n" 2>/dev/null; :',
+        )
+        files = set(listing.stdout.split()) - {"imagenet_class_index.json"}
+        assert files == MODEL_FILES[name], name
+
+
 def test_images_add_at_most_their_budget_to_the_base(images):
     report = {
         name: {k: built[k] for k in ("size_mb", "added_mb", "base_mb")}
@@ -180,23 +228,34 @@ def test_images_add_at_most_their_budget_to_the_base(images):
         assert images[name]["added_mb"] <= most, f"{name}: {report[name]}"
 
 
-def test_cold_start_to_the_first_answer(images, photos, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    data.chmod(0o777)
-    photo = photos["parrot"]
-    preprocess_s, stored = first_answer_s(
-        images["preprocess"]["image"], data, lambda url: upload(url, photo)
+@pytest.fixture(scope="module")
+def stored_photo(images, photos, tmp_path_factory) -> tuple[Path, str, float]:
+    """The preprocess image's cold start: `podman run` to a stored photo (the folder, the path)."""
+    data = tmp_path_factory.mktemp("cold-start")
+    data.chmod(0o777)  # the containers' non-root user writes here
+    seconds, stored = first_answer_s(
+        images["preprocess"]["image"], data, lambda url: upload(url, photos["parrot"])
     )
-    path = stored.json()["gcs_path"]
-    classify_s, answer = first_answer_s(
-        images["classify"]["image"], data, lambda url: classify(url, path)
-    )
+    assert stored.status_code == 200, stored.text
+    return data, stored.json()["gcs_path"], seconds
+
+
+def test_preprocess_cold_start_to_the_first_answer(stored_photo):
+    seconds = stored_photo[2]
+    record("images", "preprocess", cold_start_s=seconds, first_answer="/preprocess")
+    print(json.dumps({"preprocess": {"cold_start_s": seconds}}), file=sys.stderr)
+    assert seconds <= COLD_START_CEILING_S["preprocess"]
+
+
+@pytest.mark.parametrize("name", RUNTIMES)
+def test_classify_cold_start_to_the_first_correct_answer(images, stored_photo, name):
+    data, path, _ = stored_photo
+    seconds, answer = first_answer_s(images[name]["image"], data, lambda url: classify(url, path))
     assert answer.json()["label"] == EXPECTED_LABELS["resize"]["parrot"]
-    figures = {"classify": classify_s, "preprocess": preprocess_s}
-    print(json.dumps({"cold_start_s": figures}), file=sys.stderr)
-    for name, seconds in figures.items():
-        assert seconds <= COLD_START_CEILING_S[name], figures
+    assert answer.json()["runtime"] == RUNTIMES[name]
+    record("images", name, cold_start_s=seconds, first_answer="/classify")
+    print(json.dumps({name: {"cold_start_s": seconds}}), file=sys.stderr)
+    assert seconds <= COLD_START_CEILING_S[name]
 
 
 def test_images_run_as_non_root_and_preprocess_has_no_tensorflow(images):

@@ -15,6 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from sizing import (
+    CLASSIFY_VARIANTS,
+    PROBE_PERIOD_S,
+    measured,
+    memory_mib,
+    startup_probe,
+    startup_window_s,
+)
 
 RECORDER = """#!/usr/bin/env bash
 printf '%s' "$(basename "$0")" >> "$RECORD"
@@ -189,17 +197,39 @@ def test_deploy_runs_exactly_what_its_dry_run_prints(stubs, bentoml_home):
     assert "https://classify-abc123-uc.a.run.app" in real.stdout
 
 
-@pytest.mark.parametrize(
-    ("variant", "bento", "memory"),
-    [("tensorflow", "classify-tensorflow", "3Gi"), ("openvino", "classify-openvino", "2Gi")],
-)
-def test_classify_variant_picks_the_bento_and_its_sizing(stubs, variant, bento, memory):
+@pytest.mark.parametrize("variant", CLASSIFY_VARIANTS)
+def test_each_variant_deploys_its_bento_sized_from_measurements(stubs, variant):
+    """--memory and the startup probe of both services come from benchmarks/sizing.json."""
+    bento = CLASSIFY_VARIANTS[variant]
     result = run_script({**stubs, "CLASSIFY_VARIANT": variant}, "deploy", "--dry-run")
     assert result.returncode == 0, result.stderr
     commands = printed(result.stdout)
     assert [bento + ":BUILT_TAG"] == [c[2] for c in commands if c[1:2] == ["containerize"]][:1]
-    deploy = next(c for c in commands if c[:4] == ["gcloud", "run", "deploy", "classify"])
-    assert deploy[deploy.index("--memory") + 1] == memory
+    for service, name in (("classify", bento), ("preprocess", "preprocess")):
+        deploy = next(c for c in commands if c[:4] == ["gcloud", "run", "deploy", service])
+        assert deploy[deploy.index("--memory") + 1] == f"{memory_mib(name)}Mi"
+        probe = deploy[deploy.index("--startup-probe") + 1]
+        assert probe == startup_probe(name)
+        threshold = int(probe.rsplit("failureThreshold=", 1)[1])
+        assert threshold * PROBE_PERIOD_S > measured()["images"][name]["cold_start_s"]
+
+
+def test_sizing_rule():
+    """--memory: the peak over 70%, in 256 MiB steps, at least 512 MiB; the startup window:
+    10x the cold start, at least 30 s, at most Cloud Run's 240 s."""
+    figures = {
+        "memory": {"a": {"peak_mib": 700}, "b": {"peak_mib": 100}, "c": {"peak_mib": 1400}},
+        "images": {
+            "a": {"cold_start_s": 4.1},
+            "b": {"cold_start_s": 1.0},
+            "c": {"cold_start_s": 60},
+        },
+    }
+    assert [memory_mib(name, figures) for name in "abc"] == [1024, 512, 2048]
+    assert [startup_window_s(name, figures) for name in "abc"] == [42, 30, 240]
+    assert startup_probe("a", figures).endswith(
+        "periodSeconds=2,timeoutSeconds=2,failureThreshold=21"
+    )
 
 
 def test_unknown_classify_variant_is_a_clear_error(stubs):

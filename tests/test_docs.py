@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from sizing import tables
 
 from common.config import Settings, settings_table
 
@@ -77,3 +78,8 @@ def test_every_setting_is_described():
 def test_readme_is_a_front_page():
     lines = len((REPO / "README.md").read_text().splitlines())
     assert lines <= README_MOST_LINES, f"README is {lines} lines: move depth into docs/"
+
+
+def test_sizing_tables_are_the_measurements():
+    """Regenerate with `.venv/bin/python scripts/sizing.py table` if this fails."""
+    assert between(REPO / "README.md", "sizing-table") == tables()

@@ -3,7 +3,8 @@
 The deployed concurrency of requests, each carrying the largest accepted image (40 MP, in WebP,
 the hungriest decoder, padded with XMP to the upload cap), at once: every answer is 200 or
 503 + Retry-After (the decode budget), and the server's process tree never comes near its
-Cloud Run memory limit, where the instance would be killed with every request on it.
+Cloud Run memory limit, where the instance would be killed with every request on it. The
+limits are derived from these peaks (scripts/sizing.py); `scripts/measure-sizing` records them.
 """
 
 from __future__ import annotations
@@ -14,26 +15,32 @@ import io
 import re
 import threading
 import time
+from functools import partial
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 from conftest import PHOTOS, REPO, Server, service_env
 from PIL import Image
+from sizing import MIB, memory_mib, record
 
 from common.config import Settings
 
 HEADROOM = 0.85  # of the limit: allocator slack, and what the sampler can miss between reads
-GIB = 1024**3
+# The classify images, by the runtime each serves with (its bentofile's CLASSIFY_RUNTIME).
+CLASSIFY_IMAGES = {
+    "classify": "onnxruntime",
+    "classify-openvino": "openvino-int8",
+    "classify-tensorflow": "tensorflow",
+}
 
 
-def deployed(name: str) -> tuple[int, int]:
-    """(memory in bytes, concurrency) that scripts/deploy gives a service (default variant)."""
-    script = (REPO / "scripts" / "deploy").read_text()
-    memory = re.search(rf"{name}_memory=(\d+)Gi", script)
-    concurrency = re.search(rf"{name}_concurrency=(\d+)", script)
-    assert memory and concurrency, f"no {name} sizing in scripts/deploy"
-    return int(memory.group(1)) * GIB, int(concurrency.group(1))
+def concurrency(service: str) -> int:
+    """The concurrency scripts/deploy gives a service."""
+    found = re.search(rf"{service}_concurrency=(\d+)", (REPO / "scripts" / "deploy").read_text())
+    assert found, f"no {service} concurrency in scripts/deploy"
+    return int(found.group(1))
 
 
 @pytest.fixture(scope="module")
@@ -85,51 +92,58 @@ async def _at_once(count: int, send) -> list[httpx.Response]:
         return await asyncio.gather(*(send(client) for _ in range(count)))
 
 
-def _check(responses: list[httpx.Response], peak: int, limit: int, what: str) -> None:
+def _check(responses: list[httpx.Response], peak: int, name: str) -> None:
+    """Every answer 200 or 503 + Retry-After, and the peak well inside the derived --memory."""
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {200, 503}, statuses
     assert 200 in statuses, statuses
     assert all(r.headers.get("retry-after") for r in responses if r.status_code == 503)
-    print(f"{what}: peak RSS {peak / 2**20:.0f} MiB of {limit / 2**20:.0f} MiB, {statuses}")
-    assert peak < HEADROOM * limit, f"{what} peaked at {peak / 2**20:.0f} MiB"
+    record("memory", name, peak_mib=round(peak / MIB), concurrency=len(responses))
+    limit = memory_mib(name) * MIB
+    print(f"{name}: peak RSS {peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB, {statuses}")
+    assert peak < HEADROOM * limit, f"{name} peaked at {peak / MIB:.0f} MiB"
 
 
 @pytest.fixture(scope="module")
-def servers(bentoml_home, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("memory")
-    env = service_env(bentoml_home, {"STORAGE_DIR": str(tmp / "storage")})
-    classify = Server("service:Classify", env, tmp / "classify.log").start()
-    preprocess = Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start()
-    try:
-        yield preprocess.wait_ready(), classify.wait_ready(), tmp / "storage"
-    finally:
-        classify.stop()
-        preprocess.stop()
-
-
-def test_preprocess_worst_case_fits_its_cloud_run_memory(servers, largest_image):
-    preprocess, _, _ = servers
-    limit, concurrency = deployed("preprocess")
-
-    async def send(client: httpx.AsyncClient) -> httpx.Response:
-        files = {"image": ("largest.webp", largest_image)}
-        return await client.post(f"{preprocess.url}/preprocess", files=files)
-
-    with PeakRss(preprocess.process.pid) as rss:
-        responses = asyncio.run(_at_once(concurrency, send))
-    _check(responses, rss.peak, limit, "preprocess")
-
-
-def test_classify_worst_case_fits_its_cloud_run_memory(servers, largest_image):
-    _, classify, storage = servers
-    limit, concurrency = deployed("classify")  # the default (ONNX Runtime) variant
-    stored = storage / "preprocessed" / "largest.webp"
-    stored.parent.mkdir(parents=True, exist_ok=True)
+def storage(tmp_path_factory, largest_image) -> tuple[dict[str, str], Path]:
+    """Local storage with the largest image stored, and the services' environment for it."""
+    folder = tmp_path_factory.mktemp("memory") / "storage"
+    stored = folder / "preprocessed" / "largest.webp"
+    stored.parent.mkdir(parents=True)
     stored.write_bytes(largest_image)
+    return {"STORAGE_DIR": str(folder)}, stored
 
-    async def send(client: httpx.AsyncClient) -> httpx.Response:
-        return await client.post(f"{classify.url}/classify", json={"gcs_path": stored.as_uri()})
 
-    with PeakRss(classify.process.pid) as rss:
-        responses = asyncio.run(_at_once(concurrency, send))
-    _check(responses, rss.peak, limit, "classify")
+def _worst_case(target: str, env: dict[str, str], log: Path, service: str, name: str, send):
+    """Start `target`, send the deployed concurrency of `send` at once, check the answers and
+    the process tree's peak RSS against the memory derived for `name`."""
+    server = Server(target, env, log).start().wait_ready()
+    try:
+        with PeakRss(server.process.pid) as rss:
+            responses = asyncio.run(_at_once(concurrency(service), partial(send, server.url)))
+    finally:
+        server.stop()
+    _check(responses, rss.peak, name)
+
+
+def test_preprocess_worst_case_fits_its_cloud_run_memory(
+    bentoml_home, storage, largest_image, tmp_path
+):
+    async def send(url: str, client: httpx.AsyncClient) -> httpx.Response:
+        files = {"image": ("largest.webp", largest_image)}
+        return await client.post(f"{url}/preprocess", files=files)
+
+    env = service_env(bentoml_home, storage[0])
+    log = tmp_path / "preprocess.log"
+    _worst_case("preprocess.service:Preprocess", env, log, "preprocess", "preprocess", send)
+
+
+@pytest.mark.parametrize("image", CLASSIFY_IMAGES)
+def test_classify_worst_case_fits_its_cloud_run_memory(bentoml_home, storage, image, tmp_path):
+    """Each classify image (runtime) as deployed: the largest image, stored, read at once."""
+
+    async def send(url: str, client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post(f"{url}/classify", json={"gcs_path": storage[1].as_uri()})
+
+    env = service_env(bentoml_home, storage[0], CLASSIFY_RUNTIME=CLASSIFY_IMAGES[image])
+    _worst_case("service:Classify", env, tmp_path / "classify.log", "classify", image, send)

@@ -39,7 +39,7 @@ def test_photos_get_reference_labels_and_keras_confidences(services, photos, ker
         assert result["top_k"][0]["label"] == result["label"]
         for entry in result["top_k"]:
             assert entry["confidence"] == pytest.approx(reference[entry["index"]], abs=TOLERANCE)
-        assert result["model"].startswith("mobilenet_v2:")
+        assert result["model"].startswith("mobilenet_v2_onnx:")  # what ONNX Runtime loads
         assert result["runtime"] == "onnxruntime"  # the default
 
 

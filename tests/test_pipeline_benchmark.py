@@ -59,8 +59,13 @@ def test_every_stack_sends_every_photo_kind_without_errors(smoke_run):
 
 def test_the_report_has_targets_costs_and_a_plot(smoke_run):
     out, report = smoke_run
+    assert set(report["decode_agreement"]) == {"resize", "center-crop"}
+    for measured in report["decode_agreement"].values():
+        assert measured["images"] == SCALES["smoke"].agreement_images
+        assert 0 < measured["agreement"] <= 1 and 0 < measured["served_top1"] <= 1
     text = (out / "pipeline.md").read_text()
     assert "## Targets" in text and "pipeline, 12 MP: ours / brief's design" in text
     assert report["cpu"]["model"] in text
     assert "| 12 MP HEIC |" in text and "per million" in text
+    assert "top-1 agreement with a full decode" in text
     assert (out / "pipeline_photos_per_s.png").stat().st_size > 10_000
