@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
-
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
 CERTS_TTL_S = 3600
@@ -56,6 +54,8 @@ class IdTokenVerifier:
 
     def _signing_certs(self) -> dict[str, str]:
         if not self._certs or time.monotonic() - self._fetched_at > CERTS_TTL_S:
+            import httpx  # here: only a service checking ID tokens pays for it at start
+
             response = httpx.get(self.certs_url, timeout=5)
             response.raise_for_status()
             self._certs = response.json()

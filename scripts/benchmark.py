@@ -132,6 +132,7 @@ class Scale:
     # the smoke run serves only the configs the targets compare (every code path is among them)
     compared_only: bool = False
     views_per_photo: int = 100  # of the labelled held-out sample (reduced-precision accuracy)
+    raw_batches: tuple[int, ...] = BATCH_SIZES
 
 
 SCALES = {
@@ -139,7 +140,9 @@ SCALES = {
     "quick": Scale("quick", 1.0, 2, CONCURRENCY, 40, 10, 3, 48),
     # every step once with a handful of requests: checks the benchmark runs (the test suite
     # does), its figures mean nothing
-    "smoke": Scale("smoke", 0.2, 1, (1, 32), 4, 1, 1, 8, SMOKE_RAW_RUNTIMES, True, True, 10),
+    "smoke": Scale(
+        "smoke", 0.2, 1, (1, 32), 4, 1, 1, 8, SMOKE_RAW_RUNTIMES, True, True, 10, (1, 2, 4)
+    ),
 }
 
 
@@ -663,7 +666,7 @@ def raw_pass(raw: dict, scale: Scale) -> None:
     # single-threaded ONNX Runtime calls, batched TensorFlow runs two single-threaded batch
     # streams, OpenVINO overlapping calls on its one-core streams.
     for runtime in scale.raw_shapes:
-        measured = raw_subprocess(runtime, scale.raw_seconds)
+        measured = raw_subprocess(runtime, scale.raw_seconds, scale.raw_batches)
         if runtime in raw:
             kept = raw[runtime]["batches"]
             for batch, figures in measured["batches"].items():

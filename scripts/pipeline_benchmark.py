@@ -118,7 +118,9 @@ def photo_variants(megapixels: float, fmt: str = "JPEG", count: int = VARIANTS) 
 class Stack:
     """A preprocess and a classify server, started together, sampled for peak RSS."""
 
-    def __init__(self, name: str, storage: Path, cwd: Path = REPO) -> None:
+    def __init__(
+        self, name: str, storage: Path, cwd: Path = REPO, models_home: Path | None = None
+    ) -> None:
         self.name = name
         env = {**os.environ, "STORAGE_DIR": str(storage), "TF_CPP_MIN_LOG_LEVEL": "3"}
         ports = free_port(), free_port()
@@ -135,7 +137,7 @@ class Stack:
             homes = (storage.parent / f"home-{name}-{role}" for role in ("preprocess", "classify"))
             # a BentoML home each: servers sharing one read each other's metrics
             env_pre, env_cls = (
-                {**env, "BENTOML_HOME": str(private_bentoml_home(h))} for h in homes
+                {**env, "BENTOML_HOME": str(private_bentoml_home(h, models_home))} for h in homes
             )
             self.preprocess = _serve(
                 [*serve, str(ports[0]), "preprocess.service:Preprocess"], env_pre, ports[0], cwd
@@ -308,6 +310,31 @@ def baseline_worktree(tmp: Path) -> Path | None:
     return path
 
 
+# Stores, in the BentoML home of argv[1], the model as the baseline code stored it: one
+# `mobilenet_v2` holding every runtime's files (the import now stores one model per family).
+_BASELINE_MODEL = """
+import shutil, sys
+from pathlib import Path
+import bentoml
+files = {f.name: f for folder in sys.argv[1:] for f in Path(folder).iterdir()}
+with bentoml.models.create("mobilenet_v2") as model:
+    for name, file in files.items():
+        if name != "model.yaml":
+            shutil.copyfile(file, model.path_of(name))
+"""
+
+
+def baseline_models_home(tmp: Path) -> Path:
+    """A BentoML home whose model store holds the model the baseline code loads."""
+    from runtimes import stored_model_dir
+
+    home = tmp / "baseline-models"
+    folders = [str(stored_model_dir(runtime)) for runtime in ("tensorflow", "openvino-int8")]
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    subprocess.run([sys.executable, "-c", _BASELINE_MODEL, *folders], env=env, check=True)
+    return home
+
+
 def sweep(stacks: list[Stack], kinds: dict[str, list[bytes]], scale: Scale) -> None:
     """Every photo kind at every concurrency through each stack in turn (side by side)."""
     for kind, photos in kinds.items():
@@ -379,7 +406,8 @@ def run(scale: Scale, tmp: Path) -> dict:
         for name, cwd in wanted:
             if cwd is not None:
                 print(f"starting stack: {name}", flush=True)
-                stacks.append(Stack(name, tmp / f"storage-{name}", cwd))
+                models = baseline_models_home(tmp) if name == "today" else None
+                stacks.append(Stack(name, tmp / f"storage-{name}", cwd, models))
         print("sweep: every photo kind and concurrency, stack after stack", flush=True)
         sweep(stacks, sizes | {"12 MP HEIC": heic}, scale)
         print(f"target rounds at concurrency {TARGET_CONCURRENCY}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -35,10 +36,31 @@ from benchmark import private_bentoml_home  # noqa: E402
 SLOW_FIXTURES = {"bentoml_home", "keras_reference", "keras_model"}
 
 
+# The longest modules, longest first: with pytest-xdist (`-n 2 --dist loadfile`) the workers
+# take modules in collection order, so starting with these keeps one worker from being left
+# with a long module at the end while the other idles.
+LONGEST_MODULES = (
+    "test_containers.py",
+    "test_benchmark.py",
+    "test_pipeline_benchmark.py",
+    "test_memory.py",
+    "test_soak.py",
+    "test_bentos.py",
+    "test_runtimes.py",
+    "test_batching.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: the order inside each module stays
 
 
 def free_port() -> int:
@@ -263,9 +285,25 @@ def keras_reference(model_assets: Path):
 
 
 @pytest.fixture(scope="session")
-def built(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """All four Bentos, built and exported by scripts/build into a temporary folder."""
-    export_dir = tmp_path_factory.mktemp("exported")
+def built(
+    bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> dict[str, str]:
+    """All four Bentos, built and exported by scripts/build into a temporary folder (once per
+    run: xdist workers share the result)."""
+    shared = (
+        tmp_path_factory.getbasetemp()
+        if worker_id == "master"
+        else (tmp_path_factory.getbasetemp().parent)
+    )
+    record = shared / "built.json"
+    with FileLock(shared / "built.lock"):
+        if not record.exists():
+            record.write_text(json.dumps(_build_bentos(bentoml_home, shared / "exported")))
+    return json.loads(record.read_text())
+
+
+def _build_bentos(bentoml_home: Path, export_dir: Path) -> dict[str, str]:
+    export_dir.mkdir()
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTO_EXPORT_DIR": str(export_dir)}
     result = subprocess.run(
         [str(REPO / "scripts" / "build")], cwd=REPO, env=env, capture_output=True, text=True

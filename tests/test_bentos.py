@@ -23,10 +23,13 @@ def _requirements(folder: Path) -> dict[str, str]:
 
 
 def _packed_model(folder: Path) -> tuple[str, set[str]]:
-    """The one model a Bento packs: its name, and the files it holds (BentoML's own aside)."""
+    """The one model a Bento packs: its name, and the files it holds (BentoML's own aside).
+    A Bento in the store refers to the model by tag; export and containerize copy it in (the
+    container tests look inside the images)."""
     manifest = yaml.safe_load((folder / "bento.yaml").read_text())
     ((name, version),) = [model["tag"].split(":") for model in manifest["models"]]
-    files = {path.name for path in (folder / "models" / name / version).iterdir()}
+    store = folder.parents[2] / "models"
+    files = {path.name for path in (store / name / version).iterdir()}
     return name, files - {"model.yaml"}
 
 

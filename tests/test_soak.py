@@ -11,7 +11,7 @@ from conftest import REPO
 
 # long enough for hundreds of pipelines and an RSS trend; the long soak is scripts/soak.py,
 # its results in benchmarks/soak.md
-SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "45"))
+SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "30"))
 
 
 def test_pipeline_soak(bentoml_home, model_assets, tmp_path):
