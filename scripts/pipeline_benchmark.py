@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import decode_agreement as decode_agreement_module  # noqa: E402
 import pillow_heif  # noqa: E402
+import preprocess_profile  # noqa: E402
 from benchmark import (  # noqa: E402
     ASSETS,
     BENTOML,
@@ -89,11 +90,12 @@ class Scale:
     rounds: int  # target rounds
     round_uploads: int  # per /preprocess-alone measurement in a round
     agreement_images: int | None  # of the labelled sample, per mode (None: all of it)
+    profile_repeats: int  # passes over the photos of the in-process image-work profile
 
 
 SCALES = {
-    "full": Scale((1, 4, 16, 32), 5, 12, 40.0, 3, 96, None),
-    "smoke": Scale((4,), 1, 2, 10.0, 1, 8, 8),
+    "full": Scale((1, 4, 16, 32), 5, 12, 40.0, 3, 96, None, 5),
+    "smoke": Scale((4,), 1, 2, 10.0, 1, 8, 8, 1),
 }
 
 
@@ -399,6 +401,11 @@ def run(scale: Scale, tmp: Path) -> dict:
     photo_bytes = {kind: int(np.mean([len(p) for p in v])) for kind, v in sizes.items()}
     photo_bytes["12 MP HEIC"] = int(np.mean([len(p) for p in heic]))
     report: dict = {"stacks": {}, "photo_bytes": photo_bytes}
+    print("profile: /preprocess's image work, step by step, in-process", flush=True)
+    report["image_profile"] = {
+        kind: preprocess_profile.profile(sizes[kind], scale.profile_repeats)
+        for kind in ("1 MP", "12 MP")
+    }
     baseline = baseline_worktree(tmp)
     wanted = [("ours", REPO), ("today", baseline), ("brief", REPO)]
     stacks: list[Stack] = []

@@ -68,4 +68,8 @@ def test_the_report_has_targets_costs_and_a_plot(smoke_run):
     assert report["cpu"]["model"] in text
     assert "| 12 MP HEIC |" in text and "per million" in text
     assert "top-1 agreement with a full decode" in text
+    for kind in ("1 MP", "12 MP"):
+        steps = report["image_profile"][kind]
+        assert steps["ours"]["decode"] > 0 and steps["brief"]["encode (PNG)"] > 0
+    assert "Where /preprocess spends its CPU" in text
     assert (out / "pipeline_photos_per_s.png").stat().st_size > 10_000
