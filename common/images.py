@@ -12,14 +12,17 @@ import io
 import struct
 import warnings
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pillow_heif
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from common.decode_budget import DecodeBudget
 from common.errors import CorruptImage, NotAnImage, TooManyPixels, UnsupportedFormat
 from common.schemas import ResizeMode
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODEL_SIZE = 224
 CENTER_CROP_SHORT_SIDE = 256
@@ -218,6 +221,8 @@ def to_model_pixels(
     data: bytes, max_pixels: int, mode: ResizeMode, budget: DecodeBudget | None = None
 ) -> np.ndarray:
     """A 224x224x3 uint8 array of a stored image; other sizes are normalized as on upload."""
+    import numpy as np  # here: preprocess never needs NumPy, and it costs its cold start
+
     image = open_image(data, max_pixels)
     if image.size == (MODEL_SIZE, MODEL_SIZE):  # stored by /preprocess: already normalized
         return np.asarray(_decode(image), dtype=np.uint8)

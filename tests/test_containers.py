@@ -228,34 +228,44 @@ def test_images_add_at_most_their_budget_to_the_base(images):
         assert images[name]["added_mb"] <= most, f"{name}: {report[name]}"
 
 
+def starts_s(image: str, data_dir: Path, call) -> tuple[float, float, httpx.Response]:
+    """The first start of a freshly built image (nothing of it in the host's page cache, as on
+    a new Cloud Run instance) and a second one (cached), to the first answer of each."""
+    first, answer = first_answer_s(image, data_dir, call)
+    again, answer = first_answer_s(image, data_dir, call)
+    return first, again, answer
+
+
 @pytest.fixture(scope="module")
-def stored_photo(images, photos, tmp_path_factory) -> tuple[Path, str, float]:
-    """The preprocess image's cold start: `podman run` to a stored photo (the folder, the path)."""
+def stored_photo(images, photos, tmp_path_factory) -> tuple[Path, str, float, float]:
+    """The preprocess image's cold starts: `podman run` to a stored photo (the folder, the path,
+    the first start's seconds and a second start's)."""
     data = tmp_path_factory.mktemp("cold-start")
     data.chmod(0o777)  # the containers' non-root user writes here
-    seconds, stored = first_answer_s(
+    first, again, stored = starts_s(
         images["preprocess"]["image"], data, lambda url: upload(url, photos["parrot"])
     )
     assert stored.status_code == 200, stored.text
-    return data, stored.json()["gcs_path"], seconds
+    return data, stored.json()["gcs_path"], first, again
+
+
+def _record_starts(name: str, first: float, again: float, route: str) -> None:
+    record("images", name, cold_start_s=first, warm_start_s=again, first_answer=route)
+    print(json.dumps({name: {"cold_start_s": first, "again_s": again}}), file=sys.stderr)
+    assert first <= COLD_START_CEILING_S[name]
 
 
 def test_preprocess_cold_start_to_the_first_answer(stored_photo):
-    seconds = stored_photo[2]
-    record("images", "preprocess", cold_start_s=seconds, first_answer="/preprocess")
-    print(json.dumps({"preprocess": {"cold_start_s": seconds}}), file=sys.stderr)
-    assert seconds <= COLD_START_CEILING_S["preprocess"]
+    _record_starts("preprocess", *stored_photo[2:], "/preprocess")
 
 
 @pytest.mark.parametrize("name", RUNTIMES)
 def test_classify_cold_start_to_the_first_correct_answer(images, stored_photo, name):
-    data, path, _ = stored_photo
-    seconds, answer = first_answer_s(images[name]["image"], data, lambda url: classify(url, path))
+    data, path = stored_photo[:2]
+    first, again, answer = starts_s(images[name]["image"], data, lambda url: classify(url, path))
     assert answer.json()["label"] == EXPECTED_LABELS["resize"]["parrot"]
     assert answer.json()["runtime"] == RUNTIMES[name]
-    record("images", name, cold_start_s=seconds, first_answer="/classify")
-    print(json.dumps({name: {"cold_start_s": seconds}}), file=sys.stderr)
-    assert seconds <= COLD_START_CEILING_S[name]
+    _record_starts(name, first, again, "/classify")
 
 
 def test_images_run_as_non_root_and_preprocess_has_no_tensorflow(images):
