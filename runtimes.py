@@ -37,6 +37,11 @@ STORED_MODELS = {
     "onnx": "mobilenet_v2_onnx",
     "openvino": "mobilenet_v2_openvino",
 }
+MODEL_FAMILIES = {
+    "tensorflow": "keras",
+    "onnxruntime": "onnx",
+    **dict.fromkeys(OPENVINO_PRECISIONS, "openvino"),
+}
 # the fastest accepted FP32 runtime (benchmarks/results.md)
 DEFAULT_RUNTIME = Settings.model_fields["classify_runtime"].default.value
 
@@ -188,15 +193,9 @@ def scale_pixels_tf(pixels):  # a tf.Tensor in and out
 
 def stored_model(runtime: str) -> str:
     """The tag of the stored model `runtime` loads by default (its family's latest import)."""
-    if runtime == "tensorflow":
-        family = "keras"
-    elif runtime == "onnxruntime":
-        family = "onnx"
-    elif runtime in OPENVINO_PRECISIONS:
-        family = "openvino"
-    else:
+    if runtime not in MODEL_FAMILIES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(ALL_RUNTIMES)}")
-    return f"{STORED_MODELS[family]}:latest"
+    return f"{STORED_MODELS[MODEL_FAMILIES[runtime]]}:latest"
 
 
 def stored_model_dir(runtime: str) -> Path:
