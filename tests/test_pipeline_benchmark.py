@@ -55,6 +55,8 @@ def test_every_stack_sends_every_photo_kind_without_errors(smoke_run):
             assert all(m["errors"] == 0 and m["uploads_per_s"] > 0 for m in kinds.values())
     ours = report["rounds"][0]["preprocess"]["ours"]["12 MP"]
     assert 0 < ours["image_core_ms"] < ours["core_ms_per_upload"]  # the service's own count
+    assert ours["thread_core_ms"]["event loop"] > 0  # HTTP and the form, split per thread
+    assert ours["thread_core_ms"]["other threads"] >= ours["image_core_ms"] * 0.9
 
 
 def test_the_report_has_targets_costs_and_a_plot(smoke_run):
@@ -71,5 +73,5 @@ def test_the_report_has_targets_costs_and_a_plot(smoke_run):
     for kind in ("1 MP", "12 MP"):
         steps = report["image_profile"][kind]
         assert steps["ours"]["decode"] > 0 and steps["brief"]["encode (PNG)"] > 0
-    assert "Where /preprocess spends its CPU" in text
+    assert "Where /preprocess spends its CPU" in text and "Ours by thread" in text
     assert (out / "pipeline_photos_per_s.png").stat().st_size > 10_000
