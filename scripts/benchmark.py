@@ -181,9 +181,17 @@ def thread_cpu_s(process: psutil.Process) -> dict[str, float]:
     names its pools and the runtime's threads at the OS level; every other process in the tree
     (BentoML's supervisor) counts as "supervisor".
     """
+    groups: dict[str, float] = {}
+    for group, seconds in threads_cpu_s(process).values():
+        groups[group] = groups.get(group, 0.0) + seconds
+    return groups
+
+
+def threads_cpu_s(process: psutil.Process) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of a server, by thread id, with its role (thread_cpu_s)."""
     procs = [process, *process.children(recursive=True)]
     worker = max(procs, key=lambda p: p.num_threads() if p.is_running() else 0)
-    groups: dict[str, float] = {}
+    found = {}
     for proc in procs:
         for thread in proc.threads():
             if proc.pid != worker.pid:
@@ -192,8 +200,19 @@ def thread_cpu_s(process: psutil.Process) -> dict[str, float]:
                 group = "event loop"
             else:
                 group = _thread_name(worker.pid, thread.id)
-            groups[group] = groups.get(group, 0.0) + thread.user_time + thread.system_time
-    return groups
+            found[thread.id] = (group, thread.user_time + thread.system_time)
+    return found
+
+
+def thread_cpu_grown_s(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU each role's threads spent between two `threads_cpu_s` snapshots. Pools retire idle
+    threads: one that ended in between is left out (its CPU in between too), not subtracted."""
+    grown: dict[str, float] = {}
+    for tid, (group, seconds) in after.items():
+        grown[group] = grown.get(group, 0.0) + seconds - before.get(tid, (group, 0.0))[1]
+    return grown
 
 
 def _thread_name(pid: int, tid: int) -> str:

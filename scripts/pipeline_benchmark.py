@@ -55,7 +55,8 @@ from benchmark import (  # noqa: E402
     cpu,
     free_port,
     private_bentoml_home,
-    thread_cpu_s,
+    thread_cpu_grown_s,
+    threads_cpu_s,
     tree_cpu_s,
 )
 
@@ -249,7 +250,7 @@ async def preprocess_only(stack: Stack, photos: list[bytes], concurrency: int, c
                 done += 1
 
     cpu_before = tree_cpu_s(stack.preprocess.process)
-    threads_before = thread_cpu_s(stack.preprocess.process)
+    threads_before = threads_cpu_s(stack.preprocess.process)
     image_before = image_cpu_s(stack)
     async with _session() as http:
         started = time.perf_counter()
@@ -263,10 +264,9 @@ async def preprocess_only(stack: Stack, photos: list[bytes], concurrency: int, c
         measured |= {"image_core_ms": image_ms, "overhead_core_ms": core_ms - image_ms}
         # per thread, as the classify benchmark splits it: the event loop (HTTP, the form),
         # the request threads (the image work, then hashing and storage), BentoML's supervisor
-        threads = thread_cpu_s(stack.preprocess.process)
+        grown = thread_cpu_grown_s(threads_before, threads_cpu_s(stack.preprocess.process))
         measured["thread_core_ms"] = {
-            group: 1000 * (cpu - threads_before.get(group, 0.0)) / max(1, done)
-            for group, cpu in sorted(threads.items())
+            group: 1000 * seconds / max(1, done) for group, seconds in sorted(grown.items())
         }
     return measured
 
