@@ -174,21 +174,13 @@ def tree_cpu_s(process: psutil.Process) -> float:
 RUNTIME_THREADS = ALL_RUNTIMES  # the service names the runtime's threads after it
 
 
-def thread_cpu_s(process: psutil.Process) -> dict[str, float]:
-    """CPU seconds of a server's threads, grouped by role.
+def threads_cpu_s(process: psutil.Process) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of a server, by thread id, with its role.
 
     The worker (the process with the most threads) has its event loop on the main thread and
     names its pools and the runtime's threads at the OS level; every other process in the tree
     (BentoML's supervisor) counts as "supervisor".
     """
-    groups: dict[str, float] = {}
-    for group, seconds in threads_cpu_s(process).values():
-        groups[group] = groups.get(group, 0.0) + seconds
-    return groups
-
-
-def threads_cpu_s(process: psutil.Process) -> dict[int, tuple[str, float]]:
-    """CPU seconds of each thread of a server, by thread id, with its role (thread_cpu_s)."""
     procs = [process, *process.children(recursive=True)]
     worker = max(procs, key=lambda p: p.num_threads() if p.is_running() else 0)
     found = {}
@@ -495,11 +487,11 @@ def served_benchmark(
             asyncio.run(load(server.url, paths, concurrency, 2 * concurrency, 30, server))  # warm
             before = _counters(server)
             cpu_before, client_before = tree_cpu_s(server.process), me.cpu_times()
-            threads_before = thread_cpu_s(server.process)
+            threads_before = threads_cpu_s(server.process)
             result = asyncio.run(load(server.url, paths, concurrency, requests, 30, server))
             client_after = me.cpu_times()
             server_cpu = tree_cpu_s(server.process) - cpu_before
-            threads_after = thread_cpu_s(server.process)
+            threads_after = threads_cpu_s(server.process)
             after = _counters(server)
             grew = {key: after[key] - before[key] for key in after}
             result["mean_batch"] = grew["samples"] / grew["batches"] if grew["batches"] else None
@@ -509,9 +501,9 @@ def served_benchmark(
             result["model_cpu_ms_per_request"] = 1000 * grew["model_cpu_s"] / served
             result["decode_cpu_ms_per_request"] = 1000 * grew["decode_cpu_s"] / served
             # per thread (threads that ended during the run are missing: the sum may fall short)
+            grown = thread_cpu_grown_s(threads_before, threads_after)
             result["thread_cpu_ms_per_request"] = {
-                group: 1000 * (cpu - threads_before.get(group, 0.0)) / served
-                for group, cpu in sorted(threads_after.items())
+                group: 1000 * seconds / served for group, seconds in sorted(grown.items())
             }
             client_cpu = (client_after.user + client_after.system) - (
                 client_before.user + client_before.system
