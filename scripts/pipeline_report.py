@@ -104,11 +104,7 @@ def preprocess_rows(report: dict) -> list[str]:
     ]
     for stack in report["stacks"]:
         for kind in ("1 MP", "12 MP"):
-            runs = sorted(
-                (measured["preprocess"][stack][kind] for measured in report["rounds"]),
-                key=lambda m: m["uploads_per_s"],
-            )
-            m = runs[len(runs) // 2]
+            m = _median_round(report, stack, kind)
             rows.append(
                 f"| {stack} | {kind} | {m['uploads_per_s']:.1f} | {m['core_ms_per_upload']:.1f} "
                 f"| {_ms(m.get('image_core_ms'))} | {_ms(m.get('overhead_core_ms'))} "
@@ -155,11 +151,7 @@ def thread_rows(report: dict) -> list[str]:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for kind in ("1 MP", "12 MP"):
-        runs = sorted(
-            (measured["preprocess"]["ours"][kind] for measured in report["rounds"]),
-            key=lambda m: m["uploads_per_s"],
-        )
-        m = runs[len(runs) // 2]
+        m = _median_round(report, "ours", kind)
         if "thread_core_ms" not in m:
             return []
         threads, image = m["thread_core_ms"], m["image_core_ms"]
@@ -266,6 +258,15 @@ def write_pipeline_report(report: dict, out: Path) -> None:
     lines += ["", "![photos/s against photo size](pipeline_photos_per_s.png)", ""]
     (out / "pipeline.md").write_text("\n".join(lines))
     _plot(report, out / "pipeline_photos_per_s.png")
+
+
+def _median_round(report: dict, stack: str, kind: str) -> dict:
+    """/preprocess alone on `kind` photos through `stack`: the round with the median uploads/s."""
+    runs = sorted(
+        (measured["preprocess"][stack][kind] for measured in report["rounds"]),
+        key=lambda m: m["uploads_per_s"],
+    )
+    return runs[len(runs) // 2]
 
 
 def _load_generator_share(report: dict) -> float:
