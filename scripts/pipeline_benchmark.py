@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-import decode_agreement as decode_agreement_module  # noqa: E402
+import decode_agreement  # noqa: E402
 import pillow_heif  # noqa: E402
 import preprocess_profile  # noqa: E402
 from benchmark import (  # noqa: E402
@@ -388,17 +388,17 @@ def target_rounds(stacks: list[Stack], sizes: dict[str, list[bytes]], scale: Sca
     return rounds
 
 
-def decode_agreement(ours: Stack, tmp: Path, scale: Scale) -> dict[str, dict]:
+def measure_decode_agreement(ours: Stack, tmp: Path, scale: Scale) -> dict[str, dict]:
     """Reduced-scale decoding against a full decode, through ours, in each mode."""
-    if not (decode_agreement_module.IMAGENET / "labels.csv").is_file():
+    if not (decode_agreement.IMAGENET / "labels.csv").is_file():
         print("no labelled ImageNet sample: decode agreement not measured", flush=True)
         return {}
-    sample = decode_agreement_module.imagenet_sample(scale.agreement_images)
+    sample = decode_agreement.imagenet_sample(scale.agreement_images)
     storage = LocalStorage(tmp / "storage-ours")
     measured = {}
     for mode in ("resize", "center-crop"):
         print(f"decode agreement, {mode}: {len(sample)} labelled images upscaled 4x", flush=True)
-        measured[mode] = decode_agreement_module.measure(
+        measured[mode] = decode_agreement.measure(
             ours.preprocess.url, ours.classify.url, storage, mode, sample
         )
     return measured
@@ -428,7 +428,7 @@ def run(scale: Scale, tmp: Path) -> dict:
         sweep(stacks, sizes | {"12 MP HEIC": heic}, scale)
         print(f"target rounds at concurrency {TARGET_CONCURRENCY}", flush=True)
         report["rounds"] = target_rounds(stacks, sizes, scale)
-        report["decode_agreement"] = decode_agreement(stacks[0], tmp, scale)
+        report["decode_agreement"] = measure_decode_agreement(stacks[0], tmp, scale)
     finally:
         for stack in stacks:
             stack.stop()

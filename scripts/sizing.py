@@ -43,6 +43,12 @@ CLASSIFY_VARIANTS = {
     "openvino": "classify-openvino",
 }
 IMAGES = ("classify", "preprocess", "classify-openvino", "classify-tensorflow")
+# The runtime each classify image serves with (its bentofile's CLASSIFY_RUNTIME).
+CLASSIFY_IMAGE_RUNTIMES = {
+    "classify": "onnxruntime",
+    "classify-openvino": "openvino-int8",
+    "classify-tensorflow": "tensorflow",
+}
 
 
 def measured() -> dict[str, Any]:

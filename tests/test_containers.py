@@ -23,7 +23,7 @@ import yaml
 from conftest import BENTOML, REPO, free_port, wait_until
 from helpers import EXPECTED_LABELS, classify, encode, upload
 from PIL import Image
-from sizing import record
+from sizing import CLASSIFY_IMAGE_RUNTIMES, record
 
 TOOLS = ("podman", "buildah", "debootstrap", "runc")
 MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -130,11 +130,6 @@ COLD_START_CEILING_S = {
     "preprocess": 6.0,
     "classify-openvino": 12.0,
     "classify-tensorflow": 30.0,
-}
-RUNTIMES = {
-    "classify": "onnxruntime",
-    "classify-openvino": "openvino-int8",
-    "classify-tensorflow": "tensorflow",
 }
 
 
@@ -259,12 +254,12 @@ def test_preprocess_cold_start_to_the_first_answer(stored_photo):
     _record_starts("preprocess", *stored_photo[2:], "/preprocess")
 
 
-@pytest.mark.parametrize("name", RUNTIMES)
+@pytest.mark.parametrize("name", CLASSIFY_IMAGE_RUNTIMES)
 def test_classify_cold_start_to_the_first_correct_answer(images, stored_photo, name):
     data, path = stored_photo[:2]
     first, again, answer = starts_s(images[name]["image"], data, lambda url: classify(url, path))
     assert answer.json()["label"] == EXPECTED_LABELS["resize"]["parrot"]
-    assert answer.json()["runtime"] == RUNTIMES[name]
+    assert answer.json()["runtime"] == CLASSIFY_IMAGE_RUNTIMES[name]
     _record_starts(name, first, again, "/classify")
 
 

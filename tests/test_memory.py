@@ -23,17 +23,11 @@ import psutil
 import pytest
 from conftest import PHOTOS, REPO, Server, service_env
 from PIL import Image
-from sizing import MIB, memory_mib, record
+from sizing import CLASSIFY_IMAGE_RUNTIMES, MIB, memory_mib, record
 
 from common.config import Settings
 
 HEADROOM = 0.85  # of the limit: allocator slack, and what the sampler can miss between reads
-# The classify images, by the runtime each serves with (its bentofile's CLASSIFY_RUNTIME).
-CLASSIFY_IMAGES = {
-    "classify": "onnxruntime",
-    "classify-openvino": "openvino-int8",
-    "classify-tensorflow": "tensorflow",
-}
 
 
 def concurrency(service: str) -> int:
@@ -138,12 +132,12 @@ def test_preprocess_worst_case_fits_its_cloud_run_memory(
     _worst_case("preprocess.service:Preprocess", env, log, "preprocess", "preprocess", send)
 
 
-@pytest.mark.parametrize("image", CLASSIFY_IMAGES)
+@pytest.mark.parametrize("image", CLASSIFY_IMAGE_RUNTIMES)
 def test_classify_worst_case_fits_its_cloud_run_memory(bentoml_home, storage, image, tmp_path):
     """Each classify image (runtime) as deployed: the largest image, stored, read at once."""
 
     async def send(url: str, client: httpx.AsyncClient) -> httpx.Response:
         return await client.post(f"{url}/classify", json={"gcs_path": storage[1].as_uri()})
 
-    env = service_env(bentoml_home, storage[0], CLASSIFY_RUNTIME=CLASSIFY_IMAGES[image])
+    env = service_env(bentoml_home, storage[0], CLASSIFY_RUNTIME=CLASSIFY_IMAGE_RUNTIMES[image])
     _worst_case("service:Classify", env, tmp_path / "classify.log", "classify", image, send)
