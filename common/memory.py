@@ -1,9 +1,13 @@
-"""Give freed image buffers back to the OS at once.
+"""Give freed large image buffers back to the OS at once.
 
-glibc's malloc raises its mmap threshold after large frees, so later multi-megabyte image
-buffers come from per-thread arenas that keep their peak size: with four decoding threads
-taking turns, a process held several decodes' worth of memory it no longer used. A fixed
-threshold keeps every allocation of a megabyte or more in its own mapping, unmapped when freed.
+glibc's malloc raises its mmap threshold after large frees (up to 32 MiB), so later image
+buffers, which Pillow allocates in blocks of up to 16 MiB, come from per-thread arenas that
+keep their peak size: with four decoding threads taking turns, a process held several decodes'
+worth of memory it no longer used. A fixed threshold below Pillow's block size keeps those
+blocks in their own mappings, unmapped when freed, while the buffers of an ordinary upload (the
+body, a reduced-scale decode: a few MiB) are reused from the arenas instead of being mapped,
+page-faulted and unmapped each time (1 MiB cost a 1 MP upload ~15% more CPU,
+benchmarks/analysis.md).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import ctypes
 import ctypes.util
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD_BYTES = 1 << 20
+MMAP_THRESHOLD_BYTES = 8 << 20  # below Pillow's 16 MiB image blocks
 
 
 def release_large_buffers_promptly() -> bool:

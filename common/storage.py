@@ -71,21 +71,13 @@ class LocalStorage:
 
     def put_if_absent(self, key: str, data: bytes, content_type: str) -> tuple[str, bool]:
         target = self.root / check_key(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Write a private temp file, then hard-link it into place: the link is atomic and
-        # fails if the name exists, so readers never see a partial file and nothing is
-        # overwritten.
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+        if target.exists():  # create-only: a stored object is never rewritten
+            return self.uri_for(key), False
         try:
-            os.link(tmp.name, target)
-            created = True
-        except FileExistsError:
-            created = False
-        finally:
-            os.unlink(tmp.name)
+            created = _create_complete(target, data)
+        except FileNotFoundError:  # its folder is new: made here, not on every write
+            target.parent.mkdir(parents=True, exist_ok=True)
+            created = _create_complete(target, data)
         return self.uri_for(key), created
 
     def read(self, uri: str, max_bytes: int) -> bytes:
@@ -203,6 +195,63 @@ def _cut(response) -> None:
             return
         with socket.fromfd(response.raw.fileno(), socket.AF_INET, socket.SOCK_STREAM) as dup:
             dup.shutdown(socket.SHUT_RDWR)
+
+
+# Linux: files can be written unnamed and linked into place through /proc (open(2), O_TMPFILE)
+UNNAMED_FILES = hasattr(os, "O_TMPFILE") and Path("/proc/self/fd").is_dir()
+
+
+def _create_complete(target: Path, data: bytes) -> bool:
+    """Create `target` holding `data`, synced to disk before it gets its name, so that readers
+    never see part of it and nothing is overwritten; False if the name exists already.
+
+    Written unnamed and linked once synced, a write makes one directory entry instead of a
+    temporary name created, linked and removed (about a third less CPU per write; figures in
+    benchmarks/analysis.md). Filesystems without O_TMPFILE get the temporary name.
+    """
+    if not UNNAMED_FILES:
+        return _create_via_temporary_name(target, data)
+    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            return _create_via_temporary_name(target, data)
+        try:
+            _write_synced(fd, data)
+            # linkat(AT_SYMLINK_FOLLOW) of the /proc link names the unnamed file
+            os.link(f"/proc/self/fd/{fd}", target.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except FileExistsError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+    finally:
+        os.close(folder)
+
+
+def _create_via_temporary_name(target: Path, data: bytes) -> bool:
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        try:
+            _write_synced(fd, data)
+        finally:
+            os.close(fd)
+        os.link(name, target)  # atomic, and fails if the name exists
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(name)
+    return True
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
 
 
 class GCSStorage:

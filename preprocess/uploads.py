@@ -1,10 +1,11 @@
 """`/preprocess`'s multipart form, parsed once, in memory, with the size cap enforced as it streams.
 
-`UploadGuard` (ASGI, in front of BentoML) is the only parser of the body: it refuses what
-BentoML's own multipart handling gets wrong (it fetches URLs given in place of files, answers
-500 to unexpected binary fields, and spools every upload to a temporary file, then copies it
-into another) with a clear 4xx, and hands the parsed form to the API through the request's
-state, where `PreprocessForm.from_http_request` picks it up.
+`UploadGuard` (ASGI, in front of BentoML) is the only parser of the body
+(`preprocess.form_parser`): it refuses what BentoML's own multipart handling gets wrong (it
+fetches URLs given in place of files, answers 500 to unexpected binary fields, and spools every
+upload to a temporary file, then copies it into another) with a clear 4xx, and hands the parsed
+form to the API through the request's state, where `PreprocessForm.from_http_request` picks it
+up.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from typing import Annotated, Any, ClassVar
 
 import bentoml
 from pydantic import Field
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import ServiceError, UploadTooLarge, error_response
 from common.schemas import ResizeMode
+from preprocess.form_parser import FormPart, MalformedForm, StreamingForm
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # part headers and boundaries around the file
+MAX_PARTS = 8  # the form has two fields; a few repeats still get a precise answer
+MAX_FIELD_BYTES = 64 * 1024  # a text field (`mode`)
 FORM_STATE_KEY = "preprocess_form"
 FILE_FIELD = "image"
 FIELDS = frozenset({FILE_FIELD, "mode"})
@@ -68,14 +71,6 @@ class PreprocessForm(bentoml.IODescriptor):
 PreprocessForm.multipart_fields = [FILE_FIELD]
 
 
-class _InMemoryParser(MultiPartParser):
-    """Starlette's streaming parser, keeping a file part in memory up to the body cap."""
-
-    def __init__(self, headers: Headers, stream: Any, spool_max_size: int) -> None:
-        super().__init__(headers, stream, max_files=4, max_fields=8, max_part_size=64 * 1024)
-        self.spool_max_size = spool_max_size
-
-
 class UploadGuard:
     """Parse and check the body of `POST path` before the wrapped app runs."""
 
@@ -104,15 +99,16 @@ class UploadGuard:
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise self._too_large()
-        parser = _InMemoryParser(headers, self._body(receive), self.max_body_bytes + 1)
         try:
-            form = await parser.parse()
-        except MultiPartException as exc:
-            raise UnexpectedForm(f"the multipart body is malformed: {exc.message}") from exc
-        try:
-            return self._checked(form)
-        finally:
-            await form.close()
+            form = StreamingForm(
+                headers["content-type"], max_parts=MAX_PARTS, max_field_bytes=MAX_FIELD_BYTES
+            )
+            async for chunk in self._body(receive):
+                form.feed(chunk)
+            parts = form.finish()
+        except MalformedForm as exc:
+            raise UnexpectedForm(f"the multipart body is malformed: {exc}") from exc
+        return self._checked(parts)
 
     async def _body(self, receive: Receive):
         received = 0
@@ -131,32 +127,30 @@ class UploadGuard:
     def _too_large(self) -> UploadTooLarge:
         return UploadTooLarge(f"the upload exceeds the limit of {self.max_upload_bytes:,} bytes")
 
-    def _checked(self, form: Any) -> PreprocessForm:
-        unexpected = sorted(set(form.keys()) - FIELDS)
+    def _checked(self, parts: list[FormPart]) -> PreprocessForm:
+        unexpected = sorted({part.name for part in parts} - FIELDS)
         if unexpected:
             raise UnexpectedForm(
                 f"unexpected form field(s) {unexpected}; expected {sorted(FIELDS)}"
             )
-        files = form.getlist(FILE_FIELD)
+        files = [part for part in parts if part.name == FILE_FIELD]
         if not files:
             raise UnexpectedForm(f"missing file field {FILE_FIELD!r}")
-        if len(files) > 1 or not isinstance(files[0], UploadFile):
+        if len(files) > 1 or not files[0].is_file:
             raise UnexpectedForm(
                 f"field {FILE_FIELD!r} must be one file upload (URLs are not fetched)"
             )
-        modes = form.getlist("mode")
-        if len(modes) > 1 or any(isinstance(value, UploadFile) for value in modes):
+        modes = [part for part in parts if part.name == "mode"]
+        if len(modes) > 1 or any(part.is_file for part in modes):
             raise UnexpectedForm("field 'mode' must be one text value, not a file")
         try:
-            mode = ResizeMode(modes[0]) if modes else None
+            mode = ResizeMode(modes[0].text()) if modes else None
         except ValueError:
             raise InvalidMode(
-                f"mode must be one of {[m.value for m in ResizeMode]}, not {modes[0]!r}"
+                f"mode must be one of {[m.value for m in ResizeMode]}, not {modes[0].text()!r}"
             ) from None
-        upload = files[0].file
-        upload.seek(0)
-        # the only copy of the upload the service holds; the parser's buffer goes with the form
-        return PreprocessForm.model_construct(image=upload.read(), mode=mode)
+        # the only copy of the upload the service holds: the received chunks go with `parts`
+        return PreprocessForm.model_construct(image=files[0].content(), mode=mode)
 
 
 def _body_consumed(receive: Receive) -> Receive:

@@ -104,6 +104,47 @@ def test_malformed_requests_to_preprocess(services, photos):
     _assert_still_serves(services, photos)
 
 
+def _multipart(fields: list) -> tuple[dict[str, str], bytes]:
+    request = httpx.Request("POST", "http://127.0.0.1/", files=fields)
+    return {"content-type": request.headers["content-type"]}, request.read()
+
+
+def test_malformed_multipart_bodies(services, photos):
+    """Each gets a 400 naming what is wrong, nothing is stored, and the service goes on."""
+    url = f"{services.preprocess.url}/preprocess"
+    cat = photos["cat"]
+    two_files = _multipart([("image", ("a.jpg", cat)), ("image", ("b.jpg", cat))])
+    mode_file = _multipart([("image", ("a.jpg", cat)), ("mode", ("m.txt", b"resize"))])
+    complete = _multipart([("image", ("a.jpg", cat))])
+    cases = [
+        (*two_files, "one file upload"),
+        (*mode_file, "'mode' must be one text value"),
+        ({"content-type": "multipart/form-data"}, complete[1], "boundary"),
+        (complete[0], complete[1][:-30], "closing boundary"),
+        (*_multipart([("mode", (None, "resize"))] * 9), "more than 8 parts"),
+    ]
+    before = stored_keys(services.backend)
+    for headers, body, words in cases:
+        _assert_error(httpx.post(url, headers=headers, content=body), 400, "invalid_form", words)
+    assert stored_keys(services.backend) == before
+    _assert_still_serves(services, photos)
+
+
+def test_an_upload_streamed_past_the_cap_is_cut_off(services, photos):
+    """Without a Content-Length (chunked), the cap is enforced while the body streams in."""
+    headers, body = _multipart([("image", ("big.jpg", b"\xff\xd8" + bytes(21 * MIB)))])
+
+    def chunks():
+        for at in range(0, len(body), MIB):
+            yield body[at : at + MIB]
+
+    response = httpx.post(
+        f"{services.preprocess.url}/preprocess", headers=headers, content=chunks(), timeout=60
+    )
+    _assert_error(response, 413, "upload_too_large", "limit")
+    _assert_still_serves(services, photos)
+
+
 def test_bad_paths_to_classify(services, photos):
     gcs = services.backend.name == "gcs"
     ok_path = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]

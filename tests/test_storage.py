@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import make_backend
 
-from common import errors
+from common import errors, storage
 
 MAX = 1_000_000
 
@@ -31,6 +31,28 @@ def test_create_only_writes_once_and_reads_back(store):
     again, created_again = store.storage.put_if_absent(key, b"second", "image/png")
     assert (again, created_again) == (uri, False)
     assert store.storage.read(uri, MAX) == b"first"
+
+
+@pytest.mark.parametrize("unnamed_files", [True, False], ids=["O_TMPFILE", "temporary name"])
+def test_local_writes_are_whole_private_and_leave_nothing_behind(
+    tmp_path, monkeypatch, unnamed_files
+):
+    """Both ways the local backend creates a file (unnamed then linked where Linux allows it,
+    a temporary name elsewhere): new folders made, no leftovers, only the owner can read it."""
+    if unnamed_files and not storage.UNNAMED_FILES:
+        pytest.skip("this filesystem or OS has no O_TMPFILE")
+    monkeypatch.setattr(storage, "UNNAMED_FILES", unnamed_files)
+    local = storage.LocalStorage(tmp_path)
+    data = os.urandom(300_000)
+    uri, created = local.put_if_absent("new/folder/object.bmp", data, "image/bmp")
+    assert created and local.read(uri, MAX) == data
+    assert local.put_if_absent("new/folder/object.bmp", b"other", "image/bmp") == (uri, False)
+    # a write racing another to the same name: the link fails, the first file stays
+    target = tmp_path / "new" / "folder" / "object.bmp"
+    assert storage._create_complete(target, b"other") is False
+    assert os.listdir(tmp_path / "new" / "folder") == ["object.bmp"]
+    assert target.read_bytes() == data
+    assert target.stat().st_mode & 0o777 == 0o600
 
 
 def test_missing_object_is_not_found(store):
