@@ -77,10 +77,13 @@ PRICES_NOTE = (
 # same shapes, so that the ratio is one of CPU per photo.
 SHAPES = {"preprocess": (1, 2.0), "classify": (2, 2.0)}
 SIZES = {"224 px": 224 * 224 / 1e6, "0.3 MP": 0.3, "1 MP": 1.0, "3 MP": 3.0, "12 MP": 12.0}
-VARIANTS = 8  # distinct photos per size
+VARIANTS = 8  # distinct source photos (with their own noise) behind each size's uploads
 
 
 TARGET_CONCURRENCY = 16  # the deployed concurrency
+# /preprocess alone in the target rounds: the two compared sizes, and 224 px, whose upload has
+# next to no body, for the cost of a request itself
+PREPROCESS_ALONE = ("224 px", "1 MP", "12 MP")
 
 
 @dataclass(frozen=True)
@@ -96,25 +99,37 @@ class Scale:
 
 
 SCALES = {
-    "full": Scale((1, 4, 16, 32), 5, 12, 40.0, 3, 96, None, 5),
+    "full": Scale((1, 4, 16, 32), 5, 12, 40.0, 3, 192, None, 5),
     "smoke": Scale((4,), 1, 2, 10.0, 1, 8, 8, 1),
 }
 
 
 def photo_variants(megapixels: float, fmt: str = "JPEG", count: int = VARIANTS) -> list[bytes]:
-    """`count` distinct phone-like photos of about `megapixels`, the shipped photos scaled."""
+    """`count` distinct phone-like photos of about `megapixels`: the shipped photos scaled, with
+    sensor-like noise, and each marked with a small block of its own colour and place, large
+    enough to survive the resize to 224 px, so that no two are stored under the same key."""
     sources = sorted((ASSETS / "images").glob("*.jpg"))
     width = round((megapixels * 1e6 * 4 / 3) ** 0.5)
     size = (width, round(width * 3 / 4))
     options = {"JPEG": {"quality": 90}, "HEIF": {"quality": 80, "tile_size": 512}}[fmt]
     if fmt == "HEIF":
         options["enc_params"] = {"preset": "ultrafast"}
+    bases = []
+    for n in range(min(count, VARIANTS)):
+        photo = Image.open(sources[n % len(sources)]).convert("RGB").resize(size)
+        bases.append(Image.blend(photo, Image.effect_noise(size, 10 + n).convert("RGB"), 0.03))
+    block = max(4, width // 50)  # about 4 pixels of the 224 px image
     photos = []
     for n in range(count):
-        photo = Image.open(sources[n % len(sources)]).convert("RGB").resize(size)
-        noise = Image.effect_noise(size, 10 + n).convert("RGB")
+        photo = bases[n % len(bases)].copy()
+        # well inside the central square, which the center-crop mode keeps too
+        span = size[1] * 8 // 10 - block
+        left, top = (size[0] - size[1]) // 2 + size[1] // 10, size[1] // 10
+        at = (left + (n * 7919) % span, top + (n * 104_729) % span)
+        colour = ((n * 37) % 256, (n * 91) % 256, (n * 53) % 256)
+        photo.paste(colour, (*at, at[0] + block, at[1] + block))
         buffer = io.BytesIO()
-        Image.blend(photo, noise, 0.03).save(buffer, fmt, **options)
+        photo.save(buffer, fmt, **options)
         photos.append(buffer.getvalue())
     return photos
 
@@ -126,6 +141,7 @@ class Stack:
         self, name: str, storage: Path, cwd: Path = REPO, models_home: Path | None = None
     ) -> None:
         self.name = name
+        self.storage = storage
         env = {**os.environ, "STORAGE_DIR": str(storage), "TF_CPP_MIN_LOG_LEVEL": "3"}
         ports = free_port(), free_port()
         if name == "brief":
@@ -159,6 +175,13 @@ class Stack:
             self.preprocess.sample()
             self.classify.sample()
             time.sleep(0.02)
+
+    def clear_storage(self) -> None:
+        """Remove what earlier measurements stored: every upload of the next one is stored
+        anew, as a folder of new photos would be, not found already there by its key."""
+        for path in sorted(self.storage.rglob("*"), reverse=True):
+            if path.is_file():
+                path.unlink()
 
     def stop(self) -> None:
         self._stop.set()
@@ -200,6 +223,7 @@ async def pipeline_load(
                 continue
             latencies.append(time.perf_counter() - started)
 
+    stack.clear_storage()
     cpu_before = _cpu(stack)
     async with _session() as http:
         started = time.perf_counter()
@@ -249,10 +273,15 @@ async def preprocess_only(stack: Stack, photos: list[bytes], concurrency: int, c
                 await _post_upload(http, stack.preprocess.url, photo)
                 done += 1
 
-    cpu_before = tree_cpu_s(stack.preprocess.process)
-    threads_before = threads_cpu_s(stack.preprocess.process)
-    image_before = image_cpu_s(stack)
+    stack.clear_storage()
     async with _session() as http:
+        # unmeasured: one upload per client first (photos the measurement does not send), so
+        # that it starts with the connections open and the server's request threads up
+        warm_up = photos[len(photos) - concurrency :]
+        await asyncio.gather(*(_post_upload(http, stack.preprocess.url, p) for p in warm_up))
+        cpu_before = tree_cpu_s(stack.preprocess.process)
+        threads_before = threads_cpu_s(stack.preprocess.process)
+        image_before = image_cpu_s(stack)
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - started
@@ -375,7 +404,7 @@ def target_rounds(stacks: list[Stack], sizes: dict[str, list[bytes]], scale: Sca
                 kind: asyncio.run(
                     preprocess_only(stack, sizes[kind], TARGET_CONCURRENCY, scale.round_uploads)
                 )
-                for kind in ("1 MP", "12 MP")
+                for kind in PREPROCESS_ALONE
             }
             count = scale.base_photos + scale.photos_per_client * TARGET_CONCURRENCY
             measured["pipeline"][stack.name] = {
@@ -405,7 +434,14 @@ def measure_decode_agreement(ours: Stack, tmp: Path, scale: Scale) -> dict[str, 
 
 
 def run(scale: Scale, tmp: Path) -> dict:
-    sizes = {name: photo_variants(mp) for name, mp in SIZES.items()}
+    # distinct uploads for the largest single measurement (and the warm-up before it)
+    distinct = max(
+        scale.round_uploads + TARGET_CONCURRENCY,
+        scale.base_photos + scale.photos_per_client * max(scale.concurrencies),
+    )
+    print(f"generating {distinct} distinct photos of each size", flush=True)
+    sizes = {name: photo_variants(mp, count=distinct) for name, mp in SIZES.items()}
+    # few: HEIC encodes slowly; repeats are found stored (~0.5 ms of a ~700 ms decode)
     heic = photo_variants(12.0, "HEIF", 2 if scale is SCALES["smoke"] else 4)
     photo_bytes = {kind: int(np.mean([len(p) for p in v])) for kind, v in sizes.items()}
     photo_bytes["12 MP HEIC"] = int(np.mean([len(p) for p in heic]))
