@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,7 @@ VARIANTS = 8  # distinct source photos (with their own noise) behind each size's
 
 
 TARGET_CONCURRENCY = 16  # the deployed concurrency
+SAMPLE_EVERY_S = 0.1  # peak RSS of the stack under load
 # /preprocess alone in the target rounds: the two compared sizes, and 224 px, whose upload has
 # next to no body, for the cost of a request itself
 PREPROCESS_ALONE = ("224 px", "1 MP", "12 MP")
@@ -167,14 +169,28 @@ class Stack:
             )
         self.levels: dict[str, list[dict]] = {}  # photo kind -> one measurement per concurrency
         self._stop = threading.Event()
+        self._measured = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
+    @contextlib.contextmanager
+    def measured(self) -> Iterator[None]:
+        """Sample this stack's RSS while the block runs. Only the stack under load is
+        sampled, every 0.1 s: one sample of a stack costs ~5 ms of CPU in this process, and
+        sampling all three every 20 ms took ~45% of a core from the load generator (and its
+        GIL) on the same two cores, capping the fastest stack most."""
+        self._measured.set()
+        try:
+            yield
+        finally:
+            self._measured.clear()
+
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.preprocess.sample()
-            self.classify.sample()
-            time.sleep(0.02)
+            if self._measured.wait(timeout=0.1):
+                self.preprocess.sample()
+                self.classify.sample()
+                time.sleep(SAMPLE_EVERY_S)
 
     def clear_storage(self) -> None:
         """Remove what earlier measurements stored: every upload of the next one is stored
@@ -282,11 +298,17 @@ async def preprocess_only(stack: Stack, photos: list[bytes], concurrency: int, c
         cpu_before = tree_cpu_s(stack.preprocess.process)
         threads_before = threads_cpu_s(stack.preprocess.process)
         image_before = image_cpu_s(stack)
+        load_before = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - started
     core_ms = 1000 * (tree_cpu_s(stack.preprocess.process) - cpu_before) / max(1, done)
-    measured = {"uploads_per_s": done / wall, "errors": count - done, "core_ms_per_upload": core_ms}
+    measured = {
+        "uploads_per_s": done / wall,
+        "errors": count - done,
+        "core_ms_per_upload": core_ms,
+        "load_generator_core_ms": 1000 * (time.process_time() - load_before) / max(1, done),
+    }
     image_after = image_cpu_s(stack)
     if image_after is not None and image_before is not None:
         image_ms = 1000 * (image_after - image_before) / max(1, done)
@@ -383,7 +405,8 @@ def sweep(stacks: list[Stack], kinds: dict[str, list[bytes]], scale: Scale) -> N
                 if kind.endswith("HEIC") and stack.name != "ours":
                     continue  # neither older stack decodes HEIC
                 count = scale.base_photos + scale.photos_per_client * c
-                level = asyncio.run(pipeline_load(stack, photos, c, count, scale.limit_s))
+                with stack.measured():
+                    level = asyncio.run(pipeline_load(stack, photos, c, count, scale.limit_s))
                 stack.levels.setdefault(kind, []).append(level)
                 print(
                     f"  {stack.name:>5} {kind:>10} c={c:<2} {level['photos_per_s']:6.1f} photos/s"
@@ -400,19 +423,20 @@ def target_rounds(stacks: list[Stack], sizes: dict[str, list[bytes]], scale: Sca
         print(f"  round {number + 1} of {scale.rounds}", flush=True)
         measured: dict = {"preprocess": {}, "pipeline": {}}
         for stack in stacks:
-            measured["preprocess"][stack.name] = {
-                kind: asyncio.run(
-                    preprocess_only(stack, sizes[kind], TARGET_CONCURRENCY, scale.round_uploads)
-                )
-                for kind in PREPROCESS_ALONE
-            }
             count = scale.base_photos + scale.photos_per_client * TARGET_CONCURRENCY
-            measured["pipeline"][stack.name] = {
-                kind: asyncio.run(
-                    pipeline_load(stack, sizes[kind], TARGET_CONCURRENCY, count, scale.limit_s)
-                )
-                for kind in ("224 px", "12 MP")
-            }
+            with stack.measured():
+                measured["preprocess"][stack.name] = {
+                    kind: asyncio.run(
+                        preprocess_only(stack, sizes[kind], TARGET_CONCURRENCY, scale.round_uploads)
+                    )
+                    for kind in PREPROCESS_ALONE
+                }
+                measured["pipeline"][stack.name] = {
+                    kind: asyncio.run(
+                        pipeline_load(stack, sizes[kind], TARGET_CONCURRENCY, count, scale.limit_s)
+                    )
+                    for kind in ("224 px", "12 MP")
+                }
         rounds.append(measured)
     return rounds
 
