@@ -6,8 +6,7 @@ keep their peak size: with four decoding threads taking turns, a process held se
 worth of memory it no longer used. A fixed threshold below Pillow's block size keeps those
 blocks in their own mappings, unmapped when freed, while the buffers of an ordinary upload (the
 body, a reduced-scale decode: a few MiB) are reused from the arenas instead of being mapped,
-page-faulted and unmapped each time (1 MiB cost a 1 MP upload ~15% more CPU,
-benchmarks/analysis.md).
+page-faulted and unmapped each time (benchmarks/analysis.md, session 13).
 """
 
 from __future__ import annotations
