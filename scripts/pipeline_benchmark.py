@@ -121,12 +121,12 @@ def photo_variants(megapixels: float, fmt: str = "JPEG", count: int = VARIANTS) 
         photo = Image.open(sources[n % len(sources)]).convert("RGB").resize(size)
         bases.append(Image.blend(photo, Image.effect_noise(size, 10 + n).convert("RGB"), 0.03))
     block = max(4, width // 50)  # about 4 pixels of the 224 px image
+    # the blocks go well inside the central square, which the center-crop mode keeps too
+    span = size[1] * 8 // 10 - block
+    left, top = (size[0] - size[1]) // 2 + size[1] // 10, size[1] // 10
     photos = []
     for n in range(count):
         photo = bases[n % len(bases)].copy()
-        # well inside the central square, which the center-crop mode keeps too
-        span = size[1] * 8 // 10 - block
-        left, top = (size[0] - size[1]) // 2 + size[1] // 10, size[1] // 10
         at = (left + (n * 7919) % span, top + (n * 104_729) % span)
         colour = ((n * 37) % 256, (n * 91) % 256, (n * 53) % 256)
         photo.paste(colour, (*at, at[0] + block, at[1] + block))
@@ -195,7 +195,7 @@ class Stack:
     def clear_storage(self) -> None:
         """Remove what earlier measurements stored: every upload of the next one is stored
         anew, as a folder of new photos would be, not found already there by its key."""
-        for path in sorted(self.storage.rglob("*"), reverse=True):
+        for path in self.storage.rglob("*"):
             if path.is_file():
                 path.unlink()
 
