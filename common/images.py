@@ -11,14 +11,22 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import pillow_heif
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from common.decode_budget import DecodeBudget
-from common.errors import CorruptImage, NotAnImage, TooManyPixels, UnsupportedFormat
+from common.errors import (
+    CorruptImage,
+    NotAnImage,
+    ServiceError,
+    TooManyPixels,
+    UnsupportedFormat,
+)
+from common.image_checks import SIGNATURE_BYTES, check_structure, claimed_format
 from common.schemas import ResizeMode
 
 if TYPE_CHECKING:
@@ -37,8 +45,26 @@ STORED_CONTENT_TYPE = "image/bmp"
 # filter to average over what it would at full size (benchmarks/analysis.md, agreement).
 REDUCTION_MARGIN = 2
 
+# Narrow images cost more per pixel than wide ones: every image Pillow builds holds a pointer per
+# row, and decoders keep state per row (a 1 x 40,000,000 PNG grew a process by ~1 GiB). Each side
+# is counted as at least this many pixels, so the budget's bytes per pixel hold for any shape.
+MIN_COUNTED_SIDE = 64
+# EXIF orientation -> the transpose that makes the image upright (as `ImageOps.exif_transpose`).
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
 # Truncated files must fail loudly, never decode as a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# PNG text chunks are kept in memory outside the pixel budget (Pillow allows 64 MiB of them);
+# nothing here reads them, so a few MiB is plenty. ICC profiles use the per-chunk limit (1 MiB).
+PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
 # libheif applies HEIF's irot/imir transforms itself and then reports orientation 1.
 pillow_heif.register_heif_opener()
 
@@ -67,9 +93,10 @@ def _reduce_and_normalize(
 ) -> Image.Image:
     """The budget is taken for the pixels the decoder will produce (after any DCT reduction)
     and held until the large intermediate images are gone."""
-    image.draft(None, reduced_size(mode))  # JPEG only; a no-op for every other format
-    with budget.admit(image.width * image.height) if budget else nullcontext():
-        return normalize(_decode(image), mode)
+    with decoding(image.format):
+        image.draft(None, reduced_size(mode))  # JPEG only; a no-op for every other format
+        with budget.admit(counted_pixels(*image.size)) if budget else nullcontext():
+            return normalize(_decode(image), mode)
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -77,13 +104,50 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     return _decode(open_image(data, max_pixels))
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Read the header with allowlisted decoders only, and refuse it over `max_pixels`."""
-    image = _open_allowed(data, max_pixels)
-    width, height = image.size
-    if width * height > max_pixels:
+def counted_pixels(width: int, height: int) -> int:
+    """The pixels an image is admitted as: each side counted as at least `MIN_COUNTED_SIDE`."""
+    return max(width, MIN_COUNTED_SIDE) * max(height, MIN_COUNTED_SIDE)
+
+
+@contextmanager
+def decoding(image_format: str | None) -> Iterator[None]:
+    """The decode stage's one error boundary: whatever a decoder raises is the file's fault.
+
+    Decoders of untrusted bytes fail in many ways (OSError, SyntaxError, ValueError,
+    struct.error, IndexError, RuntimeError from libheif ...); listing them lets the next one
+    through as a 500. A MemoryError is an allocation the image asked for and could not get.
+    """
+    try:
+        yield
+    except ServiceError:
+        raise
+    except MemoryError as exc:
         raise TooManyPixels(
-            f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
+            "decoding the image needs more memory than one request may use"
+        ) from exc
+    except Exception as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CorruptImage(
+            f"the {image_format or 'image'} file is truncated or corrupt: {detail}"
+        ) from exc
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Read the header with allowlisted decoders only, and refuse it over `max_pixels`.
+
+    The structure is checked first (scans, segments, chunks): Pillow's own header parsing
+    walks them one by one. Nothing here decodes a pixel.
+    """
+    with decoding(None):
+        check_structure(data)
+        image = _open_allowed(data, max_pixels)
+    width, height = image.size
+    counted = counted_pixels(width, height)
+    if counted > max_pixels:
+        shape = "" if counted == width * height else f" (counted as {counted:,}: a side < 64)"
+        raise TooManyPixels(
+            f"image is {width}x{height} = {width * height:,} pixels{shape}; "
+            f"the limit is {max_pixels:,}"
         )
     return image
 
@@ -116,62 +180,51 @@ def _check_complete(image: Image.Image) -> None:
 
 
 def _decode(image: Image.Image) -> Image.Image:
-    _check_complete(image)
-    try:
+    """Decode (the first frame only), turn upright and convert to RGB: at most the source's
+    size at any step (a rotation or conversion is one more image of that size)."""
+    with decoding(image.format):
+        _check_complete(image)
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # no copy when upright already
+        transpose = UPRIGHT.get(_orientation(image))
+        if transpose is not None:
+            image = image.transpose(transpose)
         return _to_rgb(image)
-    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
-        # pillow-heif reports libheif's decoding errors as RuntimeError
-        raise CorruptImage(f"the {image.format} file is truncated or corrupt: {exc}") from exc
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, or 1 when the metadata is unreadable: a photo with broken EXIF is
+    still a photo, shown as stored (as browsers do)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns of each corrupt tag it skips
+            return int(image.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
 
 
 def _open_allowed(data: bytes, max_pixels: int) -> Image.Image:
     """Open the header with allowlisted decoders only; name the format when it is refused."""
-    file = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(file, formats=ALLOWED_FORMATS)
+            return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise TooManyPixels(f"image exceeds the pixel limit of {max_pixels:,}: {exc}") from exc
     except UnidentifiedImageError:
         pass
-    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
-        raise CorruptImage(f"the image header is corrupt: {exc}") from exc
-    file.seek(0)
-    claimed = _claimed_format(file.read(16))
+    head = data[:SIGNATURE_BYTES]
+    claimed = claimed_format(head, among=("HEIF", "AVIF"))
     if claimed:
         # Pillow hides why an allowlisted plugin failed to open: a cut-off HEIC or AVIF (or
         # one declaring a size past libheif/libavif's own limits) lands here
         raise CorruptImage(f"the {claimed} file is truncated or corrupt")
-    file.seek(0)
-    other_format = _identify_other_format(file)
-    if other_format:
+    # Named from its signature only: no other plugin's `open` runs on the upload.
+    other_format = claimed_format(head)
+    if other_format and other_format not in ALLOWED_FORMATS:
         raise UnsupportedFormat(
             f"{other_format} images are not accepted; send {ALLOWED_FORMATS_TEXT}"
         )
     raise NotAnImage(f"the upload is not a {ALLOWED_FORMATS_TEXT} image")
-
-
-def _claimed_format(head: bytes) -> str | None:
-    """HEIF or AVIF, if `head` carries its signature (an `ftyp` box with its brand)."""
-    for name in ("HEIF", "AVIF"):
-        accept = Image.OPEN[name][1]
-        if accept and accept(head):
-            return name
-    return None
-
-
-def _identify_other_format(file: io.BytesIO) -> str | None:
-    """Name a format outside the allowlist from its header alone (nothing is decoded)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(file) as other:
-                return other.format
-    except Exception:  # any failure just means "not an image we can name"
-        return None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -196,14 +249,14 @@ def normalize(image: Image.Image, mode: ResizeMode) -> Image.Image:
     """Resize to the model's 224x224 input the way `mode` says."""
     if mode is ResizeMode.resize:
         return image.resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BILINEAR)
+    # The crop is taken in the source's coordinates and resized in one step: the same pixels
+    # as resizing the short side to 256 and cutting the middle 224, without building the
+    # resized whole image (256 x 1,024,000 for a 1 x 4,000 input).
     width, height = image.size
-    scale = CENTER_CROP_SHORT_SIDE / min(width, height)
-    new_width = max(MODEL_SIZE, round(width * scale))
-    new_height = max(MODEL_SIZE, round(height * scale))
-    resized = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-    left = (new_width - MODEL_SIZE) // 2
-    top = (new_height - MODEL_SIZE) // 2
-    return resized.crop((left, top, left + MODEL_SIZE, top + MODEL_SIZE))
+    side = min(width, height) * MODEL_SIZE / CENTER_CROP_SHORT_SIDE
+    left, top = (width - side) / 2, (height - side) / 2
+    box = (left, top, left + side, top + side)
+    return image.resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BILINEAR, box=box)
 
 
 def encode_stored(image: Image.Image) -> bytes:

@@ -181,3 +181,96 @@ def corpus() -> dict[str, tuple[bytes, int, str | None]]:
     }
     accepted |= {f"exif orientation {n}": (exif_oriented(n), 200, None) for n in range(1, 9)}
     return refused | accepted
+
+
+# --- inputs whose decode cost or memory is out of proportion to their size (issue: hardening)
+
+
+def skinny_png(width: int, height: int) -> bytes:
+    """A flat PNG of extreme aspect ratio: a few kilobytes for millions of rows."""
+    return _png(Image.new("L", (width, height)))
+
+
+def jpeg_with_extra_scans(copies: int, size: tuple[int, int] = (512, 384)) -> bytes:
+    """A progressive JPEG whose last scan is repeated `copies` times: each repeat is a few
+    bytes and one more pass of libjpeg over every block."""
+    data = _save(Image.new("RGB", size, (120, 130, 140)), "JPEG", progressive=True)
+    last_scan = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last_scan:-2] * copies + b"\xff\xd9"
+
+
+def jpeg_with_comments(count: int) -> bytes:
+    """A JPEG with `count` empty COM segments before its frame (Pillow reads each in Python)."""
+    data = _save(Image.new("RGB", (16, 16)), "JPEG")
+    return data[:2] + b"\xff\xfe\x00\x02" * count + data[2:]
+
+
+def jpeg_with_stray_bytes(count: int) -> bytes:
+    data = _save(Image.new("RGB", (16, 16)), "JPEG")
+    return data[:2] + b"\x00" * count + data[2:]
+
+
+def _chunk(kind: bytes, payload: bytes = b"") -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def png_with_chunks(count: int) -> bytes:
+    """A valid 16x16 PNG with `count` empty private ancillary chunks before its data."""
+    data = _png(Image.new("RGB", (16, 16)))
+    header_end = 8 + 25  # signature + IHDR
+    return data[:header_end] + _chunk(b"prVt") * count + data[header_end:]
+
+
+def gif_with_blocks(count: int) -> bytes:
+    """A GIF with a comment extension of `count` one-byte sub-blocks before its image."""
+    data = _save(Image.new("P", (16, 16)), "GIF")
+    at = 13 + (3 << ((data[10] & 0x07) + 1)) if data[10] & 0x80 else 13
+    comment = b"\x21\xfe" + b"\x01x" * count + b"\x00"
+    return data[:at] + comment + data[at:]
+
+
+def many_frames(fmt: str, count: int) -> bytes:
+    frames = [Image.new("RGB", (64, 64), (i % 256, 0, 0)) for i in range(count)]
+    return _save(frames[0], fmt, save_all=True, append_images=frames[1:], duration=10)
+
+
+def ico_embedding_png_bomb() -> bytes:
+    """An ICO whose one entry is a PNG declaring 100,000 x 100,000 pixels: opening it with
+    Pillow's ICO plugin decodes the PNG; naming its format must not."""
+    png = png_bomb()
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + png
+
+
+def jpeg_with_malformed_exif() -> bytes:
+    """A JPEG whose EXIF block claims an IFD with entries pointing past its end."""
+    data = _save(Image.new("RGB", (32, 16), (200, 10, 10)), "JPEG")
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\xff\xff" + b"\x01\x12\x00\x03" + b"\xff" * 12
+    exif = b"Exif\x00\x00" + tiff
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + data[2:]
+
+
+def amplifiers() -> dict[str, tuple[bytes, int, str | None]]:
+    """Inputs out of proportion, each with the answer it must get (fast, in memory bounds)."""
+    return {
+        "1x4000 png, center-crop": (skinny_png(1, 4000), 200, None),
+        "4000x1 png": (skinny_png(4000, 1), 200, None),
+        "1x10,000,000 png": (skinny_png(1, 10_000_000), 413, "too_many_pixels"),
+        "10,000,000x1 png": (skinny_png(10_000_000, 1), 413, "too_many_pixels"),
+        "progressive jpeg, 10 scans": (jpeg_with_extra_scans(0), 200, None),
+        "progressive jpeg, 5,000 scans": (jpeg_with_extra_scans(5000), 413, "too_complex"),
+        "jpeg, 100,000 comment segments": (jpeg_with_comments(100_000), 413, "too_complex"),
+        "jpeg, 100 kB stray bytes": (jpeg_with_stray_bytes(100_000), 413, "too_complex"),
+        "png, 100,000 chunks": (png_with_chunks(100_000), 413, "too_complex"),
+        "gif, 100,000 comment sub-blocks": (gif_with_blocks(100_000), 413, "too_complex"),
+        "gif, 1,000 frames": (many_frames("GIF", 1000), 200, None),
+        "webp, 1,000 frames": (many_frames("WEBP", 1000), 200, None),
+        "apng, 1,000 frames": (many_frames("PNG", 1000), 200, None),
+        "ico embedding a png bomb": (ico_embedding_png_bomb(), 415, "unsupported_format"),
+        "jpeg with malformed exif": (jpeg_with_malformed_exif(), 200, None),
+    }

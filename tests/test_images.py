@@ -101,10 +101,16 @@ def test_allowlisted_formats_decode(fmt):
     assert decode_image(encode(Image.new("RGB", (10, 10), (9, 9, 9)), fmt), LIMIT).size == (10, 10)
 
 
-@pytest.mark.parametrize("fmt", ["TIFF", "PPM", "ICO", "TGA"])
+@pytest.mark.parametrize("fmt", ["TIFF", "PPM", "ICO", "DDS", "QOI", "PCX", "SGI"])
 def test_formats_outside_the_allowlist_are_named(fmt):
     with pytest.raises(errors.UnsupportedFormat, match=fmt):
         decode_image(encode(Image.new("RGB", (10, 10)), fmt), LIMIT)
+
+
+def test_a_format_without_a_signature_is_still_refused_as_unsupported():
+    """TGA has no magic bytes: its header reads as another format's (CUR) signature."""
+    with pytest.raises(errors.UnsupportedFormat):
+        decode_image(encode(Image.new("RGB", (10, 10)), "TGA"), LIMIT)
 
 
 def test_pixel_limit_is_checked_before_decoding():

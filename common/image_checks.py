@@ -1,0 +1,160 @@
+"""What an image's bytes say about it, read without decoding a pixel.
+
+Two jobs, both before any decoder runs:
+
+- `claimed_format`: the format a file's signature claims, from the `accept` checks of Pillow's
+  own plugins (a few bytes each). Pillow's `Image.open` is never run with non-allowlisted
+  plugins: some decode at open (an ICO fully decodes its largest embedded PNG or BMP).
+- `check_structure`: bounds on the work a decode does beyond its pixels. libjpeg reads every
+  scan of a progressive JPEG over the whole image, and Pillow walks JPEG segments, PNG chunks
+  and GIF blocks in Python, one at a time, so a few megabytes of tiny scans, segments, chunks or
+  blocks are seconds to minutes of CPU. Each is counted here with C-speed scanning and refused
+  past a limit far above what encoders write.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+from PIL import Image
+
+from common.errors import CorruptImage, ServiceError
+
+# Real JPEGs: baseline (phones, cameras) 1 scan; progressive from libjpeg(-turbo), Pillow and
+# jpegtran 10 (6 for greyscale); mozjpeg's optimized scripts 9-12. A scan costs its pass over
+# every block however little data it holds: ~25 ms on a 40 MP image (docs/security.md).
+MAX_JPEG_SCANS = 40
+# Segments (APPn, DQT, DHT, SOS, ...): tens in a phone photo; an ICC profile split across the
+# most APP2 chunks JPEG allows is 255.
+MAX_JPEG_SEGMENTS = 1000
+# Bytes outside any segment before the first scan (Pillow skips them one by one in Python).
+MAX_JPEG_STRAY_BYTES = 1024
+# PNG chunks Pillow reads in Python (every chunk up to the first frame's end): libpng writes
+# 8 KiB IDAT chunks, so a 20 MiB PNG has ~2,600.
+MAX_PNG_CHUNKS = 10_000
+# GIF blocks before the first frame's pixels (extensions, comments, their sub-blocks).
+MAX_GIF_BLOCKS = 10_000
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The next marker in a JPEG's entropy-coded data: 0xFF not followed by a stuffed zero, a
+# restart marker (RST0-7) or another 0xFF (fill).
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+SIGNATURE_BYTES = 32
+
+
+class TooComplex(ServiceError):
+    """The image would cost far more to decode than its pixels: refused before decoding."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "too_complex"
+
+
+def claimed_format(head: bytes, *, among: tuple[str, ...] | None = None) -> str | None:
+    """The first Pillow format whose signature check accepts `head` (nothing is decoded)."""
+    Image.init()
+    for name, (_factory, accept) in Image.OPEN.items():
+        if among is not None and name not in among:
+            continue
+        try:
+            if accept is not None and accept(head[:SIGNATURE_BYTES]):
+                return name
+        except Exception:  # a plugin's check failing on odd bytes claims nothing
+            continue
+    return None
+
+
+def check_structure(data: bytes) -> None:
+    """Refuse a JPEG, PNG or GIF whose structure would make its decode slow out of proportion."""
+    if data.startswith(b"\xff\xd8"):
+        _check_jpeg(data)
+    elif data.startswith(PNG_SIGNATURE):
+        _check_png(data)
+    elif data[:6] in (b"GIF87a", b"GIF89a"):
+        _check_gif(data)
+
+
+def _check_jpeg(data: bytes) -> None:
+    """Walk the segments and scans of the first image (to its EOI), counting each."""
+    at, end = 2, len(data)
+    segments = scans = stray = 0
+    while at + 1 < end:
+        if data[at] != 0xFF:  # bytes outside any segment: skipped by decoders, counted here
+            found = data.find(b"\xff", at)
+            if found < 0:
+                return
+            if not scans:
+                stray += found - at
+                if stray > MAX_JPEG_STRAY_BYTES:
+                    raise TooComplex(
+                        f"the JPEG has over {MAX_JPEG_STRAY_BYTES} bytes outside its segments"
+                    )
+            at = found
+            continue
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if marker == 0xD9:  # EOI: what follows (an MPO's other images) is not decoded
+            return
+        if marker in _STANDALONE_MARKERS:
+            at += 2
+            continue
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise TooComplex(f"the JPEG has more than {MAX_JPEG_SEGMENTS} segments")
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if length < 2:
+            raise CorruptImage("the JPEG file is truncated or corrupt: a segment length < 2")
+        at += 2 + length
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise TooComplex(
+                    f"the progressive JPEG has more than {MAX_JPEG_SCANS} scans; encoders write "
+                    "at most about a dozen"
+                )
+            following = _NEXT_MARKER.search(data, at)
+            if following is None:
+                return
+            at = following.start()
+
+
+def _check_png(data: bytes) -> None:
+    """Count the chunks Pillow reads one by one: all up to the end of the first frame."""
+    at, end = len(PNG_SIGNATURE), len(data)
+    chunks = 0
+    seen_image_data = False
+    while at + 8 <= end:
+        kind = data[at + 4 : at + 8]
+        if kind == b"IEND" or (seen_image_data and kind == b"fcTL"):
+            return  # an APNG's later frames are never read
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise TooComplex(f"the PNG has more than {MAX_PNG_CHUNKS} chunks")
+        seen_image_data = seen_image_data or kind == b"IDAT"
+        at += 12 + int.from_bytes(data[at : at + 4], "big")
+
+
+def _check_gif(data: bytes) -> None:
+    """Count the blocks before the first frame's image data (Pillow reads them in Python)."""
+    end = len(data)
+    at = 13
+    flags = data[10] if end > 10 else 0
+    if flags & 0x80:  # global colour table
+        at += 3 << ((flags & 0x07) + 1)
+    blocks = 0
+    while at < end:
+        introducer = data[at]
+        if introducer != 0x21:  # an image descriptor, the trailer or junk: the decoder's part
+            return
+        at += 2  # introducer, label
+        while at < end:  # sub-blocks, each a length byte and that many bytes, to a zero
+            blocks += 1
+            if blocks > MAX_GIF_BLOCKS:
+                raise TooComplex(f"the GIF has more than {MAX_GIF_BLOCKS} blocks before its image")
+            size = data[at]
+            at += 1 + size
+            if size == 0:
+                break
