@@ -7,6 +7,7 @@ partial is ever visible); reads accept only locations inside the configured buck
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import stat
@@ -25,10 +26,12 @@ from common.errors import (
     ForbiddenLocation,
     InvalidPath,
     ObjectNotFound,
+    ServiceError,
     StorageUnavailable,
     UploadTooLarge,
 )
 
+LOG = logging.getLogger(__name__)
 MAX_KEY_BYTES = 1024  # GCS's own limit on object names
 STORAGE_RETRY_AFTER_S = 5
 
@@ -46,16 +49,17 @@ class Storage(Protocol):
 
 
 def check_key(key: str) -> str:
-    """Refuse names that are empty, overlong, hold control characters or `.`/`..` segments."""
+    """Refuse names that are empty, overlong, hold control characters, lone surrogates (not
+    encodable) or `.`/`..` segments, as given and once percent-decoded."""
     if not key:
         raise InvalidPath("the path names no object")
-    if len(key.encode()) > MAX_KEY_BYTES:
-        raise InvalidPath(f"object names are limited to {MAX_KEY_BYTES} bytes")
-    if any(unicodedata.category(char) in ("Cc", "Cf") for char in key):
-        raise InvalidPath("the path contains control characters")
     for candidate in (key, unquote(key)):
+        if any(unicodedata.category(char) in ("Cc", "Cf", "Cs") for char in candidate):
+            raise InvalidPath("the path contains control characters or invalid text")
         if any(segment in (".", "..") for segment in candidate.replace("\\", "/").split("/")):
             raise InvalidPath("the path may not contain '.' or '..' segments")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidPath(f"object names are limited to {MAX_KEY_BYTES} bytes")
     return key
 
 
@@ -82,33 +86,34 @@ class LocalStorage:
 
     def read(self, uri: str, max_bytes: int) -> bytes:
         path = self._resolve(uri)
-        try:
+        with _local_errors(uri):
             # O_NONBLOCK: opening a FIFO inside the folder must not wait for a writer (it would
             # hold a reading thread for good); anything but a regular file is refused below.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except (FileNotFoundError, NotADirectoryError) as exc:
-            raise ObjectNotFound(f"no stored object at {uri}") from exc
-        except OSError as exc:
-            if exc.errno not in (errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP):
-                raise
-            raise _not_a_file() from exc  # a socket, or a device with no driver behind it
-        with open(fd, "rb") as file:
-            status = os.fstat(file.fileno())
-            if stat.S_ISDIR(status.st_mode):
-                raise ObjectNotFound(f"no stored object at {uri}")
-            if not stat.S_ISREG(status.st_mode):
-                raise _not_a_file()
-            if status.st_size > max_bytes:
-                raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
-            # Ask for the size the file has: `read(max_bytes + 1)` would allocate the whole
-            # limit (20 MiB by default) per call, several times the cost of a stored image.
-            data = file.read(status.st_size + 1)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                status = os.fstat(fd)
+                if stat.S_ISDIR(status.st_mode):
+                    raise ObjectNotFound(f"no stored object at {uri}")
+                if not stat.S_ISREG(status.st_mode):
+                    raise _not_a_file()
+                if status.st_size > max_bytes:
+                    raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
+                # Ask for the size the file has: reading `max_bytes + 1` would allocate the
+                # whole limit (20 MiB by default) per call, several times a stored image.
+                data = _read_at_most(fd, status.st_size + 1)
+            finally:
+                os.close(fd)  # on every path: a refused read must not leak its descriptor
         if len(data) > max_bytes:  # grew since fstat: stored objects never do, but be sure
             raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
         return data
 
     def _resolve(self, uri: str) -> Path:
-        parts = urlsplit(uri)
+        """The file a `file://` URI names, inside the folder; the path stage's one boundary:
+        whatever parsing or resolving raises is a 400, never a 500."""
+        try:
+            parts = urlsplit(uri)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+            raise InvalidPath(f"the path is not a valid URI: {exc}") from exc
         if parts.scheme == "gs":
             raise ForbiddenLocation(
                 f"this service stores images in a local folder; {uri!r} is not readable here"
@@ -118,12 +123,53 @@ class LocalStorage:
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise InvalidPath("a file:// path takes no host, query or fragment")
         check_key(parts.path.lstrip("/"))
-        # strict=False: a missing file is a 404 below, not an error here. resolve() follows
-        # symlinks, so a link inside the folder that points out of it is refused too.
-        path = Path(unquote(parts.path)).resolve()
+        with _local_errors(uri):
+            # strict=False: a missing file is a 404 when read, not an error here. resolve()
+            # follows symlinks, so a link inside the folder that points out of it is refused.
+            path = Path(unquote(parts.path, errors="strict")).resolve()
         if not path.is_relative_to(self.root):
             raise ForbiddenLocation("the path is outside this service's storage folder")
         return path
+
+
+def _read_at_most(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+# What the local file system says, by errno, in the README's codes.
+_NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR})
+_BAD_PATH = frozenset({errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL, errno.EISDIR})
+_SPECIAL = frozenset({errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP})
+_REFUSED = frozenset({errno.EACCES, errno.EPERM})
+
+
+@contextmanager
+def _local_errors(uri: str) -> Iterator[None]:
+    """The local backend's one error boundary: every OS error a read can meet maps to a code."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _NOT_FOUND:
+            raise ObjectNotFound(f"no stored object at {uri}") from exc
+        if exc.errno in _SPECIAL:
+            raise _not_a_file() from exc  # a socket, or a device with no driver behind it
+        if exc.errno in _BAD_PATH:
+            raise InvalidPath(f"the path cannot name a stored object: {exc.strerror}") from exc
+        if exc.errno in _REFUSED:
+            raise ForbiddenLocation("the stored object is not readable by this service") from exc
+        raise StorageUnavailable(
+            f"local storage failed: {exc.strerror}", retry_after_s=STORAGE_RETRY_AFTER_S
+        ) from exc
+    except (ValueError, RuntimeError, UnicodeError) as exc:
+        # a NUL byte, undecodable percent-escapes, a symlink loop (RuntimeError in pathlib)
+        raise InvalidPath(f"the path cannot name a stored object: {exc}") from exc
 
 
 def _not_a_file() -> InvalidPath:
@@ -332,20 +378,20 @@ class GCSStorage:
 
 @contextmanager
 def _storage_errors() -> Iterator[None]:
-    """Turn storage outages into 503 + Retry-After and a missing object into 404."""
+    """GCS's one error boundary: a missing object is a 404, a name GCS refuses a 400, and
+    everything else (outages, timeouts, credentials, the unexpected) 503 + Retry-After."""
     from google.api_core import exceptions as google_errors
-    from requests import exceptions as http_errors
 
     try:
         yield
+    except (ServiceError, google_errors.PreconditionFailed):
+        raise  # already ours; a create-only write that found the object is the caller's
     except google_errors.NotFound as exc:
         raise ObjectNotFound("no such object") from exc
-    except (
-        google_errors.RetryError,
-        google_errors.ServerError,
-        google_errors.TooManyRequests,
-        http_errors.RequestException,
-    ) as exc:
+    except google_errors.BadRequest as exc:
+        raise InvalidPath(f"storage refused the object name: {exc.message}") from exc
+    except Exception as exc:
+        LOG.warning("storage call failed: %s", exc, exc_info=True)
         raise StorageUnavailable(
             "storage is unavailable; try again shortly", retry_after_s=STORAGE_RETRY_AFTER_S
         ) from exc
