@@ -2,21 +2,32 @@
 
 - `JsonOnly`: JSON routes refuse other content types with 415 before BentoML parses the body
   (its multipart parser answers 500 to a `multipart/form-data` without a boundary).
-- `ErrorShape`: BentoML's own 4xx bodies (`{"error", "detail": [...]}` for validation errors,
-  `[{"error"}]` for its exceptions) become `{"error", "code"}` like the services' own errors,
-  which also matches the 400 schema BentoML documents in OpenAPI.
+- `ErrorShape`: every error response becomes `{"error", "code"}` like the services' own:
+  BentoML's bodies (`{"error", "detail": [...]}` for validation errors, `[{"error"}]` for its
+  exceptions), the router's plain-text 404 and 405, and a JSON 500 (the request logged) for an
+  exception nothing else caught, instead of a dropped connection or a text body.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import ServiceError, error_response
 from common.schemas import ErrorResponse
+
+LOG = logging.getLogger(__name__)
+
+
+def media_type(headers: Headers) -> str:
+    """The request's media type, lower-cased, parameters dropped (RFC 9110: case-insensitive)."""
+    value, _ = parse_options_header(headers.get("content-type", ""))
+    return value.decode("latin-1").strip().lower()
 
 
 class UnsupportedMediaType(ServiceError):
@@ -31,8 +42,8 @@ class JsonOnly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            content_type = Headers(scope=scope).get("content-type", "application/json")
-            if content_type.split(";")[0].strip().lower() != "application/json":
+            headers = Headers(scope=scope)
+            if "content-type" in headers and media_type(headers) != "application/json":
                 refusal = UnsupportedMediaType("send the request body as application/json")
                 await error_response(refusal)(scope, receive, send)
                 return
@@ -48,46 +59,88 @@ class ErrorShape:
             await self.app(scope, receive, send)
             return
         start: Message | None = None
+        started = False
         body = bytearray()
 
         async def reshape_send(message: Message) -> None:
-            nonlocal start
+            nonlocal start, started
             if message["type"] == "http.response.start":
-                headers = Headers(raw=message["headers"])
-                status = message["status"]
-                if 400 <= status < 500 and headers.get("content-type", "").startswith(
-                    "application/json"
-                ):
+                started = True
+                if message["status"] >= 400:
                     start = message  # hold it: the body may be rewritten
                     return
             elif start is not None and message["type"] == "http.response.body":
                 body.extend(message.get("body", b""))
                 if message.get("more_body", False):
                     return
-                new_body = _reshaped(bytes(body), start["status"])
-                headers = [
-                    (name, value)
-                    for name, value in start["headers"]
-                    if name.lower() != b"content-length"
-                ]
-                headers.append((b"content-length", str(len(new_body)).encode()))
-                await send({**start, "headers": headers})
-                await send({"type": "http.response.body", "body": new_body})
+                await _send_reshaped(send, start, bytes(body))
                 return
             await send(message)
 
-        await self.app(scope, receive, reshape_send)
+        try:
+            await self.app(scope, receive, reshape_send)
+        except Exception:
+            LOG.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # the answer is under way: the server closes the connection
+            failure = ErrorResponse(error="internal error; it has been logged", code="internal")
+            await send_error(send, HTTPStatus.INTERNAL_SERVER_ERROR, failure)
+
+
+async def send_error(send: Send, status: int, error: ErrorResponse) -> None:
+    body = error.model_dump_json().encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_reshaped(send: Send, start: Message, body: bytes) -> None:
+    headers = Headers(raw=start["headers"])
+    if headers.get("content-type", "").startswith("application/json"):
+        new_body = _reshaped(body, start["status"])
+    else:  # the router's "Method Not Allowed", uvicorn's "Internal Server Error" ...
+        text = body.decode("utf-8", "replace").strip()[:500]
+        new_body = _error_body(text or _phrase(start["status"]), start["status"])
+    kept = [
+        (name, value)
+        for name, value in start["headers"]
+        if name.lower() not in (b"content-length", b"content-type")
+    ]
+    kept += [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(new_body)).encode()),
+    ]
+    await send({**start, "headers": kept})
+    await send({"type": "http.response.body", "body": new_body})
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _code(status: int) -> str:
+    if status in (400, 422):
+        return "invalid_request"
+    return _phrase(status).lower().replace(" ", "_").replace("-", "_")
+
+
+def _error_body(message: str, status: int) -> bytes:
+    return ErrorResponse(error=message, code=_code(status)).model_dump_json().encode()
 
 
 def _reshaped(body: bytes, status: int) -> bytes:
     try:
         payload = json.loads(body)
     except ValueError:
-        return body
+        return _error_body(_phrase(status), status)
     if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], dict):
         payload = payload[0]  # BentoML's exception body
     if not isinstance(payload, dict) or "error" not in payload:
-        return body
+        detail = payload.get("detail") if isinstance(payload, dict) else None
+        return _error_body(str(detail or _phrase(status)), status)
     if "code" in payload and "detail" not in payload:
         return body  # already ours
     message = str(payload["error"])
@@ -98,9 +151,4 @@ def _reshaped(body: bytes, status: int) -> bytes:
             if isinstance(item, dict)
         ]
         message = "invalid request: " + "; ".join(problems)
-    code = (
-        "invalid_request"
-        if status in (400, 422)
-        else HTTPStatus(status).phrase.lower().replace(" ", "_")
-    )
-    return ErrorResponse(error=message, code=code).model_dump_json().encode()
+    return _error_body(message, status)

@@ -8,10 +8,15 @@ of every upload on the event loop (benchmarks/analysis.md, session 13).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+# RFC 2046 5.1.1: 1-70 characters from this set, not ending in a space (quotes around it are
+# the header's syntax, removed by the parameter parser).
+BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 
 
 class MalformedForm(ValueError):
@@ -58,6 +63,10 @@ class StreamingForm:
         boundary = options.get(b"boundary")
         if not boundary:
             raise MalformedForm("the Content-Type names no multipart boundary")
+        if not BOUNDARY.fullmatch(boundary):
+            raise MalformedForm(
+                "the multipart boundary must be 1-70 letters, digits or '()+_,-./:=? (RFC 2046)"
+            )
         self.max_parts = max_parts
         self.max_field_bytes = max_field_bytes
         self.parts: list[FormPart] = []
@@ -83,7 +92,10 @@ class StreamingForm:
     def feed(self, chunk: bytes) -> None:
         try:
             self._parser.write(chunk)
-        except FormParserError as exc:
+        except MalformedForm:
+            raise
+        except (FormParserError, ValueError, IndexError, TypeError) as exc:
+            # the parser's own errors, and whatever else it raises on bytes it did not expect
             raise MalformedForm(str(exc) or "invalid multipart data") from exc
 
     def finish(self) -> list[FormPart]:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.errors import ServiceError, UploadTooLarge, error_response
+from common.http_guards import media_type
 from common.schemas import ResizeMode
 from preprocess.form_parser import FormPart, MalformedForm, StreamingForm
 
@@ -94,7 +95,7 @@ class UploadGuard:
 
     async def _parse(self, scope: Scope, receive: Receive) -> PreprocessForm:
         headers = Headers(scope=scope)
-        if not headers.get("content-type", "").startswith("multipart/form-data"):
+        if media_type(headers) != "multipart/form-data":
             raise NotMultipart(f"send the image as multipart/form-data in field {FILE_FIELD!r}")
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body_bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import pytest
@@ -195,3 +196,92 @@ def test_bomb_sample_is_small_on_the_wire_but_huge_in_pixels():
     bomb = _bomb_png()
     assert len(bomb) < 200_000
     assert Image.open(io.BytesIO(bomb)).size == (10_000, 5_000)
+
+
+def test_media_types_and_boundaries_follow_their_rfcs(services, photos):
+    """Media types are case-insensitive; quoted boundaries work; over-long ones are a 400."""
+    url = f"{services.preprocess.url}/preprocess"
+    headers, body = _multipart([("image", ("a.jpg", photos["cat"]))])
+    boundary = headers["content-type"].split("boundary=")[1]
+    shouting = {"content-type": f"MULTIPART/FORM-DATA; BOUNDARY={boundary}"}
+    assert httpx.post(url, headers=shouting, content=body).status_code == 200
+    quoted = {"content-type": f'multipart/form-data; boundary="{boundary}"'}
+    assert httpx.post(url, headers=quoted, content=body).status_code == 200
+    long_boundary = "b" * 200
+    long_body = body.replace(boundary.encode(), long_boundary.encode())
+    long_headers = {"content-type": f"multipart/form-data; boundary={long_boundary}"}
+    response = httpx.post(url, headers=long_headers, content=long_body, timeout=10)
+    _assert_error(response, 400, "invalid_form", "boundary")
+    path = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]
+    answer = httpx.post(
+        f"{services.classify.url}/classify",
+        content=f'{{"gcs_path": "{path}"}}',
+        headers={"content-type": "APPLICATION/JSON; charset=UTF-8"},
+    )
+    assert answer.status_code == 200, answer.text
+    _assert_still_serves(services, photos)
+
+
+@pytest.mark.parametrize("service", ["classify", "preprocess"])
+def test_the_frameworks_own_errors_are_json(services, service):
+    """A wrong method, an unknown route: the same JSON shape as every other error."""
+    url = getattr(services, service).url
+    route = f"{url}/{service}"
+    for response, status in (
+        (httpx.get(route), 405),
+        (httpx.put(route, content=b"x"), 405),
+        (httpx.get(f"{url}/no-such-route"), 404),
+    ):
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        assert set(response.json()) == {"error", "code"}
+
+
+HOSTILE_PATHS = [
+    "file:///{root}/preprocessed/",  # a directory (once: a 500 and a leaked descriptor)
+    "file:///{root}/preprocessed/x%00.bmp",
+    "file:///{root}/preprocessed/" + "x" * 5000,
+    "file:///{root}/preprocessed/" + "a/" * 600,
+    "file://[::1/x",
+    "gs://[x/y",
+    "\x00",
+    "file:///{root}/preprocessed/%ff.bmp",
+    "file:///{root}/loop",
+    "gs://test-bucket/" + "k" * 2000,
+    "gs://test-bucket/preprocessed/\ud800",
+]
+
+
+def test_hundreds_of_bad_paths_leak_nothing(services, photos):
+    """Every hostile path is a 4xx; the server's descriptors and memory stay where they were."""
+    import psutil
+
+    if services.backend.name == "local":
+        root = services.backend.settings.storage_dir.resolve()
+        (root / "preprocessed").mkdir(parents=True, exist_ok=True)
+        loop = root / "loop"
+        if not loop.is_symlink():
+            loop.symlink_to(loop)
+    else:
+        root = "nowhere"
+    arbiter = psutil.Process(services.classify.process.pid)
+    server = max(  # the worker answering requests: the largest process of the serve tree
+        [arbiter, *arbiter.children(recursive=True)], key=lambda p: p.memory_info().rss
+    )
+
+    def classify_raw(path: str) -> httpx.Response:  # ASCII JSON: a lone surrogate as \\ud800
+        body = json.dumps({"gcs_path": path.format(root=root)})
+        headers = {"content-type": "application/json"}
+        return httpx.post(f"{services.classify.url}/classify", content=body, headers=headers)
+
+    for path in HOSTILE_PATHS:  # warm up whatever caches a first error fills
+        classify_raw(path)
+    descriptors, rss = server.num_fds(), server.memory_info().rss
+    for _ in range(30):
+        for path in HOSTILE_PATHS:
+            response = classify_raw(path)
+            assert 400 <= response.status_code < 500, (path, response.text)
+            assert set(response.json()) == {"error", "code"}
+    assert server.num_fds() <= descriptors + 2
+    assert server.memory_info().rss < rss + 32 * MIB
+    _assert_still_serves(services, photos)
