@@ -128,7 +128,10 @@ class Settings(BaseSettings):
     )
     # auth and observability
     auth_token: str | None = _setting(
-        None, description="when set, working routes need `Authorization: Bearer <AUTH_TOKEN>`"
+        None,
+        pattern=r"^[A-Za-z0-9\-._~+/]+=*$",
+        description="when set, working routes need `Authorization: Bearer <AUTH_TOKEN>` (an "
+        "RFC 6750 token: letters, digits, `-._~+/`, e.g. `openssl rand -base64 32`)",
     )
     auth_audience: str | None = _setting(
         None, description="also accept Google ID tokens for this audience (the service URL)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.auth import OPEN_PATHS
+from common.auth import is_open
 from common.errors import Overloaded, error_response
 
 RETRY_AFTER_S = 1
@@ -25,7 +25,7 @@ class LoadShedder:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["path"] == "/metrics":
+        if scope["type"] != "http" or is_open(scope) or scope["path"] == "/metrics":
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:

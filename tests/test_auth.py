@@ -95,3 +95,39 @@ def test_tokens_never_reach_the_logs(protected):
     _, servers = protected
     for server in servers.values():
         assert TOKEN not in server.log.read_text(errors="ignore")
+
+
+def test_headers_are_read_as_the_rfcs_say(protected):
+    """The scheme is case-insensitive, spaces may repeat; two headers or another scheme is a 401."""
+    _, servers = protected
+    url = f"{servers['classify'].url}/classify"
+    for value in (f"bearer {TOKEN}", f"BEARER   {TOKEN}"):
+        response = httpx.post(url, json={"gcs_path": "x"}, headers={"Authorization": value})
+        assert response.status_code == 400, (value, response.text)  # authorized: a bad path
+    for headers in (
+        [("Authorization", f"Bearer {TOKEN}"), ("Authorization", f"Bearer {TOKEN}")],
+        [("Authorization", f"Basic {TOKEN}")],
+        [("Authorization", f"Bearer{TOKEN}")],
+        [("Authorization", f"Bearer {TOKEN} extra")],
+        [("Authorization", "Bearer " + "A" * 20_000)],
+        [("Authorization", b"Bearer \xe9t\xe9")],
+    ):
+        response = httpx.post(url, json={"gcs_path": "x"}, headers=headers)
+        assert response.status_code == 401, (headers[0][1][:40], response.text)
+        assert response.json()["code"] == "unauthorized"
+
+
+def test_the_docs_work_in_a_browser_with_auth_on(protected):
+    """The Swagger UI page and every script and style it loads answer without a token."""
+    import re
+
+    for server in protected[1].values():
+        page = httpx.get(f"{server.url}/docs", follow_redirects=True)
+        assert page.status_code == 200
+        assets = re.findall(r'(?:src|href)="\./([^"]+)"', page.text)
+        assert any(asset.endswith(".js") for asset in assets), assets
+        for asset in [*assets, "docs.json"]:
+            response = httpx.get(f"{server.url}/{asset}")
+            assert response.status_code == 200, (asset, response.status_code)
+        write = httpx.post(f"{server.url}/static_content/swagger-ui.css")
+        assert write.status_code in (401, 405)

@@ -136,3 +136,91 @@ def test_only_valid_google_id_tokens_get_in(verifying_services, signer_and_certs
     )
     assert answer.status_code == 200 and answer.json()["label"] == "Egyptian cat"
     assert upload(preprocess.url, photos["cat"]).status_code == 401
+
+
+class CertsEndpoint:
+    """A certificate endpoint whose behaviour the test changes: serve, fail, or hang."""
+
+    def __init__(self, cert_body: bytes) -> None:
+        self.mode = "hang"
+        self.requests = 0
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                endpoint.requests += 1
+                if endpoint.mode == "hang":
+                    time.sleep(30)
+                    return
+                if endpoint.mode == "fail":
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "public, max-age=600")
+                self.end_headers()
+                self.wfile.write(cert_body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/certs"
+
+
+def test_a_failing_certificate_endpoint_never_stalls_the_service(
+    bentoml_home, tmp_path_factory, photos
+):
+    """Hanging, then failing, then back: 503 + Retry-After in bounded time, probes always
+    fast, and valid tokens accepted again once the certificates can be fetched."""
+    import concurrent.futures
+
+    private, cert = _key_and_cert()
+    signer = crypt.RSASigner.from_string(private, key_id=KEY_ID)
+    endpoint = CertsEndpoint(json.dumps({KEY_ID: cert.decode()}).encode())
+    tmp = tmp_path_factory.mktemp("failing-certs")
+    backend = make_backend("local", tmp, None)
+    env = service_env(
+        bentoml_home, backend.env, AUTH_AUDIENCE=AUDIENCE, AUTH_CERTS_URL=endpoint.url
+    )
+    server = Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start()
+    try:
+        server.wait_ready()
+        good = {"Authorization": f"Bearer {token(signer)}"}
+        url = f"{server.url}/preprocess"
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            pending = [
+                pool.submit(
+                    httpx.post, url, files={"image": photos["cat"]}, headers=good, timeout=30
+                )
+                for _ in range(3)
+            ]
+            time.sleep(0.5)
+            started = time.perf_counter()
+            assert httpx.get(f"{server.url}/livez", timeout=5).status_code == 200
+            assert time.perf_counter() - started < 1  # the event loop is not held
+            for future in pending:
+                response = future.result()
+                assert response.status_code == 503, response.text
+                assert response.json()["code"] == "auth_unavailable"
+                assert int(response.headers["retry-after"]) > 0
+        assert endpoint.requests == 1  # one fetch at a time, its failure shared
+        endpoint.mode = "fail"
+        time.sleep(5.5)  # past the backoff after a failed fetch
+        started = time.perf_counter()
+        failed = httpx.post(url, files={"image": photos["cat"]}, headers=good)
+        assert failed.status_code == 503 and time.perf_counter() - started < 2
+        endpoint.mode = "serve"
+        time.sleep(5.5)
+        assert httpx.post(url, files={"image": photos["cat"]}, headers=good).status_code == 200
+        assert httpx.post(url, files={"image": photos["cat"]}, headers=good).status_code == 200
+        fetches = endpoint.requests
+        endpoint.mode = "fail"  # certificates within their max-age are used without a fetch
+        assert httpx.post(url, files={"image": photos["cat"]}, headers=good).status_code == 200
+        assert endpoint.requests == fetches
+    finally:
+        server.stop()
+        endpoint.server.shutdown()
