@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 from helpers import classify, stored_keys, upload
-from hostile import corpus
+from hostile import amplifiers, corpus
 
 CORPUS = corpus()
 MAX_SECONDS = 10
@@ -47,3 +47,42 @@ def test_hostile_file_gets_its_documented_outcome(services, photos, rss_before, 
     good = upload(services.preprocess.url, photos["bird"])
     assert good.status_code == 200
     assert classify(services.classify.url, good.json()["gcs_path"]).json()["label"] == "chickadee"
+
+
+AMPLIFIERS = amplifiers()
+FAST_SECONDS = 3  # an amplifier is refused from its headers, or costs what its pixels cost
+
+
+@pytest.mark.parametrize("mode", ["resize", "center-crop"])
+@pytest.mark.parametrize("name", AMPLIFIERS)
+def test_inputs_out_of_proportion_are_bounded(services, rss_before, name, mode):
+    """Tiny files that declare huge work (rows, scans, segments, chunks, frames, embedded
+    images): the documented answer, fast, with the server's memory where it was."""
+    data, status, code = AMPLIFIERS[name]
+    started = time.monotonic()
+    response = upload(services.preprocess.url, data, mode=mode, name="a.bin")
+    elapsed = time.monotonic() - started
+    assert response.status_code == status, response.text
+    assert elapsed < FAST_SECONDS, f"{name} took {elapsed:.1f} s"
+    assert code is None or response.json()["code"] == code
+    assert tree_rss_mb(services.preprocess.process.pid) - rss_before < MAX_RSS_GROWTH_MB
+
+
+@pytest.mark.parametrize("name", sorted({**CORPUS, **AMPLIFIERS}))
+def test_stored_objects_get_the_same_bounds_when_classified(services, name):
+    """classify reading a hostile object from storage (a future bulk path reads buckets):
+    the same budget, CPU bounds and error mapping as an upload, and the worker lives on."""
+    data, status, code = {**CORPUS, **AMPLIFIERS}[name]
+    if not data or len(data) > services.backend.settings.max_upload_bytes:
+        return  # nothing to store, or refused by size before any decode
+    key = f"uploads/hostile-{abs(hash(name))}.img"
+    uri, _ = services.backend.storage.put_if_absent(key, data, "application/octet-stream")
+    started = time.monotonic()
+    answer = classify(services.classify.url, uri)
+    assert time.monotonic() - started < MAX_SECONDS
+    assert answer.status_code == status, answer.text
+    if code is not None:
+        assert answer.json()["code"] == code
+    else:
+        assert answer.json()["top_k"]
+    assert tree_rss_mb(services.classify.process.pid) < 3000
