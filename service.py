@@ -11,6 +11,7 @@ the model call. The model runs on ONNX Runtime (default), TensorFlow or OpenVINO
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +25,7 @@ import batcher
 from common.auth import BearerAuth
 from common.bento_image import slim_image
 from common.config import observability_config, settings
+from common.deadline import REQUEST_TIMEOUT_S
 from common.docs import DocsAlias
 from common.errors import ServiceError, error_response
 from common.http_guards import ErrorShape, JsonOnly
@@ -67,7 +69,7 @@ def _named_pool(threads: int, name: str) -> ThreadPoolExecutor:
     image=slim_image(),
     workers=1,
     threads=SETTINGS.concurrent_calls,
-    traffic={"timeout": 60},
+    traffic={"timeout": REQUEST_TIMEOUT_S},
     labels={"owner": "image-services", "stage": "classify"},
     **observability_config(SETTINGS),
 )
@@ -117,11 +119,15 @@ class Classify:
         """Classify a stored image with MobileNetV2 and return the top class and the top-k."""
         try:
             if SETTINGS.batching:
-                read = self._read_threads.submit(self._read_and_decode, gcs_path)
+                read = self._read_threads.submit(
+                    contextvars.copy_context().run, self._read_and_decode, gcs_path
+                )
                 probabilities = await self._infer(await asyncio.wrap_future(read))
             else:
                 answer: Future[np.ndarray] = Future()
-                self._read_threads.submit(self._read_then_predict, gcs_path, answer)
+                self._read_threads.submit(
+                    contextvars.copy_context().run, self._read_then_predict, gcs_path, answer
+                )
                 probabilities = await asyncio.wrap_future(answer)
         except ServiceError as exc:
             return error_response(exc)

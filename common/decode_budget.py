@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from common.deadline import remaining_s
 from common.errors import Overloaded
 
 # Peak bytes per decoded pixel, the sizing rule's factor (docs/deploy.md, "Memory"; the worst
@@ -34,9 +35,16 @@ class DecodeBudget:
     def admit(self, cost: int) -> Iterator[None]:
         """Hold `cost` pixels of the budget while the block runs (one image over it runs alone)."""
         cost = min(cost, self.pixels)
+        left = remaining_s()
+        if left is not None and left <= 0:  # its request has timed out: never start the work
+            raise Overloaded(
+                "the request ran out of time before its image was decoded",
+                retry_after_s=RETRY_AFTER_S,
+            )
+        wait_s = self.wait_s if left is None else min(self.wait_s, left)
         with self._changed:
             if not self._changed.wait_for(
-                lambda: self.in_use + cost <= self.pixels, timeout=self.wait_s
+                lambda: self.in_use + cost <= self.pixels, timeout=wait_s
             ):
                 raise Overloaded(
                     "too many large images are being decoded at once; retry shortly",

@@ -11,6 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.auth import is_open
+from common.deadline import request_deadline
 from common.errors import Overloaded, error_response
 
 RETRY_AFTER_S = 1
@@ -37,7 +38,8 @@ class LoadShedder:
             return
         self.in_flight += 1
         try:
-            await self.app(scope, receive, _with_retry_after(send))
+            with request_deadline():  # work still queued past it is never started
+                await self.app(scope, receive, _with_retry_after(send))
         finally:
             self.in_flight -= 1
 

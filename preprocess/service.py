@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from common.auth import BearerAuth
 from common.bento_image import slim_image
 from common.config import observability_config, settings
+from common.deadline import REQUEST_TIMEOUT_S
 from common.docs import DocsAlias
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
 from common.http_guards import ErrorShape
@@ -46,7 +47,7 @@ IMAGE_CPU = bentoml.metrics.Counter(
     image=slim_image(),
     workers=1,
     threads=4,  # Pillow releases the GIL while decoding and resizing
-    traffic={"timeout": 60},
+    traffic={"timeout": REQUEST_TIMEOUT_S},
     labels={"owner": "image-services", "stage": "preprocess"},
     **observability_config(SETTINGS),
 )

@@ -246,3 +246,15 @@ def test_an_image_over_the_whole_budget_runs_alone():
     budget = DecodeBudget(100, wait_s=0)
     with budget.admit(10**6):
         assert budget.in_use == 100
+
+
+def test_a_decode_whose_request_has_timed_out_never_starts():
+    from common.deadline import request_deadline
+    from common.decode_budget import DecodeBudget
+
+    budget = DecodeBudget(pixels=10**6, wait_s=5)
+    data = encode(Image.new("RGB", (64, 64)), "PNG")
+    with request_deadline(timeout_s=-1), pytest.raises(errors.Overloaded, match="ran out of time"):
+        load_model_image(data, LIMIT, ResizeMode.resize, budget)
+    with request_deadline(timeout_s=30):
+        assert load_model_image(data, LIMIT, ResizeMode.resize, budget).size == (224, 224)
