@@ -3,7 +3,7 @@ response conforms to the documented schema and content type.
 
 `status_code_conformance` is left out: BentoML documents only 200/400/404/500 for each route
 and offers no way to declare more, while our services deliberately answer 401/403/413/415/
-422/503 (documented in the README's error table and in SECURITY.md).
+422/503 (documented in docs/errors.md and SECURITY.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,112 @@
+"""The most CPU one accepted upload can cost: the worst input of each format at the limits.
+
+    .venv/bin/python -m benchmarks.worst_case_decode    # writes benchmarks/worst_case_decode.json
+
+Each input is as large as the limits allow (MAX_IMAGE_PIXELS, under MAX_UPLOAD_BYTES) and built
+to be slow for its decoder: progressive JPEG with as many scans as accepted, interlaced 16-bit
+PNG, lossless WebP, AVIF and HEIC at full size, a GIF and an RLE BMP. Every one is decoded and
+normalized in both modes, timed in CPU seconds of the decoding thread (Pillow's codecs run on
+it). The README's limits and docs/security.md cite the result.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from common.config import Settings
+from common.image_checks import MAX_JPEG_SCANS
+from common.images import load_model_image, set_pixel_limit
+from common.schemas import ResizeMode
+
+OUT = Path(__file__).with_name("worst_case_decode.json")
+PHOTO = Path(__file__).resolve().parents[2] / "shared" / "models" / "images" / "parrot.jpg"
+
+
+def _save(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _photo(size: tuple[int, int]) -> Image.Image:
+    """A photo-like image of `size` (the labelled parrot, upscaled, with grain)."""
+    base = Image.open(PHOTO).convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    return Image.blend(base, Image.effect_noise(size, 40).convert("RGB"), 0.05)
+
+
+def _jpeg_most_scans(size: tuple[int, int]) -> bytes:
+    """A progressive JPEG whose last scan is repeated up to the accepted number of scans: each
+    repeat is a few bytes (one EOB run) and one more pass of libjpeg over every block."""
+    data = _save(Image.new("RGB", size, (120, 130, 140)), "JPEG", progressive=True)
+    last = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last:-2] * (MAX_JPEG_SCANS - 10) + b"\xff\xd9"
+
+
+def _gradient(size: tuple[int, int], mode: str) -> Image.Image:
+    return Image.linear_gradient("L").resize(size).convert(mode)
+
+
+def inputs(max_pixels: int, max_bytes: int) -> dict[str, Callable[[], bytes]]:
+    width = 8000
+    size = (width, max_pixels // width)
+    return {
+        "jpeg progressive, most scans": lambda: _jpeg_most_scans(size),
+        "jpeg baseline q95": lambda: _save(_photo(size), "JPEG", quality=95),
+        "png 16-bit interlaced": lambda: _save(Image.new("I;16", size, 1234), "PNG", interlace=1),
+        "png rgba": lambda: _save(_gradient(size, "RGBA"), "PNG"),
+        "webp lossless": lambda: _save(_photo((5000, 3000)), "WEBP", lossless=True),
+        "webp lossy": lambda: _save(_photo((16383, max_pixels // 16383)), "WEBP", quality=90),
+        "avif": lambda: _save(_photo(size), "AVIF", quality=60, speed=10),
+        "heic": lambda: _save(_photo(size), "HEIF", quality=60),
+        "gif": lambda: _save(_photo(size).convert("P"), "GIF"),
+        "bmp 8-bit": lambda: _save(_photo((4500, 4400)).convert("P"), "BMP"),
+    }
+
+
+def main() -> None:
+    limits = Settings()
+    set_pixel_limit(limits.max_image_pixels)
+    results = {}
+    for name, build in inputs(limits.max_image_pixels, limits.max_upload_bytes).items():
+        data = build()
+        row: dict[str, object] = {"bytes": len(data)}
+        if len(data) > limits.max_upload_bytes:
+            row["note"] = "over MAX_UPLOAD_BYTES: refused before decoding"
+        else:
+            for mode in ResizeMode:
+                started = time.thread_time()
+                load_model_image(data, limits.max_image_pixels, mode)
+                row[f"cpu_s_{mode.value}"] = round(time.thread_time() - started, 3)
+        results[name] = row
+        print(name, row, flush=True)
+    OUT.write_text(
+        json.dumps(
+            {
+                "cpu": _cpu_name(),
+                "python": platform.python_version(),
+                "max_image_pixels": limits.max_image_pixels,
+                "max_upload_bytes": limits.max_upload_bytes,
+                "inputs": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
