@@ -276,12 +276,13 @@ def test_hundreds_of_bad_paths_leak_nothing(services, photos):
 
     for path in HOSTILE_PATHS:  # warm up whatever caches a first error fills
         classify_raw(path)
-    descriptors, rss = server.num_fds(), server.memory_info().rss
+    descriptors, threads, rss = server.num_fds(), server.num_threads(), server.memory_info().rss
     for _ in range(30):
         for path in HOSTILE_PATHS:
             response = classify_raw(path)
             assert 400 <= response.status_code < 500, (path, response.text)
             assert set(response.json()) == {"error", "code"}
     assert server.num_fds() <= descriptors + 2
+    assert server.num_threads() <= threads + 2  # no thread left behind by a refused read
     assert server.memory_info().rss < rss + 32 * MIB
     _assert_still_serves(services, photos)

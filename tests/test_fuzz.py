@@ -93,7 +93,7 @@ def test_served_fuzz_answers_are_documented_fast_and_bounded(services):
     rng = random.Random(int(os.environ.get("FUZZ_SEED", "4242")))
     url = f"{services.preprocess.url}/preprocess"
     worker = _worker_process(services.preprocess)
-    rss_before = worker.memory_info().rss
+    rss_before, fds_before = worker.memory_info().rss, worker.num_fds()
     names = sorted(SEEDS)
     answered: dict[int, int] = {}
     with httpx.Client(timeout=SERVED_TIME_BOUND_S) as client:
@@ -120,3 +120,4 @@ def test_served_fuzz_answers_are_documented_fast_and_bounded(services):
     # Each decode is bounded by the budget (16 B per counted pixel of the largest image,
     # 640 MiB at the defaults); what stays behind after the run must be far less.
     assert worker.memory_info().rss < rss_before + 256 * MIB
+    assert worker.num_fds() <= fds_before + 4
