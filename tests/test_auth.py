@@ -80,7 +80,7 @@ def test_right_token_runs_the_pipeline(protected, photos):
 
 def test_client_command_sends_the_token(protected):
     _, servers = protected
-    command = [sys.executable, "-m", "common.client", str(PHOTOS / "parrot.jpg")]
+    command = [sys.executable, "-m", "client", str(PHOTOS / "parrot.jpg")]
     command += ["--preprocess-url", servers["preprocess"].url]
     command += ["--classify-url", servers["classify"].url]
     denied = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)

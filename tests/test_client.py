@@ -20,7 +20,7 @@ from PIL import Image
 
 def run_client(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "common.client", *args],
+        [sys.executable, "-m", "client", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -92,7 +92,7 @@ def photo_folder(tmp_path_factory, photos) -> Path:
 
 def start_client(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "common.client", *args],
+        [sys.executable, "-m", "client", *args],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -33,7 +33,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from common.results import Outcome, ResultsFile
+from client.results import Outcome, ResultsFile
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif"}
 RETRY_STATUSES = {429, 503}

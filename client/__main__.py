@@ -1,0 +1,3 @@
+from client.pipeline import main
+
+main()
