@@ -1,3 +1,3 @@
 from client.pipeline import main
 
-main()
+raise SystemExit(main())
