@@ -22,17 +22,15 @@ import numpy as np
 from starlette.responses import JSONResponse
 
 import batcher
-from common.auth import BearerAuth
+from common import http_stack
 from common.bento_image import slim_image
 from common.config import observability_config, settings
 from common.deadline import REQUEST_TIMEOUT_S
-from common.docs import DocsAlias
 from common.errors import ServiceError, error_response
-from common.http_guards import ErrorShape, JsonOnly
+from common.http_guards import JsonOnly
 from common.images import MODEL_SIZE, set_pixel_limit, to_model_pixels
 from common.memory import release_large_buffers_promptly
 from common.schemas import ClassifyRequest, ClassifyResponse, ModelInput, ModelOutput, Prediction
-from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from common.threads import name_this_thread, name_thread, thread_ids
 from runtimes import class_names, load_runtime, stored_model
@@ -226,8 +224,4 @@ class Classify:
         return [ModelOutput(probabilities=row.tobytes()) for row in probabilities]
 
 
-Classify.add_asgi_middleware(DocsAlias)
-Classify.add_asgi_middleware(ErrorShape)
-Classify.add_asgi_middleware(BearerAuth, settings=SETTINGS)
-Classify.add_asgi_middleware(LoadShedder, max_in_flight=SETTINGS.max_in_flight)
-Classify.add_asgi_middleware(JsonOnly, paths={"/classify", "/predict_batch"})
+http_stack.install(Classify, SETTINGS, JsonOnly, paths={"/classify", "/predict_batch"})

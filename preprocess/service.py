@@ -12,13 +12,11 @@ import time
 import bentoml
 from starlette.responses import JSONResponse
 
-from common.auth import BearerAuth
+from common import http_stack
 from common.bento_image import slim_image
 from common.config import observability_config, settings
 from common.deadline import REQUEST_TIMEOUT_S
-from common.docs import DocsAlias
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
-from common.http_guards import ErrorShape
 from common.images import (
     STORED_CONTENT_TYPE,
     STORED_SUFFIX,
@@ -28,7 +26,6 @@ from common.images import (
 )
 from common.memory import release_large_buffers_promptly
 from common.schemas import PreprocessResponse, ResizeMode
-from common.shedding import LoadShedder
 from common.storage import storage_from_settings
 from preprocess.uploads import PreprocessForm, UploadGuard
 
@@ -94,10 +91,10 @@ class Preprocess:
         )
 
 
-Preprocess.add_asgi_middleware(DocsAlias)
-Preprocess.add_asgi_middleware(ErrorShape)
-Preprocess.add_asgi_middleware(BearerAuth, settings=SETTINGS)
-Preprocess.add_asgi_middleware(LoadShedder, max_in_flight=SETTINGS.max_in_flight)
-Preprocess.add_asgi_middleware(
-    UploadGuard, path="/preprocess", max_upload_bytes=SETTINGS.max_upload_bytes
+http_stack.install(
+    Preprocess,
+    SETTINGS,
+    UploadGuard,
+    path="/preprocess",
+    max_upload_bytes=SETTINGS.max_upload_bytes,
 )

@@ -1,0 +1,30 @@
+"""The HTTP middleware stack both services put in front of BentoML, in one place and order.
+
+Outermost first: `/docs` redirect; the error shape (every error leaves as `{"error", "code"}`,
+an uncaught exception as a JSON 500); auth (nothing runs for a caller without a token); load
+shedding (which also sets each admitted request's deadline); then the service's own body guard
+(JSON only for classify's routes, the upload parser for preprocess).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.types import ASGIApp
+
+from common.auth import BearerAuth
+from common.config import Settings
+from common.docs import DocsAlias
+from common.http_guards import ErrorShape
+from common.shedding import LoadShedder
+
+
+def install(
+    service: Any, settings: Settings, body_guard: type[ASGIApp], **guard_options: object
+) -> None:
+    """Add the shared stack to a `@bentoml.service` class, `body_guard` innermost."""
+    service.add_asgi_middleware(DocsAlias)
+    service.add_asgi_middleware(ErrorShape)
+    service.add_asgi_middleware(BearerAuth, settings=settings)
+    service.add_asgi_middleware(LoadShedder, max_in_flight=settings.max_in_flight)
+    service.add_asgi_middleware(body_guard, **guard_options)
