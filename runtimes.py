@@ -18,13 +18,12 @@ import numpy as np
 
 from common.config import Runtime as RuntimeName
 from common.config import Settings
+from common.schemas import MODEL_SIZE, NUM_CLASSES
 
-MODEL_SIZE = 224
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model-int8.xml"  # NNCF's INT8 quantization of the ONNX export (OpenVINO IR)
 CLASS_INDEX_FILE = "imagenet_class_index.json"
-NUM_CLASSES = 1000
 # Opt-in reduced precision: accepted on top-1 accuracy within 1 point of FP32 (the FP32 ones
 # must agree with Keras' probabilities instead; tests/test_runtimes.py)
 REDUCED_PRECISION_RUNTIMES = (RuntimeName.openvino_int8.value, RuntimeName.openvino_bf16.value)

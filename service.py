@@ -28,9 +28,16 @@ from common.config import observability_config, settings
 from common.deadline import REQUEST_TIMEOUT_S
 from common.errors import ServiceError, error_response
 from common.http_guards import JsonOnly
-from common.images import MODEL_SIZE, set_pixel_limit, to_model_pixels
+from common.images import set_pixel_limit, to_model_pixels
 from common.memory import release_large_buffers_promptly
-from common.schemas import ClassifyRequest, ClassifyResponse, ModelInput, ModelOutput, Prediction
+from common.schemas import (
+    MODEL_SIZE,
+    ClassifyRequest,
+    ClassifyResponse,
+    ModelInput,
+    ModelOutput,
+    Prediction,
+)
 from common.storage import storage_from_settings
 from common.threads import name_this_thread, name_thread, thread_ids
 from runtimes import class_names, load_runtime, stored_model

@@ -27,12 +27,11 @@ from common.errors import (
     UnsupportedFormat,
 )
 from common.image_checks import SIGNATURE_BYTES, check_structure, claimed_format
-from common.schemas import ResizeMode
+from common.schemas import MODEL_SIZE, ResizeMode
 
 if TYPE_CHECKING:
     import numpy as np
 
-MODEL_SIZE = 224
 CENTER_CROP_SHORT_SIDE = 256
 # HEIF covers HEIC (iPhone photos, bursts and grids: libheif decodes the primary image); AVIF
 # is Pillow's own plugin.

@@ -12,6 +12,10 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TOP_K = 1000
+# The model's contract, defined here once: 224x224 RGB uint8 in, 1000 ImageNet classes out.
+MODEL_SIZE = 224
+NUM_CLASSES = 1000
+MODEL_PIXEL_BYTES = MODEL_SIZE * MODEL_SIZE * 3
 
 
 class ResizeMode(StrEnum):
@@ -108,10 +112,6 @@ class ClassifyResponse(BaseModel):
         "differ a little from FP32's (docs/performance.md).",
         examples=["onnxruntime"],
     )
-
-
-MODEL_PIXEL_BYTES = 224 * 224 * 3  # one 224x224 RGB image, uint8
-NUM_CLASSES = 1000
 
 
 class ModelInput(BaseModel):
