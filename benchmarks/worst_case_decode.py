@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -102,10 +103,15 @@ def main() -> None:
 
 
 def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+    """The model name with the vector extensions that matter here (they differ between hosts)."""
+    info = Path("/proc/cpuinfo").read_text()
+    name = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    flags = set(info.split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(isa)}), {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
