@@ -8,6 +8,7 @@ uploads and mutated multipart bodies through the real preprocess server, each a 
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -24,6 +25,7 @@ from fuzzing import (
     regressions,
     seeds,
 )
+from hostile import amplifiers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,10 +71,17 @@ def test_every_seed_decodes(seed):
         assert check_decode(SEEDS[seed], mode) == "ok"
 
 
-@pytest.mark.parametrize("finding", regressions(), ids=lambda path: path.stem)
-def test_fuzz_findings_stay_fixed(finding):
-    data = finding.read_bytes()
-    if data.startswith(b"form:") or finding.name.startswith("form-"):
+@functools.cache
+def _regression_cases() -> dict[str, bytes]:
+    """Every saved finding, and the hand-built inputs out of proportion."""
+    cases = {path.stem: path.read_bytes() for path in regressions()}
+    return cases | {name: data for name, (data, _, _) in amplifiers().items()}
+
+
+@pytest.mark.parametrize("name", sorted(_regression_cases()))
+def test_fuzz_findings_stay_fixed(name):
+    data = _regression_cases()[name]
+    if name.startswith("form-"):
         check_form(data.removeprefix(b"form:"), [])
         return
     for mode in ResizeMode:
