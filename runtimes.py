@@ -16,33 +16,13 @@ from typing import Protocol
 
 import numpy as np
 
-from common.config import Runtime as RuntimeName
-from common.config import Settings
+from common.runtime_table import spec
 from common.schemas import MODEL_SIZE, NUM_CLASSES
 
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model-int8.xml"  # NNCF's INT8 quantization of the ONNX export (OpenVINO IR)
 CLASS_INDEX_FILE = "imagenet_class_index.json"
-# Opt-in reduced precision: accepted on top-1 accuracy within 1 point of FP32 (the FP32 ones
-# must agree with Keras' probabilities instead; tests/test_runtimes.py)
-REDUCED_PRECISION_RUNTIMES = (RuntimeName.openvino_int8.value, RuntimeName.openvino_bf16.value)
-ALL_RUNTIMES = tuple(name.value for name in RuntimeName)
-RUNTIMES = tuple(name for name in ALL_RUNTIMES if name not in REDUCED_PRECISION_RUNTIMES)
-OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
-# The stored model each runtime family loads, by family (scripts/import_model.py writes them).
-STORED_MODELS = {
-    "keras": "mobilenet_v2_keras",
-    "onnx": "mobilenet_v2_onnx",
-    "openvino": "mobilenet_v2_openvino",
-}
-MODEL_FAMILIES = {
-    "tensorflow": "keras",
-    "onnxruntime": "onnx",
-    **dict.fromkeys(OPENVINO_PRECISIONS, "openvino"),
-}
-# the fastest accepted FP32 runtime (benchmarks/results.md)
-DEFAULT_RUNTIME = Settings.model_fields["classify_runtime"].default.value
 
 
 class Runtime(Protocol):
@@ -118,7 +98,7 @@ class OnnxRuntime:
 class OpenVinoRuntime:
     """The ONNX export on OpenVINO's CPU plugin in FP32, or (opt-in) BF16 or INT8.
 
-    - `f32`: asked for explicitly, because OpenVINO picks BF16 by itself on CPUs that have it.
+    - `fp32`: asked for explicitly, because OpenVINO picks BF16 by itself on CPUs that have it.
     - `bf16`: faster on a CPU with AVX-512 BF16 or AMX; on a CPU without BF16 it runs FP32
       (`precision` says so).
     - `int8`: the INT8 quantization stored beside the export (scripts/quantize_int8.py): every
@@ -128,11 +108,13 @@ class OpenVinoRuntime:
     but move probabilities further than FP32 runtimes do (figures: benchmarks/analysis.md).
     """
 
-    def __init__(self, model_dir: Path, threads: int | None = None, precision: str = "f32") -> None:
+    def __init__(
+        self, model_dir: Path, threads: int | None = None, precision: str = "fp32"
+    ) -> None:
         import openvino as ov
 
-        if precision not in ("f32", "bf16", "int8"):
-            raise ValueError(f"precision must be f32, bf16 or int8, not {precision!r}")
+        if precision not in ("fp32", "bf16", "int8"):
+            raise ValueError(f"precision must be fp32, bf16 or int8, not {precision!r}")
         core = ov.Core()
         has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         floating = "bf16" if precision == "bf16" and has_bf16 else "f32"
@@ -146,7 +128,7 @@ class OpenVinoRuntime:
         model_file = INT8_FILE if precision == "int8" else ONNX_FILE
         self._model = core.compile_model(str(model_dir / model_file), "CPU", config)
         self.precision = "int8" if precision == "int8" else floating
-        self.name = "openvino" if precision == "f32" else f"openvino-{precision}"
+        self.name = "openvino" if precision == "fp32" else f"openvino-{precision}"
         self._requests = threading.local()  # an infer request is not safe to share
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
@@ -192,9 +174,7 @@ def scale_pixels_tf(pixels):  # a tf.Tensor in and out
 
 def stored_model(runtime: str) -> str:
     """The tag of the stored model `runtime` loads by default (its family's latest import)."""
-    if runtime not in MODEL_FAMILIES:
-        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(ALL_RUNTIMES)}")
-    return f"{STORED_MODELS[MODEL_FAMILIES[runtime]]}:latest"
+    return f"{spec(runtime).stored_model}:latest"
 
 
 def stored_model_dir(runtime: str) -> Path:
@@ -204,12 +184,15 @@ def stored_model_dir(runtime: str) -> Path:
     return Path(bentoml.models.get(stored_model(runtime)).path)
 
 
+# One loader per model family: (model folder, threads, precision) -> runtime.
+LOADERS = {
+    "keras": lambda folder, threads, precision: TensorFlowRuntime(folder, threads),
+    "onnx": lambda folder, threads, precision: OnnxRuntime(folder, threads),
+    "openvino": lambda folder, threads, precision: OpenVinoRuntime(folder, threads, precision),
+}
+
+
 def load_runtime(name: str, model_dir: Path, threads: int | None = None) -> Runtime:
-    """The runtime called `name`, loaded from a stored model folder."""
-    if name == "tensorflow":
-        return TensorFlowRuntime(model_dir, threads)
-    if name == "onnxruntime":
-        return OnnxRuntime(model_dir, threads)
-    if name in OPENVINO_PRECISIONS:
-        return OpenVinoRuntime(model_dir, threads, OPENVINO_PRECISIONS[name])
-    raise ValueError(f"unknown runtime {name!r}; choose one of {', '.join(ALL_RUNTIMES)}")
+    """The runtime called `name` (common/runtime_table.py), loaded from a stored model folder."""
+    record = spec(name)
+    return LOADERS[record.family](model_dir, threads, record.precision)

@@ -106,7 +106,11 @@ def _cpu_name() -> str:
     """The model name with the vector extensions that matter here (they differ between hosts)."""
     info = Path("/proc/cpuinfo").read_text()
     name = next(
-        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     flags = set(info.split())

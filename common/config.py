@@ -19,30 +19,16 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.decode_budget import DecodeBudget
+from common.runtime_table import BATCHED_BY_DEFAULT, DEFAULT_RUNTIME, Runtime
+from common.runtime_table import spec as runtime_spec
 from common.schemas import ResizeMode
 
 MIB = 1024 * 1024
 
 
-class Runtime(StrEnum):
-    """The model runtimes classify can serve with (runtimes.py)."""
-
-    onnxruntime = "onnxruntime"
-    tensorflow = "tensorflow"
-    openvino = "openvino"
-    openvino_int8 = "openvino-int8"
-    openvino_bf16 = "openvino-bf16"
-
-
 class Switch(StrEnum):
     on = "on"
     off = "off"
-
-
-# Runtimes that batch by default: where scripts/batching_benchmark.py measured batched within 5%
-# of unbatched at concurrency 32 and no worse at concurrency 1 (benchmarks/batching.md; a test
-# keeps this set equal to that run's verdicts).
-BATCHED_BY_DEFAULT = frozenset({Runtime.openvino_bf16})
 
 
 def _setting(
@@ -105,7 +91,7 @@ class Settings(BaseSettings):
         "(`mobilenet_v2_onnx:latest` for ONNX Runtime)",
     )
     classify_runtime: Runtime = _setting(
-        Runtime.onnxruntime,
+        Runtime(DEFAULT_RUNTIME),
         used_by="classify",
         description="`onnxruntime`, `tensorflow`, `openvino`, or the opt-in `openvino-int8` / "
         "`openvino-bf16`",
@@ -212,8 +198,7 @@ class Settings(BaseSettings):
             return self.classify_concurrent_calls
         if self.batching:
             return self.batch_streams
-        per_core = 4 if self.classify_runtime.value.startswith("openvino") else 2
-        return per_core * _cores()
+        return runtime_spec(self.classify_runtime).calls_per_core * _cores()
 
     def decode_budget(self) -> DecodeBudget:
         """The process's decode budget: by default one image of the largest accepted size."""

@@ -33,7 +33,7 @@ from benchmark import (
     served_benchmark,
 )
 
-from runtimes import ALL_RUNTIMES
+from common.runtime_table import ALL_RUNTIMES
 
 THROUGHPUT_FLOOR = 0.95  # batched req/s at c=32, as a share of unbatched's
 P50_SLACK = 1.05  # "no worse" at c=1: within the spread of one p50 between back-to-back runs

@@ -53,9 +53,9 @@ from common.images import (  # noqa: E402
     normalize,
     to_model_pixels,
 )
+from common.runtime_table import ALL_RUNTIMES, REDUCED_PRECISION_RUNTIMES  # noqa: E402
 from common.schemas import ResizeMode  # noqa: E402
 from common.storage import LocalStorage  # noqa: E402
-from runtimes import ALL_RUNTIMES, REDUCED_PRECISION_RUNTIMES  # noqa: E402
 
 ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models"))
 CONCURRENCY = (1, 4, 16, 32, 64)

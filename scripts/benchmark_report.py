@@ -10,8 +10,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from common.config import BATCHED_BY_DEFAULT, Runtime
-from runtimes import ALL_RUNTIMES, DEFAULT_RUNTIME, REDUCED_PRECISION_RUNTIMES
+from common.runtime_table import (
+    ALL_RUNTIMES,
+    BATCHED_BY_DEFAULT,
+    DEFAULT_RUNTIME,
+    REDUCED_PRECISION_RUNTIMES,
+    Runtime,
+)
 
 
 def served_by_default(runtime: str) -> str:

@@ -26,13 +26,8 @@ from pathlib import Path
 from quantize_int8 import quantize_int8
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtimes import (
-    CLASS_INDEX_FILE,
-    INT8_FILE,
-    KERAS_FILE,
-    ONNX_FILE,
-    STORED_MODELS,
-)
+from common.runtime_table import STORED_MODELS
+from runtimes import CLASS_INDEX_FILE, INT8_FILE, KERAS_FILE, ONNX_FILE
 
 LAYOUT = 4  # bump when the stored files change, so older imports are not reused
 # The files each stored model holds (besides the class index).

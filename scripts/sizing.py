@@ -7,7 +7,7 @@ worst case the limits allow, tests/test_containers.py each image's size and cold
 (`podman run` to the first correct answer). `scripts/deploy` reads its numbers from here, and
 the README's sizing table is generated from the same file (a test keeps them equal).
 
-    python scripts/sizing.py deploy VARIANT   # shell assignments for scripts/deploy
+    python -m scripts.sizing deploy VARIANT   # shell assignments for scripts/deploy
     python scripts/sizing.py table            # the README's sizing table
 """
 
@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from common.runtime_table import IMAGE_RUNTIMES
 
 MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "sizing.json"
 MIB = 1024**2
@@ -44,11 +46,7 @@ CLASSIFY_VARIANTS = {
 }
 IMAGES = ("classify", "preprocess", "classify-openvino", "classify-tensorflow")
 # The runtime each classify image serves with (its bentofile's CLASSIFY_RUNTIME).
-CLASSIFY_IMAGE_RUNTIMES = {
-    "classify": "onnxruntime",
-    "classify-openvino": "openvino-int8",
-    "classify-tensorflow": "tensorflow",
-}
+CLASSIFY_IMAGE_RUNTIMES = IMAGE_RUNTIMES
 
 
 def measured() -> dict[str, Any]:

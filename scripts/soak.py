@@ -128,7 +128,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from runtimes import DEFAULT_RUNTIME, load_runtime, stored_model_dir
+    from common.runtime_table import DEFAULT_RUNTIME
+    from runtimes import load_runtime, stored_model_dir
 
     runtime = load_runtime(DEFAULT_RUNTIME, stored_model_dir(DEFAULT_RUNTIME), 1)
     with tempfile.TemporaryDirectory(prefix="soak-") as storage:

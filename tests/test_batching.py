@@ -21,7 +21,8 @@ from conftest import REPO, Server, service_env
 from helpers import EXPECTED_LABELS, encode, pixels_of, upload
 from PIL import Image, ImageOps
 
-from common.config import BATCHED_BY_DEFAULT, Runtime, Settings
+from common.config import Settings
+from common.runtime_table import BATCHED_BY_DEFAULT, Runtime
 
 CONCURRENT_REQUESTS = 32
 local_storage_only = pytest.mark.parametrize("backend", ["local"], indirect=True)

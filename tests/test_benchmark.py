@@ -21,7 +21,7 @@ from benchmark import SMOKE_RAW_RUNTIMES
 from benchmark_report import COMPARED, round_ceiling, targets
 from conftest import REPO
 
-from runtimes import REDUCED_PRECISION_RUNTIMES
+from common.runtime_table import REDUCED_PRECISION_RUNTIMES
 
 pytestmark = pytest.mark.slow
 

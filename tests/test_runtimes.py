@@ -20,14 +20,10 @@ from heldout import labelled_views, top1_accuracy
 from PIL import Image, ImageEnhance, ImageOps
 
 from common.images import decode_image, normalize
+from common.runtime_table import FP32_RUNTIMES as RUNTIMES
+from common.runtime_table import REDUCED_PRECISION_RUNTIMES
 from common.schemas import ResizeMode
-from runtimes import (
-    REDUCED_PRECISION_RUNTIMES,
-    RUNTIMES,
-    class_names,
-    load_runtime,
-    stored_model,
-)
+from runtimes import class_names, load_runtime, stored_model
 
 TOLERANCE = 1e-4
 
