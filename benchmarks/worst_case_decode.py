@@ -15,6 +15,7 @@ import io
 import json
 import os
 import platform
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from common.config import Settings
-from common.image_checks import MAX_JPEG_SCANS
+from common.image_checks import MAX_BMP_RLE_BYTES, MAX_JPEG_SCANS, MAX_JPEG_SEGMENT_BYTES
 from common.images import load_model_image, set_pixel_limit
 from common.schemas import ResizeMode
 
@@ -50,6 +51,27 @@ def _jpeg_most_scans(size: tuple[int, int]) -> bytes:
     return data[:-2] + data[last:-2] * (MAX_JPEG_SCANS - 10) + b"\xff\xd9"
 
 
+def _bmp_rle8_at_cap() -> bytes:
+    """One-pixel RLE8 runs (each a step of Pillow's Python decoder) up to MAX_BMP_RLE_BYTES."""
+    width = 700
+    height = (MAX_BMP_RLE_BYTES - 2000) // (2 * width + 2)
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    body = (b"\x01\x07" * width + b"\x00\x00") * height + b"\x00\x01"
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(body), 2835, 2835, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset) + info + palette + body
+
+
+def _jpeg_most_photoshop() -> bytes:
+    """Empty Photoshop resources (each a step of Pillow's Python parser) up to the APP13 cap."""
+    data = _save(Image.new("RGB", (64, 64)), "JPEG")
+    resource = b"8BIM" + struct.pack(">HHI", 1000, 0, 0)
+    per_segment = (65533 - 14) // len(resource)
+    payload = b"Photoshop 3.0\x00" + resource * per_segment
+    segment = b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + segment * (MAX_JPEG_SEGMENT_BYTES[0xED] // len(segment)) + data[2:]
+
+
 def _gradient(size: tuple[int, int], mode: str) -> Image.Image:
     return Image.linear_gradient("L").resize(size).convert(mode)
 
@@ -68,6 +90,8 @@ def inputs(max_pixels: int, max_bytes: int) -> dict[str, Callable[[], bytes]]:
         "heic": lambda: _save(_photo(size), "HEIF", quality=60),
         "gif": lambda: _save(_photo(size).convert("P"), "GIF"),
         "bmp 8-bit": lambda: _save(_photo((4500, 4400)).convert("P"), "BMP"),
+        "bmp rle8 at the rle cap": lambda: _bmp_rle8_at_cap(),
+        "jpeg with the most photoshop data": lambda: _jpeg_most_photoshop(),
     }
 
 

@@ -30,17 +30,30 @@ MAX_JPEG_SCANS = 40
 MAX_JPEG_SEGMENTS = 1000
 # Bytes outside any segment before the first scan (Pillow skips them one by one in Python).
 MAX_JPEG_STRAY_BYTES = 1024
+# Segments Pillow parses entry by entry in Python, by marker: their bytes in all. A JPEG has at
+# most 4 quantization tables (130 bytes each at 16 bits); Photoshop's APP13 resources are tens
+# of kilobytes. 20 MB of either was 1.6 s (DQT, the rest of a segment copied per table) and
+# 3 s (APP13, 1.7 us per 12-byte resource) of CPU.
+MAX_JPEG_SEGMENT_BYTES = {0xDB: 8 * 1024, 0xED: 1024 * 1024}
 # PNG chunks Pillow reads in Python (every chunk up to the first frame's end): libpng writes
 # 8 KiB IDAT chunks, so a 20 MiB PNG has ~2,600.
 MAX_PNG_CHUNKS = 10_000
+# Compressed chunks Pillow inflates (up to 1 MiB each) that its text-memory limit does not
+# cover: the spec allows one ICC profile; 1,000 of them were 4 s of CPU.
+MAX_PNG_ICC_PROFILES = 1
 # GIF blocks before the first frame's pixels (extensions, comments, their sub-blocks).
 MAX_GIF_BLOCKS = 10_000
+# Pillow decodes run-length-encoded BMPs in Python, ~0.2 us per byte (a 2 MB RLE8 BMP of
+# one-pixel runs took 0.45 s): accepted up to this size, far above what icons and graphics use.
+MAX_BMP_RLE_BYTES = 1024 * 1024
+_BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The next marker in a JPEG's entropy-coded data: 0xFF not followed by a stuffed zero, a
 # restart marker (RST0-7) or another 0xFF (fill).
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
+_SEGMENT_NAMES = {0xDB: "quantization table (DQT)", 0xED: "Photoshop (APP13)"}
 SIGNATURE_BYTES = 32
 
 
@@ -66,19 +79,23 @@ def claimed_format(head: bytes, *, among: tuple[str, ...] | None = None) -> str 
 
 
 def check_structure(data: bytes) -> None:
-    """Refuse a JPEG, PNG or GIF whose structure would make its decode slow out of proportion."""
+    """Refuse a JPEG, PNG, GIF or BMP whose structure would make decoding slow out of
+    proportion to its pixels."""
     if data.startswith(b"\xff\xd8"):
         _check_jpeg(data)
     elif data.startswith(PNG_SIGNATURE):
         _check_png(data)
     elif data[:6] in (b"GIF87a", b"GIF89a"):
         _check_gif(data)
+    elif data.startswith(b"BM"):
+        _check_bmp(data)
 
 
 def _check_jpeg(data: bytes) -> None:
     """Walk the segments and scans of the first image (to its EOI), counting each."""
     at, end = 2, len(data)
     segments = scans = stray = 0
+    parsed_bytes = dict.fromkeys(MAX_JPEG_SEGMENT_BYTES, 0)
     while at + 1 < end:
         if data[at] != 0xFF:  # bytes outside any segment: skipped by decoders, counted here
             found = data.find(b"\xff", at)
@@ -107,6 +124,13 @@ def _check_jpeg(data: bytes) -> None:
         length = int.from_bytes(data[at + 2 : at + 4], "big")
         if length < 2:
             raise CorruptImage("the JPEG file is truncated or corrupt: a segment length < 2")
+        if marker in parsed_bytes:
+            parsed_bytes[marker] += length
+            if parsed_bytes[marker] > MAX_JPEG_SEGMENT_BYTES[marker]:
+                raise TooComplex(
+                    f"the JPEG's {_SEGMENT_NAMES[marker]} segments hold more than "
+                    f"{MAX_JPEG_SEGMENT_BYTES[marker]:,} bytes"
+                )
         at += 2 + length
         if marker == 0xDA:
             scans += 1
@@ -124,7 +148,7 @@ def _check_jpeg(data: bytes) -> None:
 def _check_png(data: bytes) -> None:
     """Count the chunks Pillow reads one by one: all up to the end of the first frame."""
     at, end = len(PNG_SIGNATURE), len(data)
-    chunks = 0
+    chunks = icc_profiles = 0
     seen_image_data = False
     while at + 8 <= end:
         kind = data[at + 4 : at + 8]
@@ -133,6 +157,10 @@ def _check_png(data: bytes) -> None:
         chunks += 1
         if chunks > MAX_PNG_CHUNKS:
             raise TooComplex(f"the PNG has more than {MAX_PNG_CHUNKS} chunks")
+        if kind == b"iCCP":
+            icc_profiles += 1
+            if icc_profiles > MAX_PNG_ICC_PROFILES:
+                raise TooComplex("the PNG has more than one ICC profile (iCCP chunk)")
         seen_image_data = seen_image_data or kind == b"IDAT"
         at += 12 + int.from_bytes(data[at : at + 4], "big")
 
@@ -158,3 +186,14 @@ def _check_gif(data: bytes) -> None:
             at += 1 + size
             if size == 0:
                 break
+
+
+def _check_bmp(data: bytes) -> None:
+    """Bound a run-length-encoded BMP's size (the compression field of its info header)."""
+    if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
+        return  # an OS/2 core header: no compression field
+    if int.from_bytes(data[30:34], "little") in _BMP_RLE and len(data) > MAX_BMP_RLE_BYTES:
+        raise TooComplex(
+            f"run-length-encoded BMPs are accepted up to {MAX_BMP_RLE_BYTES:,} bytes "
+            "(they decode in Python); send PNG or an uncompressed BMP"
+        )

@@ -255,6 +255,35 @@ def jpeg_with_malformed_exif() -> bytes:
     return data[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + data[2:]
 
 
+def jpeg_with_segments(marker: int, payload: bytes, count: int) -> bytes:
+    """A JPEG with `count` copies of one header segment before its frame."""
+    data = _save(Image.new("RGB", (16, 16)), "JPEG")
+    segment = bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+    return data[:2] + segment * count + data[2:]
+
+
+def photoshop_resources(count: int) -> bytes:
+    """An APP13 payload of `count` empty Photoshop image resources (12 bytes each)."""
+    return b"Photoshop 3.0\x00" + (b"8BIM" + struct.pack(">HHI", 1000, 0, 0)) * count
+
+
+def png_with_icc_profiles(count: int) -> bytes:
+    """A PNG with `count` iCCP chunks, each inflating 1 KB into 1 MB of zeros."""
+    data = _png(Image.new("RGB", (16, 16)))
+    profile = _chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(bytes(1024 * 1024 - 16), 9))
+    return data[:33] + profile * count + data[33:]
+
+
+def bmp_rle8(width: int, height: int) -> bytes:
+    """An RLE8 BMP made of one-pixel runs: two bytes per pixel, each run a step in Python."""
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    body = (b"\x01\x07" * width + b"\x00\x00") * height + b"\x00\x01"
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(body), 2835, 2835, 256, 0)
+    header = b"BM" + struct.pack("<IHHI", offset + len(body), 0, 0, offset)
+    return header + info + palette + body
+
+
 def amplifiers() -> dict[str, tuple[bytes, int, str | None]]:
     """Inputs out of proportion, each with the answer it must get (fast, in memory bounds)."""
     return {
@@ -272,5 +301,24 @@ def amplifiers() -> dict[str, tuple[bytes, int, str | None]]:
         "webp, 1,000 frames": (many_frames("WEBP", 1000), 200, None),
         "apng, 1,000 frames": (many_frames("PNG", 1000), 200, None),
         "ico embedding a png bomb": (ico_embedding_png_bomb(), 415, "unsupported_format"),
+        "jpeg, 20 MB of quantization tables": (
+            jpeg_with_segments(0xDB, (b"\x00" + bytes(range(1, 65))) * 1000, 300),
+            413,
+            "too_complex",
+        ),
+        "jpeg, 20 MB of photoshop resources": (
+            jpeg_with_segments(0xED, photoshop_resources(5400), 300),
+            413,
+            "too_complex",
+        ),
+        "jpeg, one photoshop block": (
+            jpeg_with_segments(0xED, photoshop_resources(40), 1),
+            200,
+            None,
+        ),
+        "png, 1,000 icc profiles": (png_with_icc_profiles(1000), 413, "too_complex"),
+        "png, one icc profile": (png_with_icc_profiles(1), 200, None),
+        "bmp rle8, 18 MB of one-pixel runs": (bmp_rle8(3000, 3000), 413, "too_complex"),
+        "bmp rle8, small": (bmp_rle8(300, 200), 200, None),
         "jpeg with malformed exif": (jpeg_with_malformed_exif(), 200, None),
     }
