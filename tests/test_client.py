@@ -90,6 +90,12 @@ def photo_folder(tmp_path_factory, photos) -> Path:
     return folder
 
 
+def _interruptible() -> None:
+    """SIGINT as a terminal gives it: a suite started as a background job of a shell hands its
+    children SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_client(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "client", *args],
@@ -98,6 +104,7 @@ def start_client(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        preexec_fn=_interruptible,
     )
 
 
