@@ -38,6 +38,7 @@ from common.schemas import (
     ModelOutput,
     Prediction,
 )
+from common.stage_metrics import timed
 from common.storage import storage_from_settings
 from common.threads import name_this_thread, name_thread, thread_ids
 from runtimes import class_names, load_runtime, stored_model
@@ -115,7 +116,8 @@ class Classify:
         """The model call every path ends in: a batch of uint8 images in, softmax out."""
         started = time.thread_time()
         try:
-            return self.runtime.predict(pixels)
+            with timed("model"):
+                return self.runtime.predict(pixels)
         finally:
             MODEL_CPU.inc(time.thread_time() - started)
 
@@ -142,14 +144,16 @@ class Classify:
         return self._decode(self._read(gcs_path))
 
     def _read(self, gcs_path: str) -> bytes:
-        return self.storage.read(gcs_path, SETTINGS.max_upload_bytes)
+        with timed("read"):
+            return self.storage.read(gcs_path, SETTINGS.max_upload_bytes)
 
     def _decode(self, data: bytes) -> np.ndarray:
         started = time.thread_time()
         try:
-            return to_model_pixels(
-                data, SETTINGS.max_image_pixels, SETTINGS.resize_mode, self.decode_budget
-            )
+            with timed("decode"):
+                return to_model_pixels(
+                    data, SETTINGS.max_image_pixels, SETTINGS.resize_mode, self.decode_budget
+                )
         finally:
             DECODE_CPU.inc(time.thread_time() - started)
 

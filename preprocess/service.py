@@ -26,6 +26,7 @@ from common.images import (
 )
 from common.memory import release_large_buffers_promptly
 from common.schemas import PreprocessResponse, ResizeMode
+from common.stage_metrics import timed
 from common.storage import storage_from_settings
 from preprocess.uploads import PreprocessForm, UploadGuard
 
@@ -79,13 +80,17 @@ class Preprocess:
     def _store(self, data: bytes, mode: ResizeMode) -> PreprocessResponse:
         started = time.thread_time()
         try:
-            image = load_model_image(data, self.settings.max_image_pixels, mode, self.decode_budget)
-            stored = encode_stored(image)
+            with timed("decode"):
+                image = load_model_image(
+                    data, self.settings.max_image_pixels, mode, self.decode_budget
+                )
+                stored = encode_stored(image)
         finally:
             IMAGE_CPU.inc(time.thread_time() - started)
         digest = hashlib.sha256(stored).hexdigest()
         key = f"{self.settings.storage_prefix}{digest}{STORED_SUFFIX}"
-        uri, _created = self.storage.put_if_absent(key, stored, STORED_CONTENT_TYPE)
+        with timed("write"):
+            uri, _created = self.storage.put_if_absent(key, stored, STORED_CONTENT_TYPE)
         return PreprocessResponse(
             gcs_path=uri, width=image.width, height=image.height, sha256=digest
         )

@@ -71,3 +71,21 @@ def test_classify_threads_are_named_by_role(services, photos):
     }
     runtime_pool = {"onnxruntime"} if (os.cpu_count() or 1) > 1 else set()  # lone calls' helper
     assert {"classify-read", "classify-model", *runtime_pool} <= names
+
+
+def test_stage_latencies_are_on_the_metrics_page(services, photos):
+    """Per-stage histograms an operator reads on Cloud Run: where a slow request spent its time."""
+    import httpx
+
+    uri = upload(services.preprocess.url, photos["cat"]).json()["gcs_path"]
+    assert classify(services.classify.url, uri).status_code == 200
+
+    def counts(server) -> dict[str, float]:
+        page = httpx.get(f"{server.url}/metrics").text
+        found = re.findall(
+            r'stage_duration_seconds_count\{[^}]*stage="(\w+)"[^}]*\} ([0-9.e+]+)', page
+        )
+        return {stage: float(value) for stage, value in found}
+
+    assert {"read", "decode", "model"} <= {s for s, n in counts(services.classify).items() if n > 0}
+    assert {"decode", "write"} <= {s for s, n in counts(services.preprocess).items() if n > 0}
