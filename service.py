@@ -235,4 +235,6 @@ class Classify:
         return [ModelOutput(probabilities=row.tobytes()) for row in probabilities]
 
 
-http_stack.install(Classify, SETTINGS, JsonOnly, paths={"/classify", "/predict_batch"})
+# A /classify body is a path and a number; /predict_batch carries base64 pixels, a batch of them.
+JSON_LIMITS = {"/classify": 64 * 1024, "/predict_batch": SETTINGS.max_upload_bytes}
+http_stack.install(Classify, SETTINGS, JsonOnly, limits=JSON_LIMITS)

@@ -1,7 +1,8 @@
 """Small ASGI guards that keep every error a JSON object of one shape.
 
 - `JsonOnly`: JSON routes refuse other content types with 415 before BentoML parses the body
-  (its multipart parser answers 500 to a `multipart/form-data` without a boundary).
+  (its multipart parser answers 500 to a `multipart/form-data` without a boundary), and bodies
+  over their route's cap with 413 while they stream in.
 - `ErrorShape`: every error response becomes `{"error", "code"}` like the services' own:
   BentoML's bodies (`{"error", "detail": [...]}` for validation errors, `[{"error"}]` for its
   exceptions), the router's plain-text 404 and 405, and a JSON 500 (the request logged) for an
@@ -30,24 +31,75 @@ def media_type(headers: Headers) -> str:
     return value.decode("latin-1").strip().lower()
 
 
+class BodyTooLarge(ServiceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "body_too_large"
+
+
 class UnsupportedMediaType(ServiceError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     code = "expected_json"
 
 
 class JsonOnly:
-    def __init__(self, app: ASGIApp, paths: set[str]) -> None:
+    """JSON routes: the media type checked, and the body read here against its route's cap
+    before BentoML sees it (BentoML reads a JSON body whole, however large)."""
+
+    def __init__(self, app: ASGIApp, limits: dict[str, int]) -> None:
         self.app = app
-        self.paths = paths
+        self.limits = limits  # path -> most body bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            headers = Headers(scope=scope)
-            if "content-type" in headers and media_type(headers) != "application/json":
-                refusal = UnsupportedMediaType("send the request body as application/json")
-                await error_response(refusal)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        limit = self.limits.get(scope["path"]) if scope["type"] == "http" else None
+        if limit is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if "content-type" in headers and media_type(headers) != "application/json":
+            refusal = UnsupportedMediaType("send the request body as application/json")
+            await error_response(refusal)(scope, receive, send)
+            return
+        try:
+            body = await _read_body(headers, receive, limit)
+        except ServiceError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        if body is None:
+            return  # the client left before sending its body
+        await self.app(scope, _replay(body, receive), send)
+
+
+async def _read_body(headers: Headers, receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or BodyTooLarge as soon as it (or its declared length) passes `limit`."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body is over {limit:,} bytes")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is over {limit:,} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The app's `receive`: the body read, then the client's own messages (a disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class ErrorShape:

@@ -286,3 +286,19 @@ def test_hundreds_of_bad_paths_leak_nothing(services, photos):
     assert server.num_threads() <= threads + 2  # no thread left behind by a refused read
     assert server.memory_info().rss < rss + 32 * MIB
     _assert_still_serves(services, photos)
+
+
+def test_json_bodies_are_capped_while_they_stream(services, photos):
+    """BentoML reads a JSON body whole: a huge one is refused before it is held in memory."""
+    url = f"{services.classify.url}/classify"
+    huge = b'{"gcs_path": "' + b"a" * (8 * MIB) + b'"}'
+    headers = {"content-type": "application/json"}
+    _assert_error(httpx.post(url, content=huge, headers=headers), 413, "body_too_large", "over")
+
+    def chunks():
+        for at in range(0, len(huge), 256 * 1024):
+            yield huge[at : at + 256 * 1024]
+
+    streamed = httpx.post(url, content=chunks(), headers=headers, timeout=30)
+    _assert_error(streamed, 413, "body_too_large", "over")
+    _assert_still_serves(services, photos)
