@@ -33,7 +33,7 @@ from preprocess.uploads import PreprocessForm, UploadGuard
 # Read and validated once, at import: a bad value stops the service before it serves.
 SETTINGS = settings()
 # CPU of the image work itself (decode, resize, encode), so that what the server spends around
-# it per upload (HTTP, the form, hashing, storage) can be told apart (scripts/pipeline_benchmark).
+# it per upload (HTTP, the form, hashing, storage) can be told apart (benchmarks/pipeline.py).
 IMAGE_CPU = bentoml.metrics.Counter(
     name="preprocess_image_cpu_seconds",
     documentation="CPU seconds decoding, normalizing and encoding uploads",

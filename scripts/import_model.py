@@ -9,8 +9,8 @@ uint8 pixels in, softmax out, scaling included, for ONNX Runtime) and `mobilenet
 (the same export plus its INT8 quantization, for OpenVINO). Each holds the class index too.
 Importing the same weights again reuses the stored models instead of piling up versions.
 
-    python scripts/import_model.py                      # Keras downloads the weights
-    python scripts/import_model.py --weights ../shared/models/mobilenet_v2_imagenet.h5
+    python -m scripts.import_model                      # Keras downloads the weights
+    python -m scripts.import_model --weights ../shared/models/mobilenet_v2_imagenet.h5
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from quantize_int8 import quantize_int8
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.runtime_table import STORED_MODELS
 from runtimes import CLASS_INDEX_FILE, INT8_FILE, KERAS_FILE, ONNX_FILE
+from scripts.quantize_int8 import quantize_int8
 
 LAYOUT = 4  # bump when the stored files change, so older imports are not reused
 # The files each stored model holds (besides the class index).

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from filelock import FileLock
 
+from benchmarks.harness import private_bentoml_home
 from common.config import Settings
 from common.storage import GCSStorage, LocalStorage, Storage
 
@@ -26,9 +27,6 @@ MODEL_ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "mod
 WEIGHTS = MODEL_ASSETS / "mobilenet_v2_imagenet.h5"
 PHOTOS = MODEL_ASSETS / "images"
 TEST_BUCKET = "test-bucket"
-sys.path.insert(0, str(REPO / "scripts"))  # the benchmark's modules, tested here too
-
-from benchmark import private_bentoml_home  # noqa: E402
 
 # Fixtures that import the model (and so start servers or load Keras): a test that needs any
 # of them, directly or through another fixture, is `slow`. `scripts/test -m "not slow"` is the

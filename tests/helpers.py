@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 from conftest import Backend
 from google.cloud import storage as gcs
-from heldout import PHOTO_LABELS
 from PIL import Image
+
+from benchmarks.heldout import PHOTO_LABELS
 
 # Labels the offline weights give (../shared/models/README.md), per preprocessing mode.
 EXPECTED_LABELS = {

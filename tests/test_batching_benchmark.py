@@ -1,4 +1,4 @@
-"""The batching benchmark (`scripts/batching_benchmark.py`): its committed report is generated
+"""The batching benchmark (`benchmarks/batching.py`): its committed report is generated
 from its committed figures, and a smoke run through real servers still works."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from batching_benchmark import report
 from conftest import REPO
+
+from benchmarks.batching import report
 
 
 def test_committed_batching_md_is_generated_from_committed_json():
@@ -22,7 +23,7 @@ def test_committed_batching_md_is_generated_from_committed_json():
 @pytest.mark.slow
 def test_smoke_run_measures_batched_and_unbatched(bentoml_home: Path, model_assets: Path, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "MODEL_ASSETS": str(model_assets)}
-    command = [sys.executable, "scripts/batching_benchmark.py", "--smoke"]
+    command = [sys.executable, "-m", "benchmarks.batching", "--smoke"]
     command += ["--runtimes", "onnxruntime", "--out", str(tmp_path)]
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The benchmark itself runs end to end (`scripts/benchmark.py --smoke`, ~3 minutes).
+"""The benchmark itself runs end to end (`benchmarks/classify.py --smoke`, ~3 minutes).
 
 A full run takes ~25 minutes of both cores and is run by hand (docs/performance.md). The smoke
 run does every step once with a handful of requests: every runtime raw, every served config the
@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchmark import SMOKE_RAW_RUNTIMES
-from benchmark_report import COMPARED, round_ceiling, targets
 from conftest import REPO
 
+from benchmarks.classify import SMOKE_RAW_RUNTIMES
+from benchmarks.classify_report import COMPARED, round_ceiling, targets
 from common.runtime_table import REDUCED_PRECISION_RUNTIMES
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path, mode
     out = tmp_path_factory.mktemp("benchmark")
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "MODEL_ASSETS": str(model_assets)}
     run = subprocess.run(
-        [sys.executable, "scripts/benchmark.py", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.classify", "--smoke", "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,

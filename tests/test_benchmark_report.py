@@ -1,4 +1,4 @@
-"""The committed benchmark report is what scripts/benchmark_report.py makes of the committed data.
+"""The committed benchmark report is what benchmarks/classify_report.py makes of the committed data.
 
 The benchmark itself takes minutes of both cores and is run by hand (docs/performance.md);
 this keeps its report generator working and the committed tables honest to results.json.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 
-from benchmark_report import (
+from conftest import REPO
+
+from benchmarks.classify_report import (
     DEFAULT,
     _cpu_line,
     _raw_best,
@@ -16,7 +18,6 @@ from benchmark_report import (
     targets,
     write_report,
 )
-from conftest import REPO
 
 RESULTS = REPO / "benchmarks"
 

@@ -23,7 +23,8 @@ import yaml
 from conftest import BENTOML, REPO, free_port, wait_until
 from helpers import EXPECTED_LABELS, classify, encode, upload
 from PIL import Image
-from sizing import CLASSIFY_IMAGE_RUNTIMES, record
+
+from scripts.sizing import CLASSIFY_IMAGE_RUNTIMES, record
 
 TOOLS = ("podman", "buildah", "debootstrap", "runc")
 MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]

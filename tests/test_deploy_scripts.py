@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from sizing import (
+
+from scripts.sizing import (
     CLASSIFY_VARIANTS,
     PROBE_PERIOD_S,
     measured,

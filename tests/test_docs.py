@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from sizing import tables
 
 from common.config import Settings, settings_table
+from scripts.sizing import tables
 
 DOCS = [
     REPO / "README.md",

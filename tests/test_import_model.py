@@ -48,7 +48,8 @@ def test_import_stores_one_model_per_runtime_family_once(bentoml_home):
 
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "TF_CPP_MIN_LOG_LEVEL": "3"}
     again = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "import_model.py"), "--weights", str(WEIGHTS)],
+        [sys.executable, "-m", "scripts.import_model", "--weights", str(WEIGHTS)],
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -60,12 +61,8 @@ def test_import_stores_one_model_per_runtime_family_once(bentoml_home):
 
 def test_import_refuses_missing_weights_file(tmp_path):
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "import_model.py"),
-            "--weights",
-            str(tmp_path / "x.h5"),
-        ],
+        [sys.executable, "-m", "scripts.import_model", "--weights", str(tmp_path / "x.h5")],
+        cwd=REPO,
         capture_output=True,
         text=True,
     )

@@ -23,9 +23,9 @@ import psutil
 import pytest
 from conftest import PHOTOS, REPO, Server, service_env
 from PIL import Image
-from sizing import CLASSIFY_IMAGE_RUNTIMES, MIB, memory_mib, record
 
 from common.config import Settings
+from scripts.sizing import CLASSIFY_IMAGE_RUNTIMES, MIB, memory_mib, record
 
 HEADROOM = 0.85  # of the limit: allocator slack, and what the sampler can miss between reads
 

@@ -60,7 +60,7 @@ def test_access_log_and_tracing_when_asked_for(chatty_preprocess, photos):
 
 
 def test_classify_threads_are_named_by_role(services, photos):
-    """scripts/benchmark.py splits server CPU by these names (model work vs overhead)."""
+    """benchmarks/classify.py splits server CPU by these names (model work vs overhead)."""
     uri = upload(services.preprocess.url, photos["bird"]).json()["gcs_path"]
     assert classify(services.classify.url, uri).status_code == 200
     supervisor = psutil.Process(services.classify.process.pid)

@@ -1,4 +1,4 @@
-"""The pipeline benchmark runs end to end (`scripts/pipeline_benchmark.py --smoke`).
+"""The pipeline benchmark runs end to end (`benchmarks/pipeline.py --smoke`).
 
 Every stack (this code, the code at the baseline ref, the brief's design) gets every photo kind
 through the real servers at each concurrency of the smoke scale, and the report, its targets,
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from pipeline_benchmark import SCALES, SIZES
+
+from benchmarks.pipeline import SCALES, SIZES
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path, mode
     out = tmp_path_factory.mktemp("pipeline")
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "MODEL_ASSETS": str(model_assets)}
     run = subprocess.run(
-        [sys.executable, "scripts/pipeline_benchmark.py", "--smoke", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.pipeline", "--smoke", "--out", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,

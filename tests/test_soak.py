@@ -9,7 +9,7 @@ import sys
 
 from conftest import REPO
 
-# long enough for hundreds of pipelines and an RSS trend; the long soak is scripts/soak.py,
+# long enough for hundreds of pipelines and an RSS trend; the long soak is benchmarks/soak.py,
 # its results in benchmarks/soak.md
 SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "30"))
 
@@ -19,7 +19,8 @@ def test_pipeline_soak(bentoml_home, model_assets, tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "soak.py"),
+            "-m",
+            "benchmarks.soak",
             "--seconds",
             str(SOAK_SECONDS),
             "--concurrency",

@@ -1,4 +1,4 @@
-"""Turn scripts/benchmark.py's measurements into benchmarks/results.md and two plots."""
+"""Turn benchmarks/classify.py's measurements into benchmarks/results.md and two plots."""
 
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ NAIVE = "naive FastAPI (brief's design)"  # predict_on_batch: the stronger naive
 # unbatched, and the committed run's rounds measured it unbatched
 REDUCED = {name: f"{name}, batching off" for name in REDUCED_PRECISION_RUNTIMES}
 TF_ON, TF_OFF = "tensorflow, batching on", "tensorflow, batching off"
-# the configs whose throughput the targets compare (scripts/benchmark.py runs them in rounds)
+# the configs whose throughput the targets compare (benchmarks/classify.py runs them in rounds)
 COMPARED = (DEFAULT, TF_ON, TF_OFF, *REDUCED.values(), NAIVE)
 RUNTIME_THREADS = ALL_RUNTIMES  # the service names each runtime's own threads after it
 # the raw ceilings the targets divide by: name -> (runtime, smallest batch size counted);
-# scripts/benchmark.py measures them again in every round (`round_ceilings` in results.json)
+# benchmarks/classify.py measures them again in every round (`round_ceilings` in results.json)
 ORT_CEILING, TF_CEILING = "onnxruntime", "tensorflow, batched"
 CEILINGS = {ORT_CEILING: ("onnxruntime", 1), TF_CEILING: ("tensorflow", 2)}
 
@@ -326,7 +326,7 @@ def write_report(report: dict, out: Path) -> None:
         _cpu_line(report),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         "",
-        "Rerun: `scripts/ensure-model && .venv/bin/python scripts/benchmark.py` (about 25 minutes;",
+        "Rerun: `scripts/ensure-model && .venv/bin/python -m benchmarks.classify` (about 25 minutes;",  # noqa: E501
         "`--quick` for fewer requests, ~8). Timings on a shared 2-core machine are noisy: compare",
         "the ratios within one run, not absolute numbers across runs.",
         "",
@@ -454,7 +454,7 @@ def write_report(report: dict, out: Path) -> None:
         "## Reduced precision",
         "",
         "Top-1 accuracy on the labelled held-out sample (seeded views of the six photos,",
-        "scripts/heldout.py) against FP32 (ONNX Runtime), and how far each runtime moves from it.",
+        "benchmarks/heldout.py) against FP32 (ONNX Runtime), and how far each runtime moves from it.",  # noqa: E501
         "",
         "| runtime | runs in | views | FP32 top-1 | reduced top-1 | top-1 agreement | "
         "largest probability change |",

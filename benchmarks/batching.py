@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Is adaptive batching on by default for each runtime? Batched against unbatched, in one run.
 
-    .venv/bin/python scripts/batching_benchmark.py            # ~15 minutes on 2 cores
-    .venv/bin/python scripts/batching_benchmark.py --smoke    # does it run? (figures meaningless)
+    .venv/bin/python -m benchmarks.batching            # ~15 minutes on 2 cores
+    .venv/bin/python -m benchmarks.batching --smoke    # does it run? (figures meaningless)
 
 For each runtime, in interleaved rounds, the real classify service with `CLASSIFY_BATCHING=on`
 and `=off` back to back: req/s at concurrency 32 and p50 latency at concurrency 1. The rule
@@ -22,17 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmark import (
-    REPO,
-    SCALES,
-    SERVER_ENV,
-    Config,
-    cpu,
-    prepare_images,
-    private_bentoml_home,
-    served_benchmark,
-)
-
+from benchmarks.classify import SCALES, SERVER_ENV, Config, prepare_images, served_benchmark
+from benchmarks.harness import REPO, cpu, private_bentoml_home
 from common.runtime_table import ALL_RUNTIMES
 
 THROUGHPUT_FLOOR = 0.95  # batched req/s at c=32, as a share of unbatched's
@@ -88,7 +79,7 @@ def report(run: dict) -> str:
         "",
         f"Run {run['date']} on {run['cpu']['model']} ({features}), {run['cores']} cores, the "
         f"load generator on the same cores; {run['rounds']} rounds, each starting the service "
-        "batched and unbatched back to back (`scripts/batching_benchmark.py`).",
+        "batched and unbatched back to back (`benchmarks/batching.py`).",
         "",
         f"Rule: {run['rule']}.",
         "",

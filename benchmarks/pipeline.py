@@ -1,15 +1,13 @@
 #!/usr/bin/env python
 """Pipeline benchmark: photos as people send them, upload -> /preprocess -> /classify.
 
-    .venv/bin/python scripts/pipeline_benchmark.py                # ~15 minutes on 2 cores
-    .venv/bin/python scripts/pipeline_benchmark.py --smoke --out /tmp/pipe   # does it run?
+    .venv/bin/python -m benchmarks.pipeline                # ~15 minutes on 2 cores
+    .venv/bin/python -m benchmarks.pipeline --smoke --out /tmp/pipe   # does it run?
 
-Side by side in one run, on 127.0.0.1 only, bounded in requests and time, three stacks, all
+Side by side in one run, on 127.0.0.1 only, bounded in requests and time, two stacks, both
 started at once so that their measurements alternate (each level through each stack in turn;
 then target rounds, ratios taken within a round):
 - ours: the preprocess and classify Bentos of this checkout (default settings);
-- today: the same services at BASELINE_REF (the code before reduced-scale decoding and the
-  single upload parse), served from a git worktree with this venv;
 - brief: the brief's design, a FastAPI preprocess storing PNG (benchmarks/naive_preprocess.py)
   and the naive FastAPI classify (benchmarks/naive_fastapi.py, Keras `predict_on_batch`).
 Photos of 224 px and ~0.3/1/3/12 MP are generated reproducibly from the shipped photos (JPEG,
@@ -27,7 +25,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,19 +36,15 @@ from pathlib import Path
 import aiohttp
 import httpx
 import numpy as np
+import pillow_heif
 import psutil
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-import decode_agreement  # noqa: E402
-import pillow_heif  # noqa: E402
-import preprocess_profile  # noqa: E402
-from benchmark import (  # noqa: E402
+from benchmarks import decode_agreement, preprocess_profile
+from benchmarks.harness import (
     ASSETS,
     BENTOML,
+    REPO,
     ServerUnderTest,
     cpu,
     free_port,
@@ -60,28 +53,20 @@ from benchmark import (  # noqa: E402
     threads_cpu_s,
     tree_cpu_s,
 )
-
-from common.storage import LocalStorage  # noqa: E402
+from benchmarks.pipeline_report import (
+    PRICES,
+    SHAPES,
+    SIZES,
+    TARGET_CONCURRENCY,
+    write_pipeline_report,
+)
+from common.storage import LocalStorage
 
 pillow_heif.register_heif_opener()
 
-BASELINE_REF = "4422b56"  # the code the photos issue measured
-# Cloud Run list prices, Tier 1 regions, request-based billing (CPU only during requests), as
-# published at cloud.google.com/run/pricing; read 2026-12-01.
-PRICES = {"vcpu_second": 0.000024, "gib_second": 0.0000025, "per_request": 0.40 / 1e6}
-PRICES_NOTE = (
-    f"Cloud Run list prices, Tier 1, request-based billing: ${PRICES['vcpu_second']:.6f} per "
-    f"vCPU-second, ${PRICES['gib_second']:.7f} per GiB-second, "
-    f"${PRICES['per_request'] * 1e6:.2f} per million requests (read 2026-12-01; free tier ignored)"
-)
-# (vCPU, GiB) per service, as scripts/deploy sizes ours; the brief's design is priced on the
-# same shapes, so that the ratio is one of CPU per photo.
-SHAPES = {"preprocess": (1, 2.0), "classify": (2, 2.0)}
-SIZES = {"224 px": 224 * 224 / 1e6, "0.3 MP": 0.3, "1 MP": 1.0, "3 MP": 3.0, "12 MP": 12.0}
 VARIANTS = 8  # distinct source photos (with their own noise) behind each size's uploads
 
 
-TARGET_CONCURRENCY = 16  # the deployed concurrency
 SAMPLE_EVERY_S = 0.1  # peak RSS of the stack under load
 # /preprocess alone in the target rounds: the two compared sizes, and 224 px, whose upload has
 # next to no body, for the cost of a request itself
@@ -139,9 +124,7 @@ def photo_variants(megapixels: float, fmt: str = "JPEG", count: int = VARIANTS) 
 class Stack:
     """A preprocess and a classify server, started together, sampled for peak RSS."""
 
-    def __init__(
-        self, name: str, storage: Path, cwd: Path = REPO, models_home: Path | None = None
-    ) -> None:
+    def __init__(self, name: str, storage: Path) -> None:
         self.name = name
         self.storage = storage
         env = {**os.environ, "STORAGE_DIR": str(storage), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -159,13 +142,13 @@ class Stack:
             homes = (storage.parent / f"home-{name}-{role}" for role in ("preprocess", "classify"))
             # a BentoML home each: servers sharing one read each other's metrics
             env_pre, env_cls = (
-                {**env, "BENTOML_HOME": str(private_bentoml_home(h, models_home))} for h in homes
+                {**env, "BENTOML_HOME": str(private_bentoml_home(h))} for h in homes
             )
-            self.preprocess = _serve(
-                [*serve, str(ports[0]), "preprocess.service:Preprocess"], env_pre, ports[0], cwd
+            self.preprocess = ServerUnderTest(
+                [*serve, str(ports[0]), "preprocess.service:Preprocess"], env_pre, ports[0]
             )
-            self.classify = _serve(
-                [*serve, str(ports[1]), "service:Classify"], env_cls, ports[1], cwd
+            self.classify = ServerUnderTest(
+                [*serve, str(ports[1]), "service:Classify"], env_cls, ports[1]
             )
         self.levels: dict[str, list[dict]] = {}  # photo kind -> one measurement per concurrency
         self._stop = threading.Event()
@@ -177,7 +160,7 @@ class Stack:
     def measured(self) -> Iterator[None]:
         """Sample this stack's RSS while the block runs. Only the stack under load is
         sampled, every 0.1 s: one sample of a stack costs ~5 ms of CPU in this process, and
-        sampling all three every 20 ms took ~45% of a core from the load generator (and its
+        sampling every stack every 20 ms took ~45% of a core from the load generator (and its
         GIL) on the same two cores, capping the fastest stack most."""
         self._measured.set()
         try:
@@ -204,13 +187,6 @@ class Stack:
         self._sampler.join()
         self.preprocess.stop()
         self.classify.stop()
-
-
-def _serve(command: list[str], env: dict[str, str], port: int, cwd: Path) -> ServerUnderTest:
-    if cwd == REPO:
-        return ServerUnderTest(command, env, port)
-    # the baseline's checkout: its own service code, this venv's packages
-    return ServerUnderTest(command, {**env, "PYTHONPATH": str(cwd)}, port, cwd=cwd)
 
 
 async def pipeline_load(
@@ -344,59 +320,6 @@ def _cpu(stack: Stack) -> dict[str, float]:
     }
 
 
-def cost_per_million(core_ms: dict[str, float]) -> dict[str, float]:
-    """USD per million photos on Cloud Run, instances busy: each service's vCPU-seconds, its
-    memory for the same instance time, and two requests per photo."""
-    total = 2 * PRICES["per_request"] * 1e6
-    breakdown = {}
-    for service, (vcpus, gib) in SHAPES.items():
-        cpu_s = core_ms[service] / 1000 * 1e6  # per million photos
-        instance_s = cpu_s / vcpus
-        breakdown[service] = cpu_s * PRICES["vcpu_second"] + instance_s * gib * PRICES["gib_second"]
-        total += breakdown[service]
-    return {"total": total, **breakdown}
-
-
-def baseline_worktree(tmp: Path) -> Path | None:
-    """A checkout of BASELINE_REF, or None where this clone lacks it (a shallow clone)."""
-    path = tmp / "baseline"
-    added = subprocess.run(
-        ["git", "worktree", "add", "--detach", str(path), BASELINE_REF],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if added.returncode != 0:
-        print(f"no baseline stack: {added.stderr.strip()}", flush=True)
-        return None
-    return path
-
-
-# Stores, in the BentoML home of argv[1], the model as the baseline code stored it: one
-# `mobilenet_v2` holding every runtime's files (the import now stores one model per family).
-_BASELINE_MODEL = """
-import shutil, sys
-from pathlib import Path
-import bentoml
-files = {f.name: f for folder in sys.argv[1:] for f in Path(folder).iterdir()}
-with bentoml.models.create("mobilenet_v2") as model:
-    for name, file in files.items():
-        if name != "model.yaml":
-            shutil.copyfile(file, model.path_of(name))
-"""
-
-
-def baseline_models_home(tmp: Path) -> Path:
-    """A BentoML home whose model store holds the model the baseline code loads."""
-    from runtimes import stored_model_dir
-
-    home = tmp / "baseline-models"
-    folders = [str(stored_model_dir(runtime)) for runtime in ("tensorflow", "openvino-int8")]
-    env = {**os.environ, "BENTOML_HOME": str(home)}
-    subprocess.run([sys.executable, "-c", _BASELINE_MODEL, *folders], env=env, check=True)
-    return home
-
-
 def sweep(stacks: list[Stack], kinds: dict[str, list[bytes]], scale: Scale) -> None:
     """Every photo kind at every concurrency through each stack in turn (side by side)."""
     for kind, photos in kinds.items():
@@ -475,15 +398,11 @@ def run(scale: Scale, tmp: Path) -> dict:
         kind: preprocess_profile.profile(sizes[kind], scale.profile_repeats)
         for kind in ("1 MP", "12 MP")
     }
-    baseline = baseline_worktree(tmp)
-    wanted = [("ours", REPO), ("today", baseline), ("brief", REPO)]
     stacks: list[Stack] = []
     try:
-        for name, cwd in wanted:
-            if cwd is not None:
-                print(f"starting stack: {name}", flush=True)
-                models = baseline_models_home(tmp) if name == "today" else None
-                stacks.append(Stack(name, tmp / f"storage-{name}", cwd, models))
+        for name in ("ours", "brief"):
+            print(f"starting stack: {name}", flush=True)
+            stacks.append(Stack(name, tmp / f"storage-{name}"))
         print("sweep: every photo kind and concurrency, stack after stack", flush=True)
         sweep(stacks, sizes | {"12 MP HEIC": heic}, scale)
         print(f"target rounds at concurrency {TARGET_CONCURRENCY}", flush=True)
@@ -492,8 +411,6 @@ def run(scale: Scale, tmp: Path) -> dict:
     finally:
         for stack in stacks:
             stack.stop()
-        if baseline is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO)
     for stack in stacks:
         rss = {"preprocess": stack.preprocess.peak_rss_mb, "classify": stack.classify.peak_rss_mb}
         report["stacks"][stack.name] = {"levels": stack.levels, "peak_rss_mb": rss}
@@ -515,14 +432,11 @@ def main() -> int:
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30),
         "scale": "smoke" if args.smoke else "full",
-        "baseline_ref": BASELINE_REF,
         "prices": PRICES,
         "shapes": SHAPES,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pipeline.json").write_text(json.dumps(report, indent=2))
-    from pipeline_report import write_pipeline_report
-
     write_pipeline_report(report, args.out)
     print(f"wrote {args.out / 'pipeline.md'}")
     return 0

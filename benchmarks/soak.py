@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Soak test: the whole pipeline at sustained concurrency, bounded in time, 127.0.0.1 only.
 
-    .venv/bin/python scripts/soak.py --seconds 300 --concurrency 8 --out benchmarks/
+    .venv/bin/python -m benchmarks.soak --seconds 300 --concurrency 8 --out benchmarks/
 
 Starts preprocess and classify (local storage in a temp folder), then `--concurrency` clients
 each upload a distinct image, classify the returned path and check the answer; a sample of
@@ -30,13 +30,9 @@ import numpy as np
 import psutil
 from PIL import Image, ImageOps
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import ASSETS, BENTOML, REPO
+from common.images import decode_image
 
-from common.images import decode_image  # noqa: E402
-
-ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models"))
-BENTOML = str(Path(sys.executable).with_name("bentoml"))
 RSS_GROWTH_LIMIT_MB = 64  # after warm-up; allocator noise stays well under this
 SAMPLE_EVERY = 10  # compare every 10th answer with an in-process run
 
@@ -210,7 +206,7 @@ def render(result: dict) -> str:
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return (
         "# Soak test\n\n"
-        "`scripts/soak.py`: both services on local storage, clients uploading distinct images\n"
+        "`benchmarks/soak.py`: both services on local storage, clients uploading distinct images\n"
         "and classifying the returned paths back to back; RSS measured after a warm-up.\n\n"
         f"| | |\n| --- | --- |\n{table}\n\n"
         f"Result: **{'passed' if result['passed'] else 'FAILED'}**.\n"

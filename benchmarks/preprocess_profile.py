@@ -1,6 +1,6 @@
 """Where /preprocess spends its CPU on a photo: each step of the image work, in-process.
 
-The served figures (scripts/pipeline_benchmark.py) give core-ms per upload and, from the
+The served figures (benchmarks/pipeline.py) give core-ms per upload and, from the
 service's own per-thread counter, how much of it is decode + resize + encode. This splits that
 image work into its steps, timed per thread over the same generated photos, for ours and for
 the brief's design (Pillow open -> RGB -> resize -> PNG), so a target that stays short shows

@@ -1,0 +1,192 @@
+"""What every benchmark study shares: servers under test, free ports, private BentoML homes,
+CPU and RSS of a process tree and its threads, and the machine's description.
+
+Studies import it (`benchmarks.classify`, `benchmarks.pipeline`, `benchmarks.batching`, ...);
+the tests use `private_bentoml_home` and the CPU counters too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from common.runtime_table import ALL_RUNTIMES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+ASSETS = Path(os.environ.get("MODEL_ASSETS", REPO.parent / "shared" / "models"))
+
+
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tree_rss_mb(process: psutil.Process) -> float:
+    try:
+        procs = [process, *process.children(recursive=True)]
+        return sum(p.memory_info().rss for p in procs) / 1e6
+    except psutil.Error:
+        return 0.0
+
+
+def tree_cpu_s(process: psutil.Process) -> float:
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+RUNTIME_THREADS = ALL_RUNTIMES  # the service names the runtime's threads after it
+
+
+def threads_cpu_s(process: psutil.Process) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of a server, by thread id, with its role.
+
+    The worker (the process with the most threads) has its event loop on the main thread and
+    names its pools and the runtime's threads at the OS level; every other process in the tree
+    (BentoML's supervisor) counts as "supervisor".
+    """
+    procs = [process, *process.children(recursive=True)]
+    worker = max(procs, key=lambda p: p.num_threads() if p.is_running() else 0)
+    found = {}
+    for proc in procs:
+        for thread in proc.threads():
+            if proc.pid != worker.pid:
+                group = "supervisor"
+            elif thread.id == worker.pid:
+                group = "event loop"
+            else:
+                group = _thread_name(worker.pid, thread.id)
+            found[thread.id] = (group, thread.user_time + thread.system_time)
+    return found
+
+
+def thread_cpu_grown_s(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU each role's threads spent between two `threads_cpu_s` snapshots. Pools retire idle
+    threads: one that ended in between is left out (its CPU in between too), not subtracted."""
+    grown: dict[str, float] = {}
+    for tid, (group, seconds) in after.items():
+        grown[group] = grown.get(group, 0.0) + seconds - before.get(tid, (group, 0.0))[1]
+    return grown
+
+
+def _thread_name(pid: int, tid: int) -> str:
+    try:
+        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return "other threads"
+    return name if name.startswith("classify-") or name in RUNTIME_THREADS else "other threads"
+
+
+def private_bentoml_home(home: Path, shared: Path | None = None) -> Path:
+    """A BentoML home for servers of one's own that shares the model and Bento stores of
+    `shared` (the current `$BENTOML_HOME` by default). The tests use it too.
+
+    Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts: in a
+    shared home that would reset (or mix) the metrics of any other service running from it.
+    """
+    shared = shared or Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    home.mkdir(parents=True, exist_ok=True)
+    for store in ("models", "bentos"):
+        (shared / store).mkdir(parents=True, exist_ok=True)
+        if not (home / store).exists():
+            (home / store).symlink_to(shared / store)
+    return home
+
+
+class ServerUnderTest:
+    """A server process: started, timed to /readyz, sampled for RSS, stopped."""
+
+    def __init__(
+        self, command: list[str], env: dict[str, str], port: int, cwd: Path = REPO
+    ) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        handle, log = tempfile.mkstemp(prefix="bench-", suffix=".log")
+        self.log = Path(log)
+        started = time.monotonic()
+        self.popen = subprocess.Popen(command, cwd=cwd, env=env, stdout=handle, stderr=handle)
+        os.close(handle)
+        self.process = psutil.Process(self.popen.pid)
+        deadline = started + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.log}")
+            time.sleep(0.05)
+        else:
+            raise TimeoutError(f"not ready; see {self.log}")
+        self.ready_s = time.monotonic() - started
+        self.peak_rss_mb = tree_rss_mb(self.process)
+
+    def sample(self) -> None:
+        self.peak_rss_mb = max(self.peak_rss_mb, tree_rss_mb(self.process))
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+# vector extensions the runtimes' kernels use: INT8 gains most with VNNI/AMX, BF16 needs them
+CPU_FEATURES = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu() -> dict[str, object]:
+    """The CPU's model and vector extensions: the same 2 cores run INT8 and BF16 at very
+    different speeds depending on them, and a shared host may land on different CPUs."""
+    info = {"model": platform.processor() or platform.machine(), "features": [], "checked": []}
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        fields = dict(
+            (key.strip(), value.strip()) for key, _, value in (x.partition(":") for x in lines)
+        )
+        info["model"] = fields.get("model name") or info["model"]
+        info["checked"] = list(CPU_FEATURES)
+        info["features"] = [
+            name for name in CPU_FEATURES if name in fields.get("flags", "").split()
+        ]
+    return info
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    names = (
+        "bentoml",
+        "onnxruntime",
+        "openvino",
+        "tensorflow-cpu",
+        "numpy",
+        "pillow",
+        "fastapi",
+        "uvicorn",
+    )
+    return {name: version(name) for name in names}
