@@ -8,7 +8,7 @@ worst case the limits allow, tests/test_containers.py each image's size and cold
 the README's sizing table is generated from the same file (a test keeps them equal).
 
     python -m scripts.sizing deploy VARIANT   # shell assignments for scripts/deploy
-    python scripts/sizing.py table            # the README's sizing table
+    python -m scripts.sizing table            # the README's sizing table
 """
 
 from __future__ import annotations

@@ -81,5 +81,5 @@ def test_readme_is_a_front_page():
 
 
 def test_sizing_tables_are_the_measurements():
-    """Regenerate with `.venv/bin/python scripts/sizing.py table` if this fails."""
+    """Regenerate with `python3 -m scripts.sizing table` if this fails."""
     assert between(REPO / "README.md", "sizing-table") == tables()
