@@ -66,7 +66,7 @@ class JsonOnly:
             return
         if body is None:
             return  # the client left before sending its body
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
 
 async def _read_body(headers: Headers, receive: Receive, limit: int) -> bytes | None:
@@ -88,8 +88,9 @@ async def _read_body(headers: Headers, receive: Receive, limit: int) -> bytes | 
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The app's `receive`: the body read, then the client's own messages (a disconnect)."""
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """The app's `receive` once a guard has read the body: the body in one message, then the
+    client's own messages (a disconnect, when it comes), as ASGI has it."""
     sent = False
 
     async def replay() -> Message:

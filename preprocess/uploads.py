@@ -17,10 +17,10 @@ import bentoml
 from pydantic import Field
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import ServiceError, UploadTooLarge, error_response
-from common.http_guards import media_type
+from common.http_guards import media_type, replay_body
 from common.schemas import ResizeMode
 from preprocess.form_parser import FormPart, MalformedForm, StreamingForm
 
@@ -91,7 +91,7 @@ class UploadGuard:
             await error_response(exc)(scope, receive, send)
             return
         scope.setdefault("state", {})[FORM_STATE_KEY] = form
-        await self.app(scope, _body_consumed(receive), send)
+        await self.app(scope, replay_body(b"", receive), send)  # the form holds the body
 
     async def _parse(self, scope: Scope, receive: Receive) -> PreprocessForm:
         headers = Headers(scope=scope)
@@ -152,18 +152,3 @@ class UploadGuard:
             ) from None
         # the only copy of the upload the service holds: the received chunks go with `parts`
         return PreprocessForm.model_construct(image=files[0].content(), mode=mode)
-
-
-def _body_consumed(receive: Receive) -> Receive:
-    """The app's `receive` once the guard has read the body: an empty last chunk, then the
-    client's own messages (a disconnect, when it comes), as ASGI has it."""
-    sent = False
-
-    async def after_body() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        return await receive()
-
-    return after_body
