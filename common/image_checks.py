@@ -43,6 +43,9 @@ MAX_PNG_CHUNKS = 10_000
 MAX_PNG_ICC_PROFILES = 1
 # GIF blocks before the first frame's pixels (extensions, comments, their sub-blocks).
 MAX_GIF_BLOCKS = 10_000
+# Top-level boxes of a HEIC/AVIF (ftyp, meta, mdat and a few more in real files): each is a step
+# of libheif's parse and of the truncation check below.
+MAX_HEIF_BOXES = 1000
 # Pillow decodes run-length-encoded BMPs in Python, ~0.2 us per byte (a 2 MB RLE8 BMP of
 # one-pixel runs took 0.45 s): accepted up to this size, far above what icons and graphics use.
 MAX_BMP_RLE_BYTES = 1024 * 1024
@@ -79,7 +82,7 @@ def claimed_format(head: bytes, *, among: tuple[str, ...] | None = None) -> str 
 
 
 def check_structure(data: bytes) -> None:
-    """Refuse a JPEG, PNG, GIF or BMP whose structure would make decoding slow out of
+    """Refuse a JPEG, PNG, GIF, BMP, HEIC or AVIF whose structure would make decoding slow out of
     proportion to its pixels."""
     if data.startswith(b"\xff\xd8"):
         _check_jpeg(data)
@@ -89,6 +92,8 @@ def check_structure(data: bytes) -> None:
         _check_gif(data)
     elif data.startswith(b"BM"):
         _check_bmp(data)
+    elif data[4:8] == b"ftyp" and claimed_format(data, among=("HEIF", "AVIF")):
+        _check_heif(data)
 
 
 def _check_jpeg(data: bytes) -> None:
@@ -197,3 +202,25 @@ def _check_bmp(data: bytes) -> None:
             f"run-length-encoded BMPs are accepted up to {MAX_BMP_RLE_BYTES:,} bytes "
             "(they decode in Python); send PNG or an uncompressed BMP"
         )
+
+
+def _check_heif(data: bytes) -> None:
+    """Walk a HEIC/AVIF's top-level boxes: refuse one that runs past the end of the file, and
+    more boxes than real files have.
+
+    libheif fills the tiles of a cut-off grid image (how iPhones store photos) with grey instead
+    of failing, so a truncated upload would be classified as a half-grey photo.
+    """
+    at, end, boxes = 0, len(data), 0
+    while at + 8 <= end:
+        boxes += 1
+        if boxes > MAX_HEIF_BOXES:
+            raise TooComplex(f"the file has more than {MAX_HEIF_BOXES} top-level boxes")
+        size = int.from_bytes(data[at : at + 4], "big")
+        if size == 1 and at + 16 <= end:  # a 64-bit size follows the type
+            size = int.from_bytes(data[at + 8 : at + 16], "big")
+        elif size == 0:  # the last box, running to the end of the file
+            return
+        if size < 8 or at + size > end:
+            raise CorruptImage("the HEIF/AVIF file is truncated or corrupt")
+        at += size

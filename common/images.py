@@ -9,7 +9,6 @@ what the resize mode needs, so a 12 MP photo costs a fraction of a full decode a
 from __future__ import annotations
 
 import io
-import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -151,38 +150,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _check_complete(image: Image.Image) -> None:
-    """Refuse a HEIC/AVIF whose top-level boxes run past the end of the file.
-
-    libheif fills the tiles of a cut-off grid image (how iPhones store photos) with grey instead
-    of failing, so a truncated upload would be classified as a half-grey photo.
-    """
-    if image.format not in ("HEIF", "AVIF") or image.fp is None:
-        return
-    file = image.fp
-    end = file.seek(0, io.SEEK_END)
-    at = 0
-    try:
-        while at + 8 <= end:
-            file.seek(at)
-            header = file.read(16)
-            size = struct.unpack(">I", header[:4])[0]
-            if size == 1 and len(header) == 16:  # a 64-bit size follows the type
-                size = struct.unpack(">Q", header[8:16])[0]
-            elif size == 0:  # the last box, running to the end of the file
-                return
-            if size < 8 or at + size > end:
-                raise CorruptImage(f"the {image.format} file is truncated or corrupt")
-            at += size
-    finally:
-        file.seek(0)
-
-
 def _decode(image: Image.Image) -> Image.Image:
     """Decode (the first frame only), turn upright and convert to RGB: at most the source's
     size at any step (a rotation or conversion is one more image of that size)."""
     with decoding(image.format):
-        _check_complete(image)
         image.load()
         transpose = UPRIGHT.get(_orientation(image))
         if transpose is not None:

@@ -320,5 +320,10 @@ def amplifiers() -> dict[str, tuple[bytes, int, str | None]]:
         "png, one icc profile": (png_with_icc_profiles(1), 200, None),
         "bmp rle8, 18 MB of one-pixel runs": (bmp_rle8(3000, 3000), 413, "too_complex"),
         "bmp rle8, small": (bmp_rle8(300, 200), 200, None),
+        "heic, 100,000 top-level boxes": (
+            _save(Image.new("RGB", (64, 64)), "HEIF") + (struct.pack(">I", 8) + b"free") * 100_000,
+            413,
+            "too_complex",
+        ),
         "jpeg with malformed exif": (jpeg_with_malformed_exif(), 200, None),
     }
