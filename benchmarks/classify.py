@@ -424,7 +424,7 @@ def target_rounds(
     raw ceilings of `ceilings` (see `round_ceilings`) again, appending to their figures,
     so that a ratio to a raw ceiling compares figures taken minutes apart, not half an hour.
     """
-    from benchmark_report import COMPARED
+    from benchmarks.classify_report import COMPARED
 
     compared = [config for config in CONFIGS if config.name in COMPARED]
     rounds: dict[str, list[float]] = {config.name: [] for config in compared}
@@ -461,7 +461,7 @@ def round_ceilings(raw: dict) -> dict[str, dict]:
     host one shape can halve while another holds (TensorFlow's two-thread calls wait on each
     other at every op).
     """
-    from benchmark_report import CEILINGS
+    from benchmarks.classify_report import CEILINGS
 
     ceilings = {}
     for name, (runtime, smallest) in CEILINGS.items():
@@ -579,7 +579,8 @@ def raw_subprocess(shape: str, seconds: float, batch_sizes: tuple[int, ...] = BA
     out = subprocess.run(
         [
             sys.executable,
-            __file__,
+            "-m",
+            "benchmarks.classify",
             "--raw-only",
             shape,
             "--raw-seconds",
@@ -590,6 +591,7 @@ def raw_subprocess(shape: str, seconds: float, batch_sizes: tuple[int, ...] = BA
         capture_output=True,
         text=True,
         check=True,
+        cwd=REPO,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -655,7 +657,7 @@ def main() -> int:
         print(json.dumps(measured))
         return 0
     scale = SCALES["smoke" if args.smoke else "quick" if args.quick else "full"]
-    from benchmark_report import COMPARED
+    from benchmarks.classify_report import COMPARED
 
     configs = [c for c in CONFIGS if c.name in COMPARED or not scale.compared_only]
     report: dict = {
@@ -694,7 +696,7 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
-    from benchmark_report import write_report
+    from benchmarks.classify_report import write_report
 
     write_report(report, args.out)
     print(f"wrote {args.out / 'results.md'}")
