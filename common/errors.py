@@ -39,6 +39,13 @@ class TooManyPixels(ServiceError):
     code = "too_many_pixels"
 
 
+class TooComplex(ServiceError):
+    """The image would cost far more to decode than its pixels: refused before decoding."""
+
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = "too_complex"
+
+
 class NotAnImage(ServiceError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     code = "not_an_image"

@@ -6,24 +6,25 @@ Two jobs, both before any decoder runs:
   own plugins (a few bytes each). Pillow's `Image.open` is never run with non-allowlisted
   plugins: some decode at open (an ICO fully decodes its largest embedded PNG or BMP).
 - `check_structure`: bounds on the work a decode does beyond its pixels. libjpeg reads every
-  scan of a progressive JPEG over the whole image, and Pillow walks JPEG segments, PNG chunks
-  and GIF blocks in Python, one at a time, so a few megabytes of tiny scans, segments, chunks or
-  blocks are seconds to minutes of CPU. Each is counted here with C-speed scanning and refused
-  past a limit far above what encoders write.
+  scan of a progressive JPEG over the whole image; Pillow walks JPEG segments, PNG chunks and
+  GIF blocks in Python one at a time, parses some JPEG tables entry by entry, inflates every PNG
+  ICC profile and decodes RLE BMPs in Python; so a few megabytes of tiny scans, segments,
+  chunks, blocks or runs are seconds to minutes of CPU. Each is measured here (C-speed scanning,
+  bounded loops) and refused past a limit far above what encoders write.
 """
 
 from __future__ import annotations
 
 import re
-from http import HTTPStatus
 
 from PIL import Image
 
-from common.errors import CorruptImage, ServiceError
+from common.errors import CorruptImage, TooComplex
 
 # Real JPEGs: baseline (phones, cameras) 1 scan; progressive from libjpeg(-turbo), Pillow and
 # jpegtran 10 (6 for greyscale); mozjpeg's optimized scripts 9-12. A scan costs its pass over
-# every block however little data it holds: ~25 ms on a 40 MP image (docs/security.md).
+# every block however little data it holds: ~25 ms on a 40 MP image (SECURITY.md; the worst
+# accepted JPEG is in benchmarks/worst_case_decode.json).
 MAX_JPEG_SCANS = 40
 # Segments (APPn, DQT, DHT, SOS, ...): tens in a phone photo; an ICC profile split across the
 # most APP2 chunks JPEG allows is 255.
@@ -58,13 +59,6 @@ _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
 _SEGMENT_NAMES = {0xDB: "quantization table (DQT)", 0xED: "Photoshop (APP13)"}
 SIGNATURE_BYTES = 32
-
-
-class TooComplex(ServiceError):
-    """The image would cost far more to decode than its pixels: refused before decoding."""
-
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-    code = "too_complex"
 
 
 def claimed_format(head: bytes, *, among: tuple[str, ...] | None = None) -> str | None:
