@@ -602,7 +602,7 @@ def reduced_precision_accuracy(
 ) -> dict[str, dict]:
     """Top-1 accuracy of each reduced-precision runtime and of FP32 on the labelled held-out views.
 
-    FP32 is ONNX Runtime, which tests/test_runtimes.py holds within 1e-4 of Keras.
+    FP32 is ONNX Runtime, which tests/service/test_runtimes.py holds within 1e-4 of Keras.
     """
     from runtimes import class_names, load_runtime, stored_model_dir
 

@@ -17,7 +17,7 @@ from common.deadline import remaining_s
 from common.errors import Overloaded
 
 # Peak bytes per decoded pixel, the sizing rule's factor (docs/deploy.md, "Memory"; the worst
-# case is held to it by tests/test_memory.py).
+# case is held to it by tests/deploy/test_memory.py).
 BYTES_PER_PIXEL = 16
 RETRY_AFTER_S = 2
 

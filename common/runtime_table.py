@@ -37,7 +37,7 @@ class RuntimeSpec:
     @property
     def reduced_precision(self) -> bool:
         """Accepted on top-1 accuracy within 1 point of FP32 instead of matching Keras'
-        probabilities (tests/test_runtimes.py)."""
+        probabilities (tests/service/test_runtimes.py)."""
         return self.precision != "fp32"
 
 

@@ -2,8 +2,8 @@
 """Cloud Run sizing derived from measurements: `--memory` and the startup probe of each service.
 
 The measurements live in benchmarks/sizing.json. The tests that take them write them there when
-asked (`scripts/measure-sizing`): tests/test_memory.py the peak RSS of each service under the
-worst case the limits allow, tests/test_containers.py each image's size and cold start
+asked (`scripts/measure-sizing`): tests/deploy/test_memory.py the peak RSS of each service under the
+worst case the limits allow, tests/deploy/test_containers.py each image's size and cold start
 (`podman run` to the first correct answer). `scripts/deploy` reads its numbers from here, and
 the README's sizing table is generated from the same file (a test keeps them equal).
 

@@ -6,7 +6,7 @@ the upload parser, for as long as asked, findings saved as regression cases.
 Each worker process runs examples until the time is up; the input under test is written to a
 file first, so a worker killed by a decoder (a crash, not an exception) leaves it behind and a
 new worker takes over. A finding is an answer outside the oracle (tests/fuzzing.py), a decode
-slower than `--slow-s`, or memory past the stated bound. tests/test_fuzz.py replays them.
+slower than `--slow-s`, or memory past the stated bound. tests/service/test_fuzz.py replays them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Mutational fuzzing of the decode boundary and the upload form: seeds, mutations, the oracle.
 
-Shared by the suite's bounded run (tests/test_fuzz.py, hypothesis) and the long run
+Shared by the suite's bounded run (tests/service/test_fuzz.py, hypothesis) and the long run
 (`tests/fuzz.py --minutes 30`), whose findings become files in tests/fuzz_regressions/ that the
 suite replays. The oracle: a 224x224 RGB image or a documented refusal, in bounded time.
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -58,3 +59,20 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def batch_histogram(metrics_text: str, public_route: bool = False) -> tuple[float, float]:
+    """(count, sum) of batch sizes: /classify's in-process batcher (`classify_batch_size`), or
+    BentoML's own batcher in front of the public `predict_batch` route."""
+    prefix = "bentoml_service_adaptive_batch_size_" if public_route else "classify_batch_size_"
+    count = total = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        name = line.removeprefix(prefix)
+        value = float(line.rsplit(" ", 1)[1])
+        if re.match(r"count[{ ]", name):
+            count += value
+        elif re.match(r"sum[{ ]", name):
+            total += value
+    return count, total

@@ -8,8 +8,7 @@ import sys
 import httpx
 import pytest
 from conftest import PHOTOS, REPO, Server, make_backend, service_env
-from helpers import stored_keys
-from test_batching import batch_histogram
+from helpers import batch_histogram, stored_keys
 
 TOKEN = "local-shared-secret"
 

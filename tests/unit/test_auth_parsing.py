@@ -13,8 +13,8 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from id_token_signer import AUDIENCE, KEY_ID, _key_and_cert, token
 from starlette.datastructures import Headers
-from test_id_tokens import AUDIENCE, KEY_ID, _key_and_cert, token
 
 from common.auth import Unauthorized, bearer_token
 from common.id_tokens import IdTokenVerifier, InvalidIdToken

@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import random
-import re
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import REPO, Server, service_env
-from helpers import EXPECTED_LABELS, encode, pixels_of, upload
+from helpers import EXPECTED_LABELS, batch_histogram, encode, pixels_of, upload
 from PIL import Image, ImageOps
 
 from common.config import Settings
@@ -39,23 +38,6 @@ def distinct_images(photos: dict[str, bytes]) -> list[bytes]:
                 variant = ImageOps.flip(photo)
             variants.append(encode(variant, "PNG"))
     return variants[:CONCURRENT_REQUESTS]
-
-
-def batch_histogram(metrics_text: str, public_route: bool = False) -> tuple[float, float]:
-    """(count, sum) of batch sizes: /classify's in-process batcher (`classify_batch_size`), or
-    BentoML's own batcher in front of the public `predict_batch` route."""
-    prefix = "bentoml_service_adaptive_batch_size_" if public_route else "classify_batch_size_"
-    count = total = 0.0
-    for line in metrics_text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        name = line.removeprefix(prefix)
-        value = float(line.rsplit(" ", 1)[1])
-        if re.match(r"count[{ ]", name):
-            count += value
-        elif re.match(r"sum[{ ]", name):
-            total += value
-    return count, total
 
 
 async def _post_all(url: str, bodies: list[dict]) -> list[dict]:

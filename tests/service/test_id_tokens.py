@@ -6,7 +6,6 @@ certs URL, and tokens are signed with google-auth's own JWT encoder. Generated p
 
 from __future__ import annotations
 
-import datetime
 import json
 import threading
 import time
@@ -15,35 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from conftest import Server, make_backend, service_env
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-from google.auth import crypt, jwt
+from google.auth import crypt
 from helpers import stored_keys, upload
-
-AUDIENCE = "https://classify-test.a.run.app"
-KEY_ID = "test-key"
-
-
-def _key_and_cert() -> tuple[bytes, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-signer")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return private, cert.public_bytes(serialization.Encoding.PEM)
+from id_token_signer import AUDIENCE, KEY_ID, _key_and_cert, token
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +41,6 @@ def signer_and_certs_url():
         f"http://127.0.0.1:{server.server_port}/certs",
     )
     server.shutdown()
-
-
-def token(signer, audience: str = AUDIENCE, expires_in: int = 600, **claims: object) -> str:
-    now = int(time.time())
-    payload = {
-        "iss": "https://accounts.google.com",
-        "aud": audience,
-        "iat": now - 5,
-        "exp": now + expires_in,
-        "sub": "123",
-        "email": "caller@example.iam.gserviceaccount.com",
-    }
-    return jwt.encode(signer, payload | claims).decode()
 
 
 @pytest.fixture(scope="module")
