@@ -76,3 +76,12 @@ def batch_histogram(metrics_text: str, public_route: bool = False) -> tuple[floa
         elif re.match(r"sum[{ ]", name):
             total += value
     return count, total
+
+
+def serving_process(server):  # -> psutil.Process
+    """The process of a `bentoml serve` tree that answers requests: its largest by RSS."""
+    import psutil
+
+    supervisor = psutil.Process(server.process.pid)
+    tree = [supervisor, *supervisor.children(recursive=True)]
+    return max(tree, key=lambda process: process.memory_info().rss)

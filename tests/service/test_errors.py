@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from helpers import classify, encode, stored_keys, upload
+from helpers import classify, encode, serving_process, stored_keys, upload
 from PIL import Image
 
 MIB = 1024 * 1024
@@ -254,7 +254,6 @@ HOSTILE_PATHS = [
 
 def test_hundreds_of_bad_paths_leak_nothing(services, photos):
     """Every hostile path is a 4xx; the server's descriptors and memory stay where they were."""
-    import psutil
 
     if services.backend.name == "local":
         root = services.backend.settings.storage_dir.resolve()
@@ -264,10 +263,7 @@ def test_hundreds_of_bad_paths_leak_nothing(services, photos):
             loop.symlink_to(loop)
     else:
         root = "nowhere"
-    arbiter = psutil.Process(services.classify.process.pid)
-    server = max(  # the worker answering requests: the largest process of the serve tree
-        [arbiter, *arbiter.children(recursive=True)], key=lambda p: p.memory_info().rss
-    )
+    server = serving_process(services.classify)
 
     def classify_raw(path: str) -> httpx.Response:  # ASCII JSON: a lone surrogate as \\ud800
         body = json.dumps({"gcs_path": path.format(root=root)})

@@ -25,6 +25,7 @@ from fuzzing import (
     regressions,
     seeds,
 )
+from helpers import serving_process
 from hostile import amplifiers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -90,18 +91,11 @@ def test_fuzz_findings_stay_fixed(name):
         assert time.perf_counter() - started < 5
 
 
-def _worker_process(server):
-    import psutil
-
-    arbiter = psutil.Process(server.process.pid)
-    return max([arbiter, *arbiter.children(recursive=True)], key=lambda p: p.memory_info().rss)
-
-
 def test_served_fuzz_answers_are_documented_fast_and_bounded(services):
     """Mutated files and mutated multipart bodies through the real preprocess server."""
     rng = random.Random(int(os.environ.get("FUZZ_SEED", "4242")))
     url = f"{services.preprocess.url}/preprocess"
-    worker = _worker_process(services.preprocess)
+    worker = serving_process(services.preprocess)
     rss_before, fds_before = worker.memory_info().rss, worker.num_fds()
     names = sorted(SEEDS)
     answered: dict[int, int] = {}
