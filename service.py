@@ -1,35 +1,43 @@
 """The classify Bento: MobileNetV2 (ImageNet, 224x224) behind BentoML's adaptive batching.
 
-The request path, top to bottom in this file: `/classify` reads the stored image on a reading
-thread and decodes it to 224x224 pixels; the pixels of concurrent requests meet in BentoML's
-adaptive batcher (`CorkDispatcher`, driven in-process by `batcher.py`), and the model runs once
-per batch on a model thread. With `CLASSIFY_BATCHING=off` each request gets a model call of its
-own. `predict_batch` is the public batchable API for callers that send decoded pixels; it shares
-the model call. The model runs on ONNX Runtime (default), TensorFlow or OpenVINO (`runtimes.py`).
+The request path, top to bottom in this file: `/classify` reads the stored image, decodes it to
+224x224 pixels, runs the model and answers. How the model runs is chosen once, at start: batched,
+the pixels of concurrent requests meet in BentoML's adaptive batcher (`CorkDispatcher`, driven
+in-process by `batcher.py`) and the model runs once per batch; direct (`CLASSIFY_BATCHING=off`),
+each request gets a model call of its own. `predict_batch` is the public batchable API for
+callers that send decoded pixels; it shares the model call.
+
+The model runs on ONNX Runtime (default), TensorFlow or OpenVINO (`runtimes.py`). One service
+serves them all; the runtime is a build argument (`bentoml build --arg runtime=tensorflow`) that
+picks the packages and the one model a Bento packs, and `CLASSIFY_RUNTIME` overrides it when
+serving (a runtime of the same family, e.g. `openvino-bf16` from the OpenVINO Bento).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import bentoml
 import numpy as np
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 import batcher
 from common import http_stack
-from common.bento_image import slim_image
+from common.bento_image import BUILD_ENVS, service_image
 from common.config import observability_config, settings
 from common.deadline import REQUEST_TIMEOUT_S
 from common.errors import ServiceError, error_response
 from common.http_guards import JsonOnly
 from common.images import set_pixel_limit, to_model_pixels
 from common.memory import release_large_buffers_promptly
+from common.runtime_table import Runtime
+from common.runtime_table import spec as runtime_spec
 from common.schemas import (
     MODEL_SIZE,
     ClassifyRequest,
@@ -40,39 +48,33 @@ from common.schemas import (
 )
 from common.stage_metrics import timed
 from common.storage import storage_from_settings
-from common.threads import name_this_thread, name_thread, thread_ids
-from runtimes import class_names, load_runtime, stored_model
+from common.threads import name_runtime_threads, named_pool
+from runtimes import class_names, load_runtime
+
+T = TypeVar("T")
+
+
+class BuildArguments(BaseModel):
+    """`bentoml build --arg runtime=NAME`: what a classify Bento is built for. BentoML keeps the
+    arguments in the Bento and restores them wherever it is served."""
+
+    runtime: Runtime | None = Field(
+        None, description="the runtime served unless CLASSIFY_RUNTIME says otherwise"
+    )
+
 
 # Read and validated once, at import: a bad value stops the service before it serves.
-SETTINGS = settings()
+SETTINGS = settings().serving(bentoml.use_arguments(BuildArguments).runtime)
+RUNTIME = runtime_spec(SETTINGS.classify_runtime)
 batcher.require_dispatcher()
 # Storage reads wait on the network with GCS; this many may wait at once (more queue).
 READ_THREADS = 32
 
-# CPU time of the threads calling the model and decoding, so that everything else the server
-# spends per request (HTTP, routing, validation, hand-offs) can be told apart in the benchmark.
-# The runtime's own intra-op threads are not in these counters; they carry the runtime's name
-# at the OS level (common/threads.py), which is how the benchmark counts them as model work.
-MODEL_CPU = bentoml.metrics.Counter(
-    name="classify_model_cpu_seconds",
-    documentation="CPU seconds of the threads calling the model (intra-op helpers excluded)",
-)
-DECODE_CPU = bentoml.metrics.Counter(
-    name="classify_decode_cpu_seconds",
-    documentation="CPU seconds spent decoding and resizing stored images (reading excluded)",
-)
-
-
-def _named_pool(threads: int, name: str) -> ThreadPoolExecutor:
-    """A thread pool whose threads carry `name` at the OS level too (per-thread CPU)."""
-    return ThreadPoolExecutor(
-        threads, thread_name_prefix=name, initializer=name_this_thread, initargs=(name,)
-    )
-
 
 @bentoml.service(
-    name="classify",
-    image=slim_image(),
+    name=RUNTIME.image,
+    image=service_image(RUNTIME.family),
+    envs=[*BUILD_ENVS, {"name": "CLASSIFY_RUNTIME", "value": RUNTIME.name}],
     workers=1,
     threads=SETTINGS.concurrent_calls,
     traffic={"timeout": REQUEST_TIMEOUT_S},
@@ -80,89 +82,66 @@ def _named_pool(threads: int, name: str) -> ThreadPoolExecutor:
     **observability_config(SETTINGS),
 )
 class Classify:
+    # The one model this Bento packs: the runtime's family's import (or `CLASSIFY_MODEL`).
+    model_ref = bentoml.models.BentoModel(SETTINGS.classify_model or RUNTIME.stored_model)
+
     def __init__(self) -> None:
         """Load the model on the configured runtime and run it once (trace, allocate)."""
         release_large_buffers_promptly()
         set_pixel_limit(SETTINGS.max_image_pixels)
         self.storage = storage_from_settings(SETTINGS)
         self.decode_budget = SETTINGS.decode_budget()
-        # Looked up here, not declared on the class: a declared model would be packed into
-        # every Bento; each bentofile packs only the model its runtime loads.
-        model = bentoml.models.get(
-            SETTINGS.classify_model or stored_model(SETTINGS.classify_runtime)
-        )
+        model = self.model_ref
         self.model_name = str(model.tag)
         self.labels = class_names(Path(model.path))
-        threads_before = thread_ids()
-        self.runtime = load_runtime(
-            SETTINGS.classify_runtime, Path(model.path), SETTINGS.model_threads
-        )
-        self.runtime.predict(np.zeros((1, MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
-        for tid in thread_ids() - threads_before:  # the runtime's own pools (intra-op etc.)
-            name_thread(tid, self.runtime.name)
-        self._model_threads = _named_pool(SETTINGS.concurrent_calls, "classify-model")
-        self._read_threads = _named_pool(READ_THREADS, "classify-read")
+        with name_runtime_threads(RUNTIME.name):
+            self.runtime = load_runtime(RUNTIME.name, Path(model.path), SETTINGS.model_threads)
+            self.runtime.predict(np.zeros((1, MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
+        self._model_threads = named_pool(SETTINGS.concurrent_calls, "classify-model")
+        self._read_threads = named_pool(READ_THREADS, "classify-read")
         self._batcher: batcher.InProcessBatcher | None = None
-        self._warmed = False
+        # The inference strategy, chosen once: every request takes the same path.
+        self._probabilities = self._batched if SETTINGS.batching else self._direct
 
     async def __is_ready__(self) -> bool:
-        """Ready once an image has gone through the whole model path (the batcher included)."""
-        if not self._warmed:
-            await self._infer(np.zeros((MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
-            self._warmed = True
+        """Ready once a model call went through the path requests take (the batcher too)."""
+        if SETTINGS.batching and self._batcher is None:
+            await self._batch(np.zeros((MODEL_SIZE, MODEL_SIZE, 3), np.uint8))
         return True
-
-    def _predict(self, pixels: np.ndarray) -> np.ndarray:
-        """The model call every path ends in: a batch of uint8 images in, softmax out."""
-        started = time.thread_time()
-        try:
-            with timed("model"):
-                return self.runtime.predict(pixels)
-        finally:
-            MODEL_CPU.inc(time.thread_time() - started)
 
     @bentoml.api(route="/classify", input_spec=ClassifyRequest, output_spec=ClassifyResponse)
     async def classify(self, gcs_path: str, top_k: int = 5) -> ClassifyResponse | JSONResponse:
         """Classify a stored image with MobileNetV2 and return the top class and the top-k."""
         try:
-            if SETTINGS.batching:
-                read = self._read_threads.submit(
-                    contextvars.copy_context().run, self._read_and_decode, gcs_path
-                )
-                probabilities = await self._infer(await asyncio.wrap_future(read))
-            else:
-                answer: Future[np.ndarray] = Future()
-                self._read_threads.submit(
-                    contextvars.copy_context().run, self._read_then_predict, gcs_path, answer
-                )
-                probabilities = await asyncio.wrap_future(answer)
+            probabilities = await self._probabilities(gcs_path)
         except ServiceError as exc:
             return error_response(exc)
         return self._answer(probabilities, top_k)
-
-    def _read_and_decode(self, gcs_path: str) -> np.ndarray:
-        return self._decode(self._read(gcs_path))
 
     def _read(self, gcs_path: str) -> bytes:
         with timed("read"):
             return self.storage.read(gcs_path, SETTINGS.max_upload_bytes)
 
     def _decode(self, data: bytes) -> np.ndarray:
-        started = time.thread_time()
-        try:
-            with timed("decode"):
-                return to_model_pixels(
-                    data, SETTINGS.max_image_pixels, SETTINGS.resize_mode, self.decode_budget
-                )
-        finally:
-            DECODE_CPU.inc(time.thread_time() - started)
-
-    async def _infer(self, pixels: np.ndarray) -> np.ndarray:
-        """Softmax for one image: through the adaptive batcher, or straight to a model thread."""
-        if not SETTINGS.batching:
-            return await asyncio.wrap_future(
-                self._model_threads.submit(lambda: self._predict(pixels[np.newaxis])[0])
+        with timed("decode"):
+            return to_model_pixels(
+                data, SETTINGS.max_image_pixels, SETTINGS.resize_mode, self.decode_budget
             )
+
+    def _predict(self, pixels: np.ndarray) -> np.ndarray:
+        """The model call every path ends in: a batch of uint8 images in, softmax out."""
+        with timed("model"):
+            return self.runtime.predict(pixels)
+
+    async def _batched(self, gcs_path: str) -> np.ndarray:
+        """Read and decode on a reading thread; the model call shared through the batcher."""
+        pixels = await _in_pool(self._read_threads, self._decode_stored, gcs_path)
+        return await self._batch(pixels)
+
+    def _decode_stored(self, gcs_path: str) -> np.ndarray:
+        return self._decode(self._read(gcs_path))
+
+    async def _batch(self, pixels: np.ndarray) -> np.ndarray:
         if self._batcher is None:  # created in the event loop, which it binds to
             self._batcher = batcher.InProcessBatcher(
                 self._predict_on_model_thread,
@@ -177,12 +156,19 @@ class Classify:
         probabilities = self._model_threads.submit(lambda: self._predict(np.stack(images)))
         return list(await asyncio.wrap_future(probabilities))
 
-    def _read_then_predict(self, gcs_path: str, answer: Future[np.ndarray]) -> None:
-        """Unbatched: read here, then decode + model on a model thread, queued from here.
+    async def _direct(self, gcs_path: str) -> np.ndarray:
+        """Read on a reading thread, then decode and the model call on a model thread.
 
         The event loop (busy with HTTP) sees one hand-off per request, the answer; a request
-        whose client left before its turn is dropped here (asyncio cancelled `answer`).
+        whose client left before its turn is dropped before its read (asyncio cancelled it).
         """
+        answer: Future[np.ndarray] = Future()
+        self._read_threads.submit(
+            contextvars.copy_context().run, self._read_then_predict, gcs_path, answer
+        )
+        return await asyncio.wrap_future(answer)
+
+    def _read_then_predict(self, gcs_path: str, answer: Future[np.ndarray]) -> None:
         if not answer.set_running_or_notify_cancel():
             return
         try:
@@ -238,3 +224,8 @@ class Classify:
 # A /classify body is a path and a number; /predict_batch carries base64 pixels, a batch of them.
 JSON_LIMITS = {"/classify": 64 * 1024, "/predict_batch": SETTINGS.max_upload_bytes}
 http_stack.install(Classify, SETTINGS, JsonOnly, limits=JSON_LIMITS)
+
+
+async def _in_pool(pool: ThreadPoolExecutor, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` on a thread of `pool`, in this request's context (its deadline)."""
+    return await asyncio.wrap_future(pool.submit(contextvars.copy_context().run, work, *args))

@@ -14,16 +14,15 @@ least 95% of unbatched's req/s at concurrency 32 and its p50 at concurrency 1 is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.classify import SCALES, SERVER_ENV, Config, prepare_images, served_benchmark
-from benchmarks.harness import REPO, cpu, private_bentoml_home
+from benchmarks.harness import REPO, private_bentoml_home
+from benchmarks.report import stamp, write
 from common.runtime_table import ALL_RUNTIMES
 
 THROUGHPUT_FLOOR = 0.95  # batched req/s at c=32, as a share of unbatched's
@@ -111,8 +110,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     args = parser.parse_args()
     run: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": cpu(),
+        **stamp(),
         "cores": os.cpu_count(),
         "rounds": 1 if args.smoke else args.rounds,
         "scale": "smoke" if args.smoke else "full",
@@ -127,8 +125,7 @@ def main() -> int:
             print(runtime, flush=True)
             run["runtimes"][runtime] = measure(runtime, run["rounds"], run["scale"], paths, storage)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batching.json").write_text(json.dumps(run, indent=2))
-    (args.out / "batching.md").write_text(report(run))
+    write(args.out, "batching", run, report)
     print(report(run))
     return 0
 

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -45,7 +46,6 @@ from benchmarks.harness import (
     BENTOML,
     REPO,
     ServerUnderTest,
-    cpu,
     free_port,
     private_bentoml_home,
     thread_cpu_grown_s,
@@ -54,6 +54,7 @@ from benchmarks.harness import (
     versions,
 )
 from benchmarks.heldout import labelled_views, top1_accuracy
+from benchmarks.report import stamp
 from common.images import (
     STORED_CONTENT_TYPE,
     STORED_SUFFIX,
@@ -66,6 +67,9 @@ from common.schemas import ResizeMode
 from common.storage import LocalStorage
 
 CONCURRENCY = (1, 4, 16, 32, 64)
+# The stages of /classify as its `stage_duration_seconds` histogram names them.
+STAGES = ("read", "decode", "model")
+STAGE_SUM = re.compile(r'^stage_duration_seconds_sum\{[^}]*stage="(\w+)"')
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 RAW_ROUNDS = 3
 RAW_RUNTIMES = (
@@ -277,18 +281,18 @@ def start_server(config: Config, storage_dir: Path) -> ServerUnderTest:
 
 
 def service_counters(metrics: str) -> dict[str, float]:
-    """/classify's adaptive batch size histogram (count, sum) and the service's CPU counters."""
-    counters = dict.fromkeys(("batches", "samples", "model_cpu_s", "decode_cpu_s"), 0.0)
-    names = {
-        "classify_batch_size_count": "batches",
-        "classify_batch_size_sum": "samples",
-        "classify_model_cpu_seconds_total": "model_cpu_s",
-        "classify_decode_cpu_seconds_total": "decode_cpu_s",
-    }
+    """From the service's /metrics: the adaptive batch size histogram (count, sum) and the
+    seconds spent in each stage of a request (the operators' stage histograms)."""
+    counters = dict.fromkeys(("batches", "samples", *(f"{s}_s" for s in STAGES)), 0.0)
+    names = {"classify_batch_size_count": "batches", "classify_batch_size_sum": "samples"}
     for line in metrics.splitlines():
+        value = line.rsplit(" ", 1)[-1]
         for prefix, key in names.items():
             if line.startswith(prefix):
-                counters[key] += float(line.rsplit(" ", 1)[1])
+                counters[key] += float(value)
+        stage = STAGE_SUM.match(line)
+        if stage and stage.group(1) in STAGES:
+            counters[f"{stage.group(1)}_s"] += float(value)
     return counters
 
 
@@ -379,9 +383,11 @@ def served_benchmark(
             result["mean_batch"] = grew["samples"] / grew["batches"] if grew["batches"] else None
             served = max(1, result["requests"])
             result["server_cpu_ms_per_request"] = 1000 * server_cpu / served
-            # CPU of the threads that ran the model and decoded (from the service's /metrics)
-            result["model_cpu_ms_per_request"] = 1000 * grew["model_cpu_s"] / served
-            result["decode_cpu_ms_per_request"] = 1000 * grew["decode_cpu_s"] / served
+            # wall time of each stage (the service's stage histograms; a batch's model call
+            # counts once, shared by its requests)
+            result["stage_ms_per_request"] = {
+                stage: 1000 * grew[f"{stage}_s"] / served for stage in STAGES
+            }
             # per thread (threads that ended during the run are missing: the sum may fall short)
             grown = thread_cpu_grown_s(threads_before, threads_after)
             result["thread_cpu_ms_per_request"] = {
@@ -661,10 +667,9 @@ def main() -> int:
 
     configs = [c for c in CONFIGS if c.name in COMPARED or not scale.compared_only]
     report: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **stamp(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
-        "cpu": cpu(),
         "versions": versions(),
         "scale": scale.name,
     }
@@ -694,8 +699,6 @@ def main() -> int:
         REDUCED_PRECISION_RUNTIMES, scale.views_per_photo
     )
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
     from benchmarks.classify_report import write_report
 
     write_report(report, args.out)

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from benchmarks.report import cpu_line, row, write
 from common.runtime_table import (
     ALL_RUNTIMES,
     BATCHED_BY_DEFAULT,
@@ -34,7 +35,9 @@ REDUCED = {name: f"{name}, batching off" for name in REDUCED_PRECISION_RUNTIMES}
 TF_ON, TF_OFF = "tensorflow, batching on", "tensorflow, batching off"
 # the configs whose throughput the targets compare (benchmarks/classify.py runs them in rounds)
 COMPARED = (DEFAULT, TF_ON, TF_OFF, *REDUCED.values(), NAIVE)
-RUNTIME_THREADS = ALL_RUNTIMES  # the service names each runtime's own threads after it
+# The threads that read, decode and run the model: the service's pools and each runtime's own
+# threads, which the service names after the runtime.
+WORK_THREADS = ("classify-read", "classify-model", *ALL_RUNTIMES)
 # the raw ceilings the targets divide by: name -> (runtime, smallest batch size counted);
 # benchmarks/classify.py measures them again in every round (`round_ceilings` in results.json)
 ORT_CEILING, TF_CEILING = "onnxruntime", "tensorflow, batched"
@@ -214,56 +217,64 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
 
 
 def overhead_ms(report: dict, name: str, concurrency: int) -> float | None:
-    """Server CPU per request outside the model and decoding, measured per thread.
+    """Server CPU per request outside reading, decoding and the model, measured per thread.
 
-    Model and decode CPU come from the service's counters (`/metrics`, CPU of the calling
-    threads) plus the runtime's own threads (named after it, see common/threads.py). None for
-    the naive baseline, which has no counters, and for TensorFlow in runs that predate the
-    per-thread split (its ops run on its own pool, out of the calling thread's sight).
+    The work threads are named at the OS level by the service (common/threads.py): the readers
+    (read, and decode when batched), the model callers (decode and model when unbatched) and
+    the runtime's own pools (named after it). What is left is HTTP, routing, validation,
+    batching and hand-offs. Runs recorded before the stage histograms counted model and decode
+    CPU in the service instead (`model_cpu_ms_per_request`); their figures keep that reading.
+    None for the naive baseline, whose threads are not named.
     """
     entry = _served(report)[name]
     level = _level(entry, concurrency)
-    if "model_cpu_ms_per_request" not in level:
-        return None
     threads = level.get("thread_cpu_ms_per_request")
-    if threads is None and entry["config"]["runtime"] != "onnxruntime":
+    if threads is None or entry["config"]["naive"]:
         return None
-    runtime_ms = sum((threads or {}).get(name, 0.0) for name in RUNTIME_THREADS)
-    model_ms = level["model_cpu_ms_per_request"]
-    decode_ms = level["decode_cpu_ms_per_request"]
-    return level["server_cpu_ms_per_request"] - model_ms - decode_ms - runtime_ms
+    if "model_cpu_ms_per_request" in level:  # a run with the service's former CPU counters
+        runtime_ms = sum(threads.get(runtime, 0.0) for runtime in ALL_RUNTIMES)
+        counted = level["model_cpu_ms_per_request"] + level["decode_cpu_ms_per_request"]
+        return level["server_cpu_ms_per_request"] - counted - runtime_ms
+    work = sum(threads.get(group, 0.0) for group in WORK_THREADS)
+    return level["server_cpu_ms_per_request"] - work
 
 
 def thread_table(report: dict, concurrency: int) -> list[str]:
     """Server CPU per request by thread at one concurrency, for every BentoML config."""
-    entries = [e for e in report["served"] if "thread_cpu_ms_per_request" in _level(e, concurrency)]
+    entries = [
+        e
+        for e in report["served"]
+        if "thread_cpu_ms_per_request" in _level(e, concurrency) and not e["config"]["naive"]
+    ]
     if not entries:
         return []
     groups = sorted(
         {g for e in entries for g in _level(e, concurrency)["thread_cpu_ms_per_request"]}
     )
+    stages = ("read", "decode", "model")
     lines = [
         "",
         f"## Server CPU by thread at concurrency {concurrency} (core-ms per request)",
         "",
         "Threads are named at the OS level by the service (`classify-read`, `classify-model`, the",
-        "runtime's own pool); the model and decode columns are the service's counters, CPU of the",
-        "calling threads inside those two steps only. Naive baseline: not split.",
+        "runtime's own pool). The stage columns are wall time from the service's",
+        "`stage_duration_seconds` histograms (a batch's model call counted once, shared by its",
+        "requests); the last column is CPU outside reading, decoding and the model (runs before",
+        "the stage histograms: outside the service's former model and decode CPU counters).",
+        "Naive baseline: not split.",
         "",
-        row("config", "model (counter)", "decode (counter)", *groups, "outside model + decode"),
-        row(*["---"] * (len(groups) + 4)),
+        row("config", *(f"{s} (wall)" for s in stages), *groups, "outside read+decode+model"),
+        row(*["---"] * (len(groups) + len(stages) + 2)),
     ]
     for entry in entries:
         name = entry["config"]["name"]
-        if entry["config"]["naive"]:
-            continue
         level = _level(entry, concurrency)
         threads = level["thread_cpu_ms_per_request"]
+        walls = level.get("stage_ms_per_request", {})
         lines.append(
             row(
                 name,
-                f"{level['model_cpu_ms_per_request']:.2f}",
-                f"{level['decode_cpu_ms_per_request']:.2f}",
+                *(_or_dash(walls.get(stage), digits=2) for stage in stages),
                 *(f"{threads[g]:.2f}" if g in threads else "-" for g in groups),
                 _or_dash(overhead_ms(report, name, concurrency), digits=2),
             )
@@ -296,34 +307,18 @@ def _scale_warning(report: dict) -> list[str]:
     ]
 
 
-def row(*cells: object) -> str:
-    return "| " + " | ".join(str(cell) for cell in cells) + " |"
-
-
-def _cpu_line(report: dict) -> str:
-    """Which CPU: INT8 and BF16 speeds depend on its vector extensions, not on the core count."""
-    cpu = report.get("cpu")
-    if cpu is None:
-        return "CPU: not recorded (a report from before the benchmark recorded it)."
-    if not cpu["checked"]:  # no /proc/cpuinfo
-        return f"CPU: {cpu['model']} (its vector extensions were not read)."
-    missing = [name for name in cpu["checked"] if name not in cpu["features"]]
-    has = ", ".join(cpu["features"]) or "none of " + ", ".join(cpu["checked"])
-    lacks = f"; without {', '.join(missing)}" if missing and cpu["features"] else ""
-    return (
-        f"CPU: {cpu['model']}, with {has}{lacks}"
-        " (INT8 gains most with VNNI or AMX; BF16 runs as FP32 without AVX-512 BF16 or AMX)."
-    )
-
-
 def write_report(report: dict, out: Path) -> None:
-    plot_throughput(report, out / "throughput.png")
-    plot_latency(report, out / "latency.png")
+    """results.json, results.md and the plots (benchmarks/report.py, the one writer)."""
+    plots = {"throughput.png": plot_throughput, "latency.png": plot_latency}
+    write(out, "results", report, render, plots)
+
+
+def render(report: dict) -> str:
     lines = [
         "# Benchmark results",
         "",
         f"Measured {report['date']} on {report['machine']}; load generator on the same cores.",
-        _cpu_line(report),
+        cpu_line(report),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
         "",
         "Rerun: `scripts/ensure-model && .venv/bin/python -m benchmarks.classify` (about 25 minutes;",  # noqa: E501
@@ -496,7 +491,7 @@ def write_report(report: dict, out: Path) -> None:
         f"peak RSS {pre['peak_rss_mb']:.0f} MB.",
         "",
     ]
-    (out / "results.md").write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def plot_throughput(report: dict, path: Path) -> None:

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import os
 import sys
 import tempfile
@@ -46,7 +45,6 @@ from benchmarks.harness import (
     BENTOML,
     REPO,
     ServerUnderTest,
-    cpu,
     free_port,
     private_bentoml_home,
     thread_cpu_grown_s,
@@ -60,6 +58,7 @@ from benchmarks.pipeline_report import (
     TARGET_CONCURRENCY,
     write_pipeline_report,
 )
+from benchmarks.report import stamp
 from common.storage import LocalStorage
 
 pillow_heif.register_heif_opener()
@@ -423,20 +422,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     args = parser.parse_args()
     scale = SCALES["smoke" if args.smoke else "full"]
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    started = stamp()
     with tempfile.TemporaryDirectory(prefix="pipeline-") as tmp:
         report = run(scale, Path(tmp))
     report |= {
-        "date": started,
-        "cpu": cpu(),
+        **started,
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30),
         "scale": "smoke" if args.smoke else "full",
         "prices": PRICES,
         "shapes": SHAPES,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pipeline.json").write_text(json.dumps(report, indent=2))
     write_pipeline_report(report, args.out)
     print(f"wrote {args.out / 'pipeline.md'}")
     return 0

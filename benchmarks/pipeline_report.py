@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from benchmarks.report import write
+
 # Prices, service shapes and sizes the benchmark measures and this report prices (the
 # benchmark imports them from here: one direction, no cycle).
 # Cloud Run list prices, Tier 1 regions, request-based billing (CPU only during requests), as
@@ -195,6 +197,11 @@ def thread_rows(report: dict) -> list[str]:
 
 
 def write_pipeline_report(report: dict, out: Path) -> None:
+    """pipeline.json, pipeline.md and its plot (benchmarks/report.py, the one writer)."""
+    write(out, "pipeline", report, render, {"pipeline_photos_per_s.png": _plot})
+
+
+def render(report: dict) -> str:
     cpu = report["cpu"]
     features = ", ".join(cpu.get("features") or []) or "none of those checked"
     lines = [
@@ -280,8 +287,7 @@ def write_pipeline_report(report: dict, out: Path) -> None:
         else:
             lines.append(f"| {kind} | {ours:.2f} | (refused: no HEIC decoder) | |")
     lines += ["", "![photos/s against photo size](pipeline_photos_per_s.png)", ""]
-    (out / "pipeline.md").write_text("\n".join(lines))
-    _plot(report, out / "pipeline_photos_per_s.png")
+    return "\n".join(lines)
 
 
 def _preprocess_kinds(report: dict) -> list[str]:

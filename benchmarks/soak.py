@@ -31,6 +31,7 @@ import psutil
 from PIL import Image, ImageOps
 
 from benchmarks.harness import ASSETS, BENTOML, REPO
+from benchmarks.report import stamp, write
 from common.images import decode_image
 
 RSS_GROWTH_LIMIT_MB = 64  # after warm-up; allocator noise stays well under this
@@ -152,7 +153,7 @@ def main() -> int:
 
     growth = {name: rss_end[name] - rss_start[name] for name in rss_start}
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **stamp(),
         "concurrency": args.concurrency,
         "duration_s": round(duration, 1),
         "pipelines": stats["requests"],
@@ -177,15 +178,14 @@ def main() -> int:
     result["passed"] = ok
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "soak.json").write_text(json.dumps(result, indent=2))
-        (args.out / "soak.md").write_text(render(result))
+        write(args.out, "soak", result, render)
     return 0 if ok else 1
 
 
 def render(result: dict) -> str:
     rows = [
         ("date", result["date"]),
+        ("CPU", result["cpu"]["model"] if "cpu" in result else "not recorded"),
         ("concurrency (pipelines in flight)", result["concurrency"]),
         ("duration", f"{result['duration_s']} s"),
         ("pipelines (upload + classify)", result["pipelines"]),

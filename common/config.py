@@ -39,7 +39,8 @@ def _setting(
 
 
 class Settings(BaseSettings):
-    """The configuration of both services (each reads the fields it uses)."""
+    """The configuration of both services (each reads the fields it uses): what both share
+    first, then what classify alone reads (`used_by` says which, for the generated tables)."""
 
     model_config = SettingsConfigDict(case_sensitive=False, env_ignore_empty=True, extra="ignore")
 
@@ -50,7 +51,7 @@ class Settings(BaseSettings):
     storage_dir: Path = _setting(
         Path("data"), description="local storage folder, when `BUCKET` is unset"
     )
-    storage_prefix: str = _setting(
+    storage_prefix: str = _setting(  # preprocess only
         "preprocessed/", used_by="preprocess", description="key prefix of stored images"
     )
     storage_timeout_s: float = _setting(
@@ -83,7 +84,28 @@ class Settings(BaseSettings):
     resize_mode: ResizeMode = _setting(
         ResizeMode.resize, description="default preprocessing mode: `resize` or `center-crop`"
     )
-    # classify
+    # auth and observability
+    auth_token: str | None = _setting(
+        None,
+        pattern=r"^[A-Za-z0-9\-._~+/]+=*$",
+        description="when set, working routes need `Authorization: Bearer <AUTH_TOKEN>` (an "
+        "RFC 6750 token: letters, digits, `-._~+/`, e.g. `openssl rand -base64 32`)",
+    )
+    auth_audience: str | None = _setting(
+        None, description="also accept Google ID tokens for this audience (the service URL)"
+    )
+    auth_certs_url: str = _setting(
+        "https://www.googleapis.com/oauth2/v1/certs",
+        description="where Google's ID-token signing certificates come from",
+    )
+    auth_allowed_emails: Annotated[frozenset[str], NoDecode] = _setting(
+        frozenset(), description="comma-separated callers allowed with an ID token (default: any)"
+    )
+    access_log: bool = _setting(False, description="BentoML's access log line per request")
+    request_tracing: bool = _setting(
+        False, description="BentoML's OpenTelemetry middleware on every route"
+    )
+    # classify only: the model, its runtime and batching
     classify_model: str | None = _setting(
         None,
         used_by="classify",
@@ -112,28 +134,8 @@ class Settings(BaseSettings):
         used_by="classify",
         description="the batcher's latency budget: requests predicted to wait longer get 503",
     )
-    # auth and observability
-    auth_token: str | None = _setting(
-        None,
-        pattern=r"^[A-Za-z0-9\-._~+/]+=*$",
-        description="when set, working routes need `Authorization: Bearer <AUTH_TOKEN>` (an "
-        "RFC 6750 token: letters, digits, `-._~+/`, e.g. `openssl rand -base64 32`)",
-    )
-    auth_audience: str | None = _setting(
-        None, description="also accept Google ID tokens for this audience (the service URL)"
-    )
-    auth_certs_url: str = _setting(
-        "https://www.googleapis.com/oauth2/v1/certs",
-        description="where Google's ID-token signing certificates come from",
-    )
-    auth_allowed_emails: Annotated[frozenset[str], NoDecode] = _setting(
-        frozenset(), description="comma-separated callers allowed with an ID token (default: any)"
-    )
-    access_log: bool = _setting(False, description="BentoML's access log line per request")
-    request_tracing: bool = _setting(
-        False, description="BentoML's OpenTelemetry middleware on every route"
-    )
-    # tuning (docs/performance.md): derived from the runtime and the cores unless set
+    # classify only, tuning (docs/performance.md): derived from the runtime and the cores
+    # unless set
     classify_batch_streams: int | None = _setting(
         None,
         ge=1,
@@ -205,6 +207,13 @@ class Settings(BaseSettings):
         return DecodeBudget(
             self.decode_pixel_budget or self.max_image_pixels, wait_s=self.decode_wait_s
         )
+
+    def serving(self, built_for: Runtime | None) -> Settings:
+        """These settings with the runtime a Bento was built for (its `runtime` build argument),
+        unless `CLASSIFY_RUNTIME` names one: the environment has the last word."""
+        if built_for is None or "classify_runtime" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"classify_runtime": Runtime(built_for)})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

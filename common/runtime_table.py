@@ -16,7 +16,8 @@ from enum import StrEnum
 class RuntimeSpec:
     name: str
     # The stored model family it loads (scripts/import_model.py writes one model per family,
-    # with only that family's files) and the loader in runtimes.py.
+    # with only that family's files), its loader in runtimes.py, and the pyproject.toml extra
+    # holding the packages a Bento of that family installs.
     family: str
     precision: str  # "fp32", or an opt-in reduced one: "bf16", "int8"
     # Concurrent requests share model calls by default: where the batching benchmark measured
@@ -25,8 +26,9 @@ class RuntimeSpec:
     # Unbatched, model calls at once per core: enough that a core stays busy while another
     # call hands its answer back through the GIL (OpenVINO's calls are shorter).
     calls_per_core: int
-    # The classify container image that serves it (scripts/build, scripts/deploy, sizing),
-    # and whether it is the runtime that image serves unless CLASSIFY_RUNTIME says otherwise.
+    # The classify Bento and container image that serves it (scripts/build, scripts/deploy,
+    # sizing), and whether scripts/build builds that image for it (`--arg runtime=NAME`), so it
+    # is the runtime the image serves unless CLASSIFY_RUNTIME says otherwise.
     image: str
     image_default: bool = False
 
@@ -62,7 +64,7 @@ BATCHED_BY_DEFAULT = frozenset(
     Runtime(name) for name, spec in TABLE.items() if spec.batched_by_default
 )
 STORED_MODELS = {spec.family: spec.stored_model for spec in TABLE.values()}
-# The runtime each classify image serves with by default (its Bento's CLASSIFY_RUNTIME).
+# The runtime each classify image is built for (its Bento's `runtime` build argument).
 IMAGE_RUNTIMES = {spec.image: name for name, spec in TABLE.items() if spec.image_default}
 
 
@@ -74,3 +76,8 @@ def spec(name: str) -> RuntimeSpec:
         raise ValueError(
             f"unknown runtime {name!r}; choose one of {', '.join(ALL_RUNTIMES)}"
         ) from None
+
+
+if __name__ == "__main__":  # `python -m common.runtime_table`: scripts/build's list of images
+    for image, runtime in IMAGE_RUNTIMES.items():
+        print(image, runtime)

@@ -1,12 +1,15 @@
-"""OS-visible thread names, so that per-thread CPU (`top -H`, `/proc/<pid>/task/*/comm`) can
-be told apart: Python 3.11 leaves every thread named after the process, and the benchmark
-splits a server's CPU by thread name (model, decode, HTTP).
+"""OS-visible thread names, so that an operator's `top -H` (or `py-spy`, or the benchmark's
+per-thread CPU split) tells the service's threads apart: Python 3.11 leaves every thread named
+after the process.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 _TASKS = "/proc/self/task"
 
@@ -28,6 +31,21 @@ def name_thread(tid: int, name: str) -> None:
         pass  # no /proc, or the thread is gone: names are only a diagnostic aid
 
 
-def name_this_thread(name: str) -> None:
-    """For `ThreadPoolExecutor(initializer=name_this_thread, initargs=(name,))`."""
+def _name_this_thread(name: str) -> None:
     name_thread(threading.get_native_id(), name)
+
+
+def named_pool(threads: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads carry `name` at the OS level too."""
+    return ThreadPoolExecutor(
+        threads, thread_name_prefix=name, initializer=_name_this_thread, initargs=(name,)
+    )
+
+
+@contextmanager
+def name_runtime_threads(name: str) -> Iterator[None]:
+    """Name after the runtime every thread started inside the block (its intra-op pools)."""
+    before = thread_ids()
+    yield
+    for tid in thread_ids() - before:
+        name_thread(tid, name)

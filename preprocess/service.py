@@ -13,7 +13,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from common import http_stack
-from common.bento_image import slim_image
+from common.bento_image import BUILD_ENVS, service_image
 from common.config import observability_config, settings
 from common.deadline import REQUEST_TIMEOUT_S
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
@@ -42,7 +42,8 @@ IMAGE_CPU = bentoml.metrics.Counter(
 
 @bentoml.service(
     name="preprocess",
-    image=slim_image(),
+    image=service_image(),
+    envs=BUILD_ENVS,
     workers=1,
     threads=4,  # Pillow releases the GIL while decoding and resizing
     traffic={"timeout": REQUEST_TIMEOUT_S},

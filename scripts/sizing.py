@@ -7,7 +7,7 @@ worst case the limits allow, tests/deploy/test_containers.py each image's size a
 (`podman run` to the first correct answer). `scripts/deploy` reads its numbers from here, and
 the README's sizing table is generated from the same file (a test keeps them equal).
 
-    python -m scripts.sizing deploy VARIANT   # shell assignments for scripts/deploy
+    python -m scripts.sizing deploy RUNTIME   # shell assignments for scripts/deploy
     python -m scripts.sizing table            # the README's sizing table
 """
 
@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.runtime_table import IMAGE_RUNTIMES
+from common.runtime_table import ALL_RUNTIMES, IMAGE_RUNTIMES
+from common.runtime_table import spec as runtime_spec
 
 MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "sizing.json"
 MIB = 1024**2
@@ -38,14 +39,8 @@ STARTUP_FLOOR_S = 30
 PROBE_PERIOD_S = 2
 # Cloud Run caps a startup probe at 240 s (failureThreshold x periodSeconds).
 STARTUP_CAP_S = 240
-# Which image (and memory measurement) each deploy variant of classify ships.
-CLASSIFY_VARIANTS = {
-    "onnxruntime": "classify",
-    "tensorflow": "classify-tensorflow",
-    "openvino": "classify-openvino",
-}
-IMAGES = ("classify", "preprocess", "classify-openvino", "classify-tensorflow")
-# The runtime each classify image serves with (its bentofile's CLASSIFY_RUNTIME).
+IMAGES = (*IMAGE_RUNTIMES, "preprocess")
+# The runtime each classify image is built for (scripts/build), as measured.
 CLASSIFY_IMAGE_RUNTIMES = IMAGE_RUNTIMES
 
 
@@ -74,13 +69,14 @@ def startup_probe(name: str, figures: dict[str, Any] | None = None) -> str:
     )
 
 
-def deploy_assignments(variant: str) -> str:
-    """Shell assignments for scripts/deploy: both services' memory and startup probes."""
-    if variant not in CLASSIFY_VARIANTS:
-        raise SystemExit(f"CLASSIFY_VARIANT must be one of {', '.join(CLASSIFY_VARIANTS)}")
+def deploy_assignments(runtime: str) -> str:
+    """Shell assignments for scripts/deploy: the classify image that serves `runtime`, and both
+    services' memory and startup probes (the runtime's image measured)."""
+    if runtime not in ALL_RUNTIMES:
+        raise SystemExit(f"CLASSIFY_RUNTIME must be one of {', '.join(ALL_RUNTIMES)}")
     figures = measured()
-    names = {"classify": CLASSIFY_VARIANTS[variant], "preprocess": "preprocess"}
-    lines = []
+    names = {"classify": runtime_spec(runtime).image, "preprocess": "preprocess"}
+    lines = [f"classify_image_name={names['classify']}"]
     for service, name in names.items():
         lines.append(f"{service}_memory={memory_mib(name, figures)}Mi")
         lines.append(f"{service}_startup_probe={startup_probe(name, figures)}")

@@ -12,12 +12,12 @@ from conftest import REPO
 
 from benchmarks.classify_report import (
     DEFAULT,
-    _cpu_line,
     _raw_best,
     raw_round_ratios,
     targets,
     write_report,
 )
+from benchmarks.report import cpu_line
 
 RESULTS = REPO / "benchmarks"
 
@@ -42,12 +42,12 @@ def test_every_target_row_has_a_measurement():
 def test_the_report_says_which_cpu_it_ran_on():
     """Two CPUs have served these runs; INT8 and BF16 speed depend on the vector extensions."""
     checked = ["avx2", "avx512_vnni", "amx_int8"]
-    line = _cpu_line({"cpu": {"model": "Some CPU", "features": ["avx2"], "checked": checked}})
+    line = cpu_line({"cpu": {"model": "Some CPU", "features": ["avx2"], "checked": checked}})
     assert line.startswith("CPU: Some CPU, with avx2; without avx512_vnni, amx_int8 (")
-    bare = _cpu_line({"cpu": {"model": "Old CPU", "features": [], "checked": checked}})
+    bare = cpu_line({"cpu": {"model": "Old CPU", "features": [], "checked": checked}})
     assert bare.startswith("CPU: Old CPU, with none of avx2, avx512_vnni, amx_int8 (")
-    assert _cpu_line({}).startswith("CPU: not recorded")
-    unread = _cpu_line({"cpu": {"model": "arm64", "features": [], "checked": []}})
+    assert cpu_line({}).startswith("CPU: not recorded")
+    unread = cpu_line({"cpu": {"model": "arm64", "features": [], "checked": []}})
     assert unread == "CPU: arm64 (its vector extensions were not read)."
 
 

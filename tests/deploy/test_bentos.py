@@ -7,9 +7,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
-from conftest import BENTOML, Server, make_backend, service_env
+from conftest import BENTOML, REPO, Server, make_backend, service_env
 from helpers import EXPECTED_LABELS, classify, upload
+
+from common.bento_image import pinned_packages
 
 
 def _bento_dir(built: dict[str, str], name: str) -> Path:
@@ -26,11 +29,17 @@ def _packed_model(folder: Path) -> tuple[str, set[str]]:
     """The one model a Bento packs: its name, and the files it holds (BentoML's own aside).
     A Bento in the store refers to the model by tag; export and containerize copy it in (the
     container tests look inside the images)."""
-    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
-    ((name, version),) = [model["tag"].split(":") for model in manifest["models"]]
+    ((name, version),) = [model["tag"].split(":") for model in _models(folder)]
     store = folder.parents[2] / "models"
     files = {path.name for path in (store / name / version).iterdir()}
     return name, files - {"model.yaml"}
+
+
+def _models(folder: Path) -> list[dict]:
+    """The models a Bento packs: those its service declares (and any a bentofile lists)."""
+    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
+    services = manifest.get("services") or []
+    return [*manifest["models"], *(model for svc in services for model in svc["models"])]
 
 
 CLASS_INDEX = "imagenet_class_index.json"
@@ -39,7 +48,7 @@ CLASS_INDEX = "imagenet_class_index.json"
 def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(built):
     folder = _bento_dir(built, "classify")
     assert _packed_model(folder) == ("mobilenet_v2_onnx", {"model.onnx", CLASS_INDEX})
-    assert _bento_envs(built, "classify")["CLASSIFY_RUNTIME"] == "onnxruntime"
+    assert _built_for(built, "classify") == "onnxruntime"
     requirements = _requirements(folder)
     assert requirements["onnxruntime"] == "1.32.0"
     assert requirements["bentoml"] == "1.4.40"
@@ -52,14 +61,14 @@ def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(buil
 
 def test_tensorflow_variant_carries_tensorflow(built):
     folder = _bento_dir(built, "tensorflow")
-    assert _bento_envs(built, "tensorflow")["CLASSIFY_RUNTIME"] == "tensorflow"
+    assert _built_for(built, "tensorflow") == "tensorflow"
     assert _requirements(folder)["tensorflow-cpu"] == "2.21.0"
     assert _packed_model(folder) == ("mobilenet_v2_keras", {"model.keras", CLASS_INDEX})
 
 
 def test_openvino_variant_carries_openvino_but_no_tensorflow(built):
     folder = _bento_dir(built, "openvino")
-    assert _bento_envs(built, "openvino")["CLASSIFY_RUNTIME"] == "openvino-int8"
+    assert _built_for(built, "openvino") == "openvino-int8"
     requirements = _requirements(folder)
     assert requirements["openvino"] == "2026.4.1"
     assert not any(name.startswith(("tensorflow", "onnxruntime")) for name in requirements)
@@ -69,8 +78,7 @@ def test_openvino_variant_carries_openvino_but_no_tensorflow(built):
 
 def test_preprocess_bento_has_shared_code_but_no_tensorflow(built):
     folder = _bento_dir(built, "preprocess")
-    manifest = yaml.safe_load((folder / "bento.yaml").read_text())
-    assert manifest["models"] == []
+    assert _models(folder) == []
     requirements = _requirements(folder)
     assert not any(name.startswith(("tensorflow", "keras", "tf-")) for name in requirements)
     assert requirements["pillow"] == "13.0.0"
@@ -79,18 +87,28 @@ def test_preprocess_bento_has_shared_code_but_no_tensorflow(built):
     assert "service.py" not in sources
 
 
-def _bento_envs(built: dict[str, str], name: str) -> dict[str, str]:
-    """The Bento's `envs`: its container sets them, `bentoml serve` does not (bentos/README)."""
+def _built_for(built: dict[str, str], name: str) -> str:
+    """The runtime a classify Bento was built for: its `runtime` build argument, which BentoML
+    restores wherever the Bento is served, and the CLASSIFY_RUNTIME its container sets."""
     manifest = yaml.safe_load((_bento_dir(built, name) / "bento.yaml").read_text())
-    return {env["name"]: env["value"] for env in manifest.get("envs") or []}
+    envs = {env["name"]: env["value"] for env in manifest.get("envs") or []}
+    assert manifest["args"]["runtime"] == envs["CLASSIFY_RUNTIME"]
+    return manifest["args"]["runtime"]
+
+
+def test_one_bentofile_builds_every_classify_bento():
+    """The runtime is a build argument of the one classify service, not a file per variant."""
+    assert sorted(path.name for path in REPO.glob("bentofile*")) == ["bentofile.yaml"]
 
 
 def test_built_bentos_serve_the_pipeline(built, bentoml_home, photos, tmp_path):
+    """Served straight from the store with no CLASSIFY_RUNTIME: each classify Bento serves the
+    runtime it was built for (the build argument, not an environment variable)."""
     backend = make_backend("local", tmp_path, None)
     servers = [
         Server(
             built[name],
-            service_env(bentoml_home, backend.env, **_bento_envs(built, name)),
+            service_env(bentoml_home, backend.env),
             tmp_path / f"{name}.log",
         ).start()
         for name in ("classify", "preprocess", "tensorflow", "openvino")
@@ -116,6 +134,25 @@ def test_built_bentos_serve_the_pipeline(built, bentoml_home, photos, tmp_path):
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.mark.parametrize(
+    ("name", "extras"),
+    [
+        ("classify", ["onnx"]),
+        ("tensorflow", ["keras"]),
+        ("openvino", ["openvino"]),
+        ("preprocess", []),
+    ],
+)
+def test_each_bento_locks_the_pins_of_pyproject(built, name, extras):
+    """Packages are declared once, in pyproject.toml: each Bento installs its base dependencies
+    and its family's extra at exactly those versions, and no other family's runtime."""
+    requirements = _requirements(_bento_dir(built, name))
+    pins = dict(pin.split("==") for pin in pinned_packages(*extras))
+    assert {package: requirements.get(package) for package in pins} == pins
+    others = {"onnxruntime", "tensorflow-cpu", "openvino"} - set(pins)
+    assert not others & set(requirements)
 
 
 def test_bentoml_cli_lists_all_four(built):

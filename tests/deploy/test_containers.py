@@ -2,7 +2,8 @@
 pipeline against them, and the docker-compose stack through podman-compose.
 
 No registry is reachable here, so the test (only the test) substitutes a local Debian base
-image for BentoML's standard one; the shipped bentofiles keep the standard base.
+image for BentoML's standard one (a bentofile's `docker.base_image` overrides the one the
+services declare); the shipped bentofiles keep the standard base.
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     )
 
 
-BENTOFILES = {
-    "classify": "bentofile.yaml",
-    "preprocess": "preprocess/bentofile.yaml",
-    "classify-openvino": "bentofile.openvino.yaml",
-    "classify-tensorflow": "bentofile.tensorflow.yaml",
+# Each image: its bentofile and build arguments (the classify images: one service, built for
+# the runtime of each image in the runtime table).
+BUILDS = {
+    **{
+        name: ("bentofile.yaml", ["--arg", f"runtime={runtime}"])
+        for name, runtime in CLASSIFY_IMAGE_RUNTIMES.items()
+    },
+    "preprocess": ("preprocess/bentofile.yaml", []),
 }
 
 
@@ -69,14 +73,15 @@ def images(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     base_bytes = json.loads(podman("image", "inspect", BASE_IMAGE).stdout)[0]["Size"]
     tmp = tmp_path_factory.mktemp("bentofiles")
     built = {}
-    for name, bentofile in BENTOFILES.items():
+    for name, (bentofile, arguments) in BUILDS.items():
         config = yaml.safe_load((REPO / bentofile).read_text())
-        config["docker"]["base_image"] = BASE_IMAGE  # test-only substitution
+        config["docker"] = {"base_image": BASE_IMAGE}  # test-only substitution
         test_bentofile = tmp / f"{name}.yaml"
         test_bentofile.write_text(yaml.safe_dump(config))
+        build = [BENTOML, "build", "-f", str(test_bentofile), ".", *arguments, "--output", "tag"]
         tag = (
             subprocess.run(
-                [BENTOML, "build", "-f", str(test_bentofile), ".", "--output", "tag"],
+                build,
                 cwd=REPO,
                 env=env,
                 capture_output=True,

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from common.runtime_table import ALL_RUNTIMES
+from common.runtime_table import spec as runtime_spec
 from scripts.sizing import (
-    CLASSIFY_VARIANTS,
     PROBE_PERIOD_S,
     measured,
     memory_mib,
@@ -198,13 +199,15 @@ def test_deploy_runs_exactly_what_its_dry_run_prints(stubs, bentoml_home):
     assert "https://classify-abc123-uc.a.run.app" in real.stdout
 
 
-@pytest.mark.parametrize("variant", CLASSIFY_VARIANTS)
-def test_each_variant_deploys_its_bento_sized_from_measurements(stubs, variant):
-    """--memory and the startup probe of both services come from benchmarks/sizing.json."""
-    bento = CLASSIFY_VARIANTS[variant]
-    result = run_script({**stubs, "CLASSIFY_VARIANT": variant}, "deploy", "--dry-run")
+@pytest.mark.parametrize("runtime", ALL_RUNTIMES)
+def test_each_runtime_deploys_its_bento_sized_from_measurements(stubs, runtime):
+    """The classify Bento is built for the runtime; --memory and the startup probe of both
+    services come from benchmarks/sizing.json (the measurement of the runtime's image)."""
+    bento = runtime_spec(runtime).image
+    result = run_script({**stubs, "CLASSIFY_RUNTIME": runtime}, "deploy", "--dry-run")
     assert result.returncode == 0, result.stderr
     commands = printed(result.stdout)
+    assert ["scripts/build", "--no-export", "--runtime", runtime] in commands
     assert [bento + ":BUILT_TAG"] == [c[2] for c in commands if c[1:2] == ["containerize"]][:1]
     for service, name in (("classify", bento), ("preprocess", "preprocess")):
         deploy = next(c for c in commands if c[:4] == ["gcloud", "run", "deploy", service])
@@ -233,9 +236,9 @@ def test_sizing_rule():
     )
 
 
-def test_unknown_classify_variant_is_a_clear_error(stubs):
-    result = run_script({**stubs, "CLASSIFY_VARIANT": "caffe"}, "deploy", "--dry-run")
-    assert result.returncode == 2 and "CLASSIFY_VARIANT must be" in result.stderr
+def test_unknown_classify_runtime_is_a_clear_error(stubs):
+    result = run_script({**stubs, "CLASSIFY_RUNTIME": "caffe"}, "deploy", "--dry-run")
+    assert result.returncode == 2 and "CLASSIFY_RUNTIME must be one of" in result.stderr
     assert recorded(stubs) == []
 
 

@@ -134,30 +134,6 @@ def test_public_batch_route_batches_decoded_pixels(services, photos, keras_refer
 
 
 @local_storage_only
-def test_model_and_decode_cpu_are_counted_per_request(services, stored_variants):
-    """/metrics tells model and decode CPU apart from the rest (the benchmark relies on it)."""
-    names = ("classify_model_cpu_seconds_total", "classify_decode_cpu_seconds_total")
-
-    def counters() -> dict[str, float]:
-        text = httpx.get(f"{services.classify.url}/metrics").text
-        return {
-            line.split(" ", 1)[0].split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(names)
-        }
-
-    before = counters()
-    path = next(iter(stored_variants))
-    for _ in range(5):
-        answer = httpx.post(f"{services.classify.url}/classify", json={"gcs_path": path})
-        assert answer.status_code == 200
-    after = counters()
-    assert set(after) == set(names)
-    for name, seconds in after.items():
-        assert seconds > before.get(name, 0.0), f"{name} did not grow: {before} -> {after}"
-
-
-@local_storage_only
 def test_batcher_sheds_what_it_cannot_serve_in_time_with_503(services, classify_with, photos):
     """Requests the batcher predicts to be late get 503 + Retry-After, the rest their answer."""
     impatient = classify_with(CLASSIFY_BATCHING="on", CLASSIFY_MAX_LATENCY_MS="1")

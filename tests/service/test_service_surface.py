@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 
 import httpx
 import pytest
-import yaml
 from conftest import REPO
 
 
@@ -33,28 +31,6 @@ def test_probes_and_metrics(services):
         assert httpx.get(f"{server.url}/livez").status_code == 200
         assert httpx.get(f"{server.url}/readyz").status_code == 200
         assert "bentoml_service_request_total" in httpx.get(f"{server.url}/metrics").text
-
-
-def _pins(packages: list[str]) -> dict[str, str]:
-    return dict(package.split("==") for package in packages)
-
-
-def test_bentofiles_pin_what_pyproject_pins():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    base = _pins(project["dependencies"])
-    classify = _pins(yaml.safe_load((REPO / "bentofile.yaml").read_text())["python"]["packages"])
-    preprocess_file = REPO / "preprocess" / "bentofile.yaml"
-    preprocess = _pins(yaml.safe_load(preprocess_file.read_text())["python"]["packages"])
-    tensorflow_file = REPO / "bentofile.tensorflow.yaml"
-    tensorflow = _pins(yaml.safe_load(tensorflow_file.read_text())["python"]["packages"])
-    openvino_file = REPO / "bentofile.openvino.yaml"
-    openvino = _pins(yaml.safe_load(openvino_file.read_text())["python"]["packages"])
-    extras = {name: _pins(pins) for name, pins in project["optional-dependencies"].items()}
-    assert preprocess == base
-    assert classify == base | extras["classify"]
-    assert tensorflow == base | {"tensorflow-cpu": extras["tensorflow"]["tensorflow-cpu"]}
-    assert openvino == base | extras["openvino"]
-    assert not any(name.startswith("tensorflow") for name in preprocess | classify | openvino)
 
 
 @pytest.mark.parametrize(
