@@ -4,7 +4,7 @@ A `@bentoml.api(batchable=True)` method runs its batches through BentoML's `Cork
 the adaptive batching algorithm, which learns how long a batch takes and holds requests back
 only while waiting for more pays. Another API of the same service could reach that method only
 through BentoML's self-call HTTP client, one more request per image through the whole server
-chain (its cost is in benchmarks/analysis.md). This module drives the same dispatcher class
+chain (its cost: benchmarks/decisions.md, D5). This module drives the same dispatcher class
 straight from /classify, and lets it run `streams` batches at once (the dispatcher's own
 semaphore) so that one batch gathers while another runs.
 

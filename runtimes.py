@@ -65,7 +65,7 @@ class OnnxRuntime:
     With `threads` unset the thread count adapts to load: a call that runs alone uses every
     core (its intra-op threads stop spinning when it returns, so they hold no core afterwards),
     and calls that overlap run single-threaded, each on a core. That gives both the lowest
-    latency for a lone image and the most images/s under load (benchmarks/analysis.md).
+    latency for a lone image and the most images/s under load (benchmarks/decisions.md, D3).
     """
 
     name = "onnxruntime"
@@ -105,7 +105,7 @@ class OpenVinoRuntime:
       convolution and the classifier run in INT8, the softmax in FP32; how much faster depends
       on the CPU (VNNI).
     Both reduced precisions keep top-1 accuracy within 1 point of FP32 on the held-out sample,
-    but move probabilities further than FP32 runtimes do (figures: benchmarks/analysis.md).
+    but move probabilities further than FP32 runtimes do (benchmarks/decisions.md, D11, D12).
     """
 
     def __init__(
@@ -123,7 +123,7 @@ class OpenVinoRuntime:
             config |= {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
         else:
             # one stream per core, so that overlapping calls run side by side (served more
-            # than one all-core stream under load: benchmarks/analysis.md)
+            # than one all-core stream under load: benchmarks/decisions.md, D4)
             config["PERFORMANCE_HINT"] = "THROUGHPUT"
         model_file = INT8_FILE if precision == "int8" else ONNX_FILE
         self._model = core.compile_model(str(model_dir / model_file), "CPU", config)

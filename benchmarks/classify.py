@@ -332,8 +332,8 @@ async def load(
             server.sample()
             await asyncio.sleep(0.5)
 
-    # aiohttp, not httpx: it spends a tenth of httpx's CPU per request (benchmarks/analysis.md),
-    # and the load generator shares the server's cores
+    # aiohttp, not httpx: it spends a tenth of httpx's CPU per request, and the load generator
+    # shares the server's cores (benchmarks/decisions.md, D20)
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:

@@ -327,7 +327,7 @@ def render(report: dict) -> str:
         "",
         *_scale_warning(report),
         "Where the time goes (profiles), what is left for the targets, container image sizes and",
-        "the Cloud Run sizing derived from these figures: [analysis.md](analysis.md).",
+        "the Cloud Run sizing derived from these figures: [decisions.md](decisions.md).",
         "",
         "![throughput](throughput.png)",
         "",

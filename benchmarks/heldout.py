@@ -5,7 +5,7 @@ six shipped photos (crops of 25-100% of the area, aspect 3:4 to 4:3, mirrored ha
 each labelled with its photo's ImageNet class. Nothing was tuned on it: BF16 needs no
 calibration, and INT8 is calibrated on other photos (scripts/quantize_int8.py). Views of six
 photos are correlated, so this is a sanity bound, not an ImageNet accuracy figure
-(benchmarks/analysis.md).
+(benchmarks/decisions.md, D11).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ STORED_FORMAT = "BMP"
 STORED_SUFFIX = ".bmp"
 STORED_CONTENT_TYPE = "image/bmp"
 # Decoding never reads more than twice the size the resize needs: enough for the bilinear
-# filter to average over what it would at full size (benchmarks/analysis.md, agreement).
+# filter to average over what it would at full size (benchmarks/decisions.md, D14).
 REDUCTION_MARGIN = 2
 
 # Narrow images cost more per pixel than wide ones: every image Pillow builds holds a pointer per
@@ -233,7 +233,7 @@ def encode_stored(image: Image.Image) -> bytes:
     """The normalized image as stored for classify: uncompressed 24-bit BMP.
 
     Lossless and metadata-free (the same pixels always give the same bytes, hence the same key),
-    and far cheaper for classify to decode than PNG (figures: benchmarks/analysis.md).
+    and far cheaper for classify to decode than PNG (benchmarks/decisions.md, D13).
     """
     buffer = io.BytesIO()
     image.save(buffer, format=STORED_FORMAT)

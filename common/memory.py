@@ -6,7 +6,7 @@ keep their peak size: with four decoding threads taking turns, a process held se
 worth of memory it no longer used. A fixed threshold below Pillow's block size keeps those
 blocks in their own mappings, unmapped when freed, while the buffers of an ordinary upload (the
 body, a reduced-scale decode: a few MiB) are reused from the arenas instead of being mapped,
-page-faulted and unmapped each time (benchmarks/analysis.md, session 13).
+page-faulted and unmapped each time (benchmarks/decisions.md, D17).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 python-multipart's push parser (the one Starlette uses) with each part kept as views of the
 received chunks and joined once at its end. Starlette's `MultiPartParser` writes a file part
 chunk by chunk into a `SpooledTemporaryFile` and the caller reads it out again: two more copies
-of every upload on the event loop (benchmarks/analysis.md, session 13).
+of every upload on the event loop (benchmarks/decisions.md, D18).
 """
 
 from __future__ import annotations

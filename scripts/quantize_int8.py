@@ -62,7 +62,7 @@ def quantize_int8(onnx_path: Path, xml_path: Path) -> dict[str, str]:
     views = calibration_views()
     # convert_model folds constants; read_model would leave the depthwise convolutions' weights
     # behind a Reshape, where NNCF does not see weights and leaves those layers in FP32
-    # (measured slower: benchmarks/analysis.md)
+    # (measured slower: benchmarks/decisions.md, D11)
     model = ov.convert_model(onnx_path)
     quantized = nncf.quantize(
         model,
