@@ -255,8 +255,7 @@ def observability_config(settings: Settings) -> dict[str, object]:
     """BentoML service config for the per-request access log and OpenTelemetry middleware.
 
     Both are off unless asked for: Cloud Run already logs every request, and BentoML's tracing
-    middleware runs on every request even when no span is sampled (measured: benchmarks/decisions.md,
-    D1).
+    middleware runs on every request even when no span is sampled (benchmarks/decisions.md, D1).
     """
     return {
         "logging": {"access": {"enabled": settings.access_log}},
