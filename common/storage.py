@@ -252,8 +252,8 @@ def _create_complete(target: Path, data: bytes) -> bool:
     never see part of it and nothing is overwritten; False if the name exists already.
 
     Written unnamed and linked once synced, a write makes one directory entry instead of a
-    temporary name created, linked and removed (about a third less CPU per write; benchmarks/decisions.md,
-    D19). Filesystems without O_TMPFILE get the temporary name.
+    temporary name created, linked and removed (about a third less CPU per write:
+    benchmarks/decisions.md, D19). Filesystems without O_TMPFILE get the temporary name.
     """
     if not UNNAMED_FILES:
         return _create_via_temporary_name(target, data)
