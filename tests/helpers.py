@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
-from conftest import Backend
+from conftest import REPO, Backend
 from google.cloud import storage as gcs
 from PIL import Image
 
@@ -85,3 +88,19 @@ def serving_process(server):  # -> psutil.Process
     supervisor = psutil.Process(server.process.pid)
     tree = [supervisor, *supervisor.children(recursive=True)]
     return max(tree, key=lambda process: process.memory_info().rss)
+
+
+def smoke_study(module: str, out: Path, env: dict[str, str], timeout_s: int) -> dict:
+    """Run `python -m benchmarks.MODULE --smoke --out OUT` (a study at its smallest scale) and
+    return the figures it wrote (`OUT/<its report name>.json`, the only JSON it writes)."""
+    run = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (figures,) = out.glob("*.json")
+    return json.loads(figures.read_text())

@@ -10,14 +10,10 @@ measured something, without errors.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import smoke_study
 
 from benchmarks.classify import SMOKE_RAW_RUNTIMES
 from benchmarks.classify_report import COMPARED, round_ceiling, targets
@@ -29,17 +25,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory, bentoml_home: Path, model_assets: Path):
     out = tmp_path_factory.mktemp("benchmark")
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "MODEL_ASSETS": str(model_assets)}
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.classify", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=720,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return out, json.loads((out / "results.json").read_text())
+    env = {"BENTOML_HOME": str(bentoml_home), "MODEL_ASSETS": str(model_assets)}
+    return out, smoke_study("classify", out, env, timeout_s=720)
 
 
 def test_every_raw_shape_is_measured(smoke_run):
