@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from common.runtime_table import spec
-from common.schemas import MODEL_SIZE, NUM_CLASSES
+from common.schemas import MODEL_SIZE, NUM_CLASSES, ClassifyResponse, Prediction
 
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
@@ -182,6 +182,40 @@ def stored_model_dir(runtime: str) -> Path:
     import bentoml
 
     return Path(bentoml.models.get(stored_model(runtime)).path)
+
+
+def find_model(tag: str):  # -> bentoml.Model
+    """A stored model by tag, outside `bentoml serve` too: inside a classify container the
+    Bento's own model store (`$BENTO_PATH/models`, where `bentoml serve` finds it), else the
+    BentoML store (BENTOML_HOME)."""
+    import bentoml
+    from bentoml._internal.models import ModelStore
+
+    packed = Path(os.environ.get("BENTO_PATH", "/nonexistent")) / "models"
+    if packed.is_dir():
+        return bentoml.models.get(tag, _model_store=ModelStore(packed))
+    return bentoml.models.get(tag)
+
+
+def rank(
+    probabilities: np.ndarray, labels: list[str], top_k: int, model: str, runtime: str
+) -> ClassifyResponse:
+    """`/classify`'s answer from one image's softmax: the top class and the ranked top-k."""
+    top = np.argpartition(probabilities, -top_k)[-top_k:]  # unordered top-k, O(n)
+    ranked = top[np.argsort(probabilities[top])[::-1]]
+    predictions = [
+        Prediction(label=labels[i], index=int(i), confidence=float(probabilities[i]))
+        for i in ranked
+    ]
+    best = predictions[0]
+    return ClassifyResponse(
+        label=best.label,
+        confidence=best.confidence,
+        index=best.index,
+        top_k=predictions,
+        model=model,
+        runtime=runtime,
+    )
 
 
 # One loader per model family: (model folder, threads, precision) -> runtime.

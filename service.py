@@ -28,8 +28,10 @@ from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 import batcher
+import events
 from common import http_stack
-from common.bento_image import BUILD_ENVS, service_image
+from common.bento_image import BUILD_ENVS, service_image, with_command
+from common.bucket_objects import bucket_objects
 from common.config import observability_config, settings
 from common.deadline import REQUEST_TIMEOUT_S
 from common.errors import ServiceError, error_response
@@ -44,12 +46,11 @@ from common.schemas import (
     ClassifyResponse,
     ModelInput,
     ModelOutput,
-    Prediction,
 )
 from common.stage_metrics import timed
 from common.storage import storage_from_settings
 from common.threads import name_runtime_threads, named_pool
-from runtimes import class_names, load_runtime
+from runtimes import class_names, load_runtime, rank
 
 T = TypeVar("T")
 
@@ -71,9 +72,10 @@ batcher.require_dispatcher()
 READ_THREADS = 32
 
 
+@bentoml.asgi_app(events.app, path=events.MOUNT_PATH)
 @bentoml.service(
     name=RUNTIME.image,
-    image=service_image(RUNTIME.family),
+    image=with_command(service_image(RUNTIME.family), "classify-bucket", "bulk"),
     envs=[*BUILD_ENVS, {"name": "CLASSIFY_RUNTIME", "value": RUNTIME.name}],
     workers=1,
     threads=SETTINGS.concurrent_calls,
@@ -102,6 +104,14 @@ class Classify:
         self._batcher: batcher.InProcessBatcher | None = None
         # The inference strategy, chosen once: every request takes the same path.
         self._probabilities = self._batched if SETTINGS.batching else self._direct
+        self._events = events.EventClassifier(
+            bucket_objects(self.storage) if SETTINGS.bucket else None,
+            SETTINGS.bucket,
+            SETTINGS,
+            lambda work, *args: _in_pool(self._read_threads, work, *args),
+            self._decode,
+            self._classify_pixels,
+        )
 
     async def __is_ready__(self) -> bool:
         """Ready once a model call went through the path requests take (the batcher too)."""
@@ -117,6 +127,20 @@ class Classify:
         except ServiceError as exc:
             return error_response(exc)
         return self._answer(probabilities, top_k)
+
+    async def on_storage_event(self, event: events.StorageEvent) -> events.EventAnswer:
+        """A storage event (events.py): the photo it names, classified into the results."""
+        return await self._events.handle(event)
+
+    async def _classify_pixels(self, pixels: np.ndarray) -> ClassifyResponse:
+        """A decoded photo through the model path requests take, answered with the top 5."""
+        if SETTINGS.batching:
+            probabilities = await self._batch(pixels)
+        else:
+            probabilities = await _in_pool(
+                self._model_threads, lambda: self._predict(pixels[np.newaxis])[0]
+            )
+        return self._answer(probabilities, 5)
 
     def _read(self, gcs_path: str) -> bytes:
         with timed("read"):
@@ -185,21 +209,7 @@ class Classify:
             answer.set_exception(exc)
 
     def _answer(self, probabilities: np.ndarray, top_k: int) -> ClassifyResponse:
-        top = np.argpartition(probabilities, -top_k)[-top_k:]  # unordered top-k, O(n)
-        ranked = top[np.argsort(probabilities[top])[::-1]]
-        predictions = [
-            Prediction(label=self.labels[i], index=int(i), confidence=float(probabilities[i]))
-            for i in ranked
-        ]
-        best = predictions[0]
-        return ClassifyResponse(
-            label=best.label,
-            confidence=best.confidence,
-            index=best.index,
-            top_k=predictions,
-            model=self.model_name,
-            runtime=self.runtime.name,
-        )
+        return rank(probabilities, self.labels, top_k, self.model_name, self.runtime.name)
 
     @bentoml.api(
         batchable=True,

@@ -35,3 +35,12 @@ def service_image(*extras: str) -> bentoml.images.Image:
     return bentoml.images.Image(
         base_image=STANDARD_BASE, distro="none", python_version=PYTHON_VERSION
     ).python_packages(*pinned_packages(*extras))
+
+
+def with_command(image: bentoml.images.Image, name: str, module: str) -> bentoml.images.Image:
+    """`image` with a command `name` on the PATH that runs `python -m module` from the Bento's
+    source (a Cloud Run job's `--command`; the project's console scripts are not installed in a
+    Bento, only its packages)."""
+    script = f'PYTHONPATH="$BENTO_PATH/src" exec python -m {module} "$@"'
+    target = f"/usr/local/bin/{name}"
+    return image.run(f"printf '%s\\n' '#!/bin/sh' '{script}' > {target} && chmod 755 {target}")

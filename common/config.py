@@ -1,7 +1,7 @@
 """Every setting of both services, in one `pydantic-settings` model read once from the environment.
 
 Each field is an environment variable of the same name in capitals (`max_upload_bytes` is
-`MAX_UPLOAD_BYTES`). The README's settings table and the performance doc's tuning table are
+`MAX_UPLOAD_BYTES`). docs/settings.md's table and the performance doc's tuning table are
 generated from the fields' descriptions (`python -m common.config`), and a test keeps them equal.
 """
 
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         used_by="classify",
         description="`on`: concurrent requests share model calls (adaptive batching); `off`: one "
         "model call per request; unset: on where it pays for the runtime "
-        "([measured](docs/performance.md#batching-on-by-default))",
+        "([measured](performance.md#batching-on-by-default))",
     )
     classify_max_batch_size: int = _setting(
         2, ge=2, used_by="classify", description="largest batch the adaptive batcher forms"
@@ -133,6 +133,19 @@ class Settings(BaseSettings):
         gt=0,
         used_by="classify",
         description="the batcher's latency budget: requests predicted to wait longer get 503",
+    )
+    results_prefix: str = _setting(
+        "results/",
+        pattern=r"^[^/].*/$",
+        used_by="classify",
+        description="where storage events and `classify-bucket` write one JSON result per "
+        "photo (docs/buckets.md); never read as photos",
+    )
+    watch_prefix: str = _setting(
+        "uploads/",
+        used_by="classify",
+        description="storage events classify only objects under this prefix (`/`: the whole "
+        "bucket; never the results or preprocess prefixes)",
     )
     # classify only, tuning (docs/performance.md): derived from the runtime and the cores
     # unless set

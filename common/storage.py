@@ -78,15 +78,15 @@ class LocalStorage:
         if target.exists():  # create-only: a stored object is never rewritten
             return self.uri_for(key), False
         try:
-            created = _create_complete(target, data)
+            created = create_complete(target, data)
         except FileNotFoundError:  # its folder is new: made here, not on every write
             target.parent.mkdir(parents=True, exist_ok=True)
-            created = _create_complete(target, data)
+            created = create_complete(target, data)
         return self.uri_for(key), created
 
     def read(self, uri: str, max_bytes: int) -> bytes:
         path = self._resolve(uri)
-        with _local_errors(uri):
+        with local_errors(uri):
             # O_NONBLOCK: opening a FIFO inside the folder must not wait for a writer (it would
             # hold a reading thread for good); anything but a regular file is refused below.
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -100,7 +100,7 @@ class LocalStorage:
                     raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
                 # Ask for the size the file has: reading `max_bytes + 1` would allocate the
                 # whole limit (20 MiB by default) per call, several times a stored image.
-                data = _read_at_most(fd, status.st_size + 1)
+                data = read_at_most(fd, status.st_size + 1)
             finally:
                 os.close(fd)  # on every path: a refused read must not leak its descriptor
         if len(data) > max_bytes:  # grew since fstat: stored objects never do, but be sure
@@ -123,7 +123,7 @@ class LocalStorage:
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise InvalidPath("a file:// path takes no host, query or fragment")
         check_key(parts.path.lstrip("/"))
-        with _local_errors(uri):
+        with local_errors(uri):
             # strict=False: a missing file is a 404 when read, not an error here. resolve()
             # follows symlinks, so a link inside the folder that points out of it is refused.
             path = Path(unquote(parts.path, errors="strict")).resolve()
@@ -132,7 +132,7 @@ class LocalStorage:
         return path
 
 
-def _read_at_most(fd: int, size: int) -> bytes:
+def read_at_most(fd: int, size: int) -> bytes:
     chunks = []
     while size > 0:
         chunk = os.read(fd, size)
@@ -151,7 +151,7 @@ _REFUSED = frozenset({errno.EACCES, errno.EPERM})
 
 
 @contextmanager
-def _local_errors(uri: str) -> Iterator[None]:
+def local_errors(uri: str) -> Iterator[None]:
     """The local backend's one error boundary: every OS error a read can meet maps to a code."""
     try:
         yield
@@ -247,7 +247,7 @@ def _cut(response) -> None:
 UNNAMED_FILES = hasattr(os, "O_TMPFILE") and Path("/proc/self/fd").is_dir()
 
 
-def _create_complete(target: Path, data: bytes) -> bool:
+def create_complete(target: Path, data: bytes) -> bool:
     """Create `target` holding `data`, synced to disk before it gets its name, so that readers
     never see part of it and nothing is overwritten; False if the name exists already.
 
@@ -266,7 +266,7 @@ def _create_complete(target: Path, data: bytes) -> bool:
                 raise
             return _create_via_temporary_name(target, data)
         try:
-            _write_synced(fd, data)
+            write_synced(fd, data)
             # linkat(AT_SYMLINK_FOLLOW) of the /proc link names the unnamed file
             os.link(f"/proc/self/fd/{fd}", target.name, src_dir_fd=folder, dst_dir_fd=folder)
         except FileExistsError:
@@ -282,7 +282,7 @@ def _create_via_temporary_name(target: Path, data: bytes) -> bool:
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     try:
         try:
-            _write_synced(fd, data)
+            write_synced(fd, data)
         finally:
             os.close(fd)
         os.link(name, target)  # atomic, and fails if the name exists
@@ -293,7 +293,7 @@ def _create_via_temporary_name(target: Path, data: bytes) -> bool:
     return True
 
 
-def _write_synced(fd: int, data: bytes) -> None:
+def write_synced(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -318,9 +318,9 @@ class GCSStorage:
         # within the storage timeout so the request can answer 503 instead of hanging ~2 min.
         self.retry = DEFAULT_RETRY.with_timeout(timeout_s)
         client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
-        self._deadline = ReadDeadline()
-        client._http.hooks["response"].append(self._deadline.watch)  # its requests session
-        self._bucket = client.bucket(bucket)
+        self.deadline = ReadDeadline()
+        client._http.hooks["response"].append(self.deadline.watch)  # its requests session
+        self.bucket = client.bucket(bucket)
 
     def uri_for(self, key: str) -> str:
         return f"gs://{self.bucket_name}/{key}"
@@ -328,9 +328,9 @@ class GCSStorage:
     def put_if_absent(self, key: str, data: bytes, content_type: str) -> tuple[str, bool]:
         from google.api_core.exceptions import PreconditionFailed
 
-        blob = self._bucket.blob(check_key(key))
+        blob = self.bucket.blob(check_key(key))
         try:
-            with _storage_errors():
+            with storage_errors():
                 # if_generation_match=0 makes the upload create-only, so the default retry
                 # policy may safely retry it; a single-request upload is all-or-nothing.
                 blob.upload_from_string(
@@ -353,8 +353,8 @@ class GCSStorage:
         """
         from google.api_core.exceptions import RequestRangeNotSatisfiable
 
-        blob = self._bucket.blob(self._key_of(uri))
-        with _storage_errors(), self._deadline.within(self.timeout_s):
+        blob = self.bucket.blob(self._key_of(uri))
+        with storage_errors(), self.deadline.within(self.timeout_s):
             try:
                 data = blob.download_as_bytes(
                     start=0, end=max_bytes, timeout=self.timeout_s, retry=self.retry
@@ -377,7 +377,7 @@ class GCSStorage:
 
 
 @contextmanager
-def _storage_errors() -> Iterator[None]:
+def storage_errors() -> Iterator[None]:
     """GCS's one error boundary: a missing object is a 404, a name GCS refuses a 400, and
     everything else (outages, timeouts, credentials, the unexpected) 503 + Retry-After."""
     from google.api_core import exceptions as google_errors

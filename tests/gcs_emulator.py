@@ -27,11 +27,14 @@ def _object_name(request) -> str | None:
 
 
 def insert_create_only(request, response, storage, *args, **kwargs):
-    """Answer 412 like GCS when `ifGenerationMatch=0` and the object already exists."""
-    if request.query.get("ifGenerationMatch", [None])[0] == "0":
+    """Answer 412 like GCS when `ifGenerationMatch` is not the object's generation (0: the
+    object must not exist yet): create-only and compare-and-swap writes, honoured."""
+    match = request.query.get("ifGenerationMatch", [None])[0]
+    if match is not None:
         name = _object_name(request)
-        bucket_objects = storage.objects.get(request.params["bucket_name"], {})
-        if name is not None and name in bucket_objects:
+        existing = storage.objects.get(request.params["bucket_name"], {}).get(name)
+        current = str(existing.get("generation", "")) if existing else "0"
+        if name is not None and current != match:
             response.status = HTTPStatus.PRECONDITION_FAILED
             response.json({"error": {"code": 412, "message": "conditionNotMet"}})
             return None

@@ -6,13 +6,14 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
-from conftest import REPO, Backend
+from conftest import REPO, TEST_BUCKET, Backend, wait_until
 from google.cloud import storage as gcs
 from PIL import Image
 
@@ -104,3 +105,26 @@ def smoke_study(module: str, out: Path, env: dict[str, str], timeout_s: int) -> 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     (figures,) = out.glob("*.json")
     return json.loads(figures.read_text())
+
+
+class Emulator:
+    """gcp-storage-emulator on a fixed port, so it can be stopped and started again."""
+
+    def __init__(self, port: int, log: Path) -> None:
+        self.port, self.log = port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--in-memory"]
+        command += ["--default-bucket", TEST_BUCKET, "-q"]
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(lambda: httpx.get(self.url, timeout=1).text == "OK", 20, "emulator", self.log)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            self.process.wait(timeout=10)

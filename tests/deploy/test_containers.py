@@ -385,3 +385,39 @@ def test_compose_stack_runs_the_pipeline(images, photos, tmp_path):
         assert answer.status_code == 200 and answer.json()["label"] == "dragonfly", answer.text
     finally:
         subprocess.run([*compose, "down", "-t", "10"], env=env, capture_output=True)
+
+
+def test_classify_image_runs_classify_bucket_as_a_job_task(images, photos, tmp_path):
+    """What a Cloud Run job runs (`--command classify-bucket`): a folder of photos classified
+    by the image's own model, one JSON result each, exit status 0, as the non-root user."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("parrot", "cat"):
+        (folder / f"{name}.jpg").write_bytes(photos[name])
+    (folder / "notes.txt").write_text("not a photo")
+    os.chmod(folder, 0o777)  # the container's user writes its results here
+    run = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        f"{folder}:/photos",
+        "-e",
+        "CLOUD_RUN_TASK_INDEX=0",
+        "-e",
+        "CLOUD_RUN_TASK_COUNT=1",
+        "--entrypoint",
+        "classify-bucket",
+        images["classify"]["image"],
+        "/photos",
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    results = {
+        path.name: json.loads(path.read_text()) for path in (folder / "results").glob("*.json")
+    }
+    assert results["parrot.jpg.json"]["answer"]["label"] == EXPECTED_LABELS["resize"]["parrot"]
+    assert results["parrot.jpg.json"]["answer"]["runtime"] == "onnxruntime"
+    assert results["notes.txt.json"]["error"]["code"] == "not_an_image"
+    assert json.loads(run.stdout.strip().splitlines()[-1])["event"] == "finished"  # JSON logs

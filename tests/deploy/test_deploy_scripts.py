@@ -82,7 +82,7 @@ def test_dry_runs_print_everything_and_run_nothing(stubs):
     assert deploy.returncode == 0, deploy.stderr
     assert teardown.returncode == 0, teardown.stderr
     assert recorded(stubs) == []
-    assert len(printed(deploy.stdout)) == 19 and len(printed(teardown.stdout)) == 6
+    assert len(printed(deploy.stdout)) == 19 and len(printed(teardown.stdout)) == 9
     assert "would delete (dry run)" in teardown.stdout
 
 
@@ -90,6 +90,40 @@ def test_teardown_commands_and_order(stubs):
     result = run_script(stubs, "teardown")
     assert result.returncode == 0, result.stderr
     assert recorded(stubs) == [
+        [
+            "gcloud",
+            "eventarc",
+            "triggers",
+            "delete",
+            "classify-events",
+            "--location",
+            "europe-west1",
+            "--project",
+            "demo-project",
+            "--quiet",
+        ],
+        [
+            "gcloud",
+            "iam",
+            "service-accounts",
+            "delete",
+            "classify-events-sa@demo-project.iam.gserviceaccount.com",
+            "--project",
+            "demo-project",
+            "--quiet",
+        ],
+        [
+            "gcloud",
+            "run",
+            "jobs",
+            "delete",
+            "classify-bucket",
+            "--region",
+            "europe-west1",
+            "--project",
+            "demo-project",
+            "--quiet",
+        ],
         [
             "gcloud",
             "run",
@@ -141,7 +175,7 @@ def test_teardown_commands_and_order(stubs):
 def test_teardown_deletes_repository_and_bucket_only_when_asked(stubs):
     result = run_script(stubs, "teardown", "--delete-repository", "--delete-bucket")
     assert result.returncode == 0, result.stderr
-    assert recorded(stubs)[4:] == [
+    assert recorded(stubs)[7:] == [
         [
             "gcloud",
             "artifacts",
@@ -218,6 +252,63 @@ def test_each_runtime_deploys_its_bento_sized_from_measurements(stubs, runtime):
         assert threshold * PROBE_PERIOD_S > measured()["images"][name]["cold_start_s"]
 
 
+def test_events_and_the_job_are_created_with_least_privilege(stubs):
+    result = run_script(stubs, "deploy", "--dry-run", "--events", "--job")
+    assert result.returncode == 0, result.stderr
+    commands = printed(result.stdout)
+    trigger = next(c for c in commands if c[1:4] == ["eventarc", "triggers", "create"])
+    assert trigger[trigger.index("--destination-run-path") + 1] == "/events/storage"
+    assert trigger[trigger.index("--destination-run-service") + 1] == "classify"
+    filters = [trigger[i + 1] for i, arg in enumerate(trigger) if arg == "--event-filters"]
+    assert filters == ["type=google.cloud.storage.object.v1.finalized", "bucket=demo-images"]
+    events_sa = "serviceAccount:classify-events-sa@demo-project.iam.gserviceaccount.com"
+    assert trigger[trigger.index("--service-account") + 1] == events_sa.split(":")[1]
+    roles = {
+        (c[c.index("--member") + 1], c[c.index("--role") + 1]) for c in commands if "--role" in c
+    }
+    assert (events_sa, "roles/eventarc.eventReceiver") in roles
+    assert (events_sa, "roles/run.invoker") in roles
+    publisher = [m for m, role in roles if role == "roles/pubsub.publisher"]
+    assert publisher and publisher[0].endswith("@gs-project-accounts.iam.gserviceaccount.com")
+    # classify creates or replaces objects only under the results prefix
+    writer = [c for c in commands if "roles/storage.objectUser" in c]
+    assert writer and all(
+        c[c.index("--member") + 1].startswith("serviceAccount:classify-sa@") for c in writer
+    )
+    condition = writer[0][writer[0].index("--condition") + 1]
+    assert 'startsWith("projects/_/buckets/demo-images/objects/results/")' in condition
+    job = next(c for c in commands if c[1:4] == ["run", "jobs", "deploy"])
+    assert job[job.index("--command") + 1] == "classify-bucket"
+    assert job[job.index("--args") + 1] == "gs://demo-images/uploads/"
+    assert job[job.index("--memory") + 1] == f"{memory_mib('classify')}Mi"
+    assert job[job.index("--service-account") + 1].startswith("classify-sa@")
+    assert recorded(stubs) == []
+
+
+def test_run_job_executes_the_job_on_a_prefix(stubs):
+    result = run_script(stubs, "run-job", "gs://demo-images/2019/", "--tasks", "8", "--wait")
+    assert result.returncode == 0, result.stderr
+    assert recorded(stubs) == [
+        [
+            "gcloud",
+            "run",
+            "jobs",
+            "execute",
+            "classify-bucket",
+            "--region",
+            "europe-west1",
+            "--project",
+            "demo-project",
+            "--args",
+            "gs://demo-images/2019/",
+            "--tasks",
+            "8",
+            "--wait",
+        ]
+    ]
+    assert run_script(stubs, "run-job").returncode == 2  # no prefix: a usage error
+
+
 def test_sizing_rule():
     """--memory: the peak over 70%, in 256 MiB steps, at least 512 MiB; the startup window:
     10x the cold start, at least 30 s, at most Cloud Run's 240 s."""
@@ -284,9 +375,13 @@ def gcloud_help(*words: str) -> str:
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
 def test_every_gcloud_subcommand_and_flag_exists(stubs):
-    deploy = run_script(stubs, "deploy", "--dry-run", "--setup", "--invoker", "user:me@x.org")
+    deploy = run_script(
+        stubs, "deploy", "--dry-run", "--setup", "--invoker", "user:me@x.org", "--events", "--job"
+    )
     teardown = run_script(stubs, "teardown", "--dry-run", "--delete-bucket", "--delete-repository")
-    commands = [c[1:] for c in printed(deploy.stdout + teardown.stdout) if c[0] == "gcloud"]
+    job = run_script(stubs, "run-job", "gs://demo-images/uploads/", "--tasks", "3", "--dry-run")
+    output = deploy.stdout + teardown.stdout + job.stdout
+    commands = [c[1:] for c in printed(output) if c[0] == "gcloud"]
     assert len(commands) >= 20
     global_flags = set(gcloud_tree()["flags"])
     for args in commands:

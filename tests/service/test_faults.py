@@ -7,8 +7,6 @@ import hashlib
 import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,34 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, TEST_BUCKET, Server, free_port, make_backend, service_env, wait_until
-from helpers import classify, encode, upload
+from conftest import TEST_BUCKET, Server, free_port, make_backend, service_env, wait_until
+from helpers import Emulator, classify, encode, upload
 from PIL import Image
 
 STORAGE_TIMEOUT_S = 3
-
-
-class Emulator:
-    """gcp-storage-emulator on a fixed port, so it can be stopped and started again."""
-
-    def __init__(self, port: int, log: Path) -> None:
-        self.port, self.log = port, log
-        self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [sys.executable, str(REPO / "tests" / "gcs_emulator.py"), "start"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--in-memory"]
-        command += ["--default-bucket", TEST_BUCKET, "-q"]
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        wait_until(lambda: httpx.get(self.url, timeout=1).text == "OK", 20, "emulator", self.log)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 @contextmanager

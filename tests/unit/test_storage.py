@@ -49,7 +49,7 @@ def test_local_writes_are_whole_private_and_leave_nothing_behind(
     assert local.put_if_absent("new/folder/object.bmp", b"other", "image/bmp") == (uri, False)
     # a write racing another to the same name: the link fails, the first file stays
     target = tmp_path / "new" / "folder" / "object.bmp"
-    assert storage._create_complete(target, b"other") is False
+    assert storage.create_complete(target, b"other") is False
     assert os.listdir(tmp_path / "new" / "folder") == ["object.bmp"]
     assert target.read_bytes() == data
     assert target.stat().st_mode & 0o777 == 0o600

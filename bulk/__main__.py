@@ -1,0 +1,5 @@
+import sys
+
+from bulk.cli import main
+
+sys.exit(main())

@@ -1,0 +1,318 @@
+"""One task of a bucket run: list, take this task's share, skip what is up to date, then read
+(a bounded pool: storage latency), decode (the services' code and decode budget), run the
+model in-process in batches, and write each result create-only.
+
+Transient failures (storage unavailable, the decode budget busy) are left for a retry of the
+task: it exits non-zero, and the retry finds their results missing and does only those. A
+photo that can never be classified gets a result holding its error. A stop request (SIGTERM:
+the task timed out or was cancelled) ends the run after the photos in flight are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from pydantic import BaseModel
+
+from bulk.progress import Progress
+from bulk.tasks import TaskShare
+from common.bucket_objects import BucketObjects, ObjectInfo
+from common.config import Settings
+from common.errors import ServiceError
+from common.images import to_model_pixels
+from common.results import (
+    MANIFEST_FOLDER,
+    MANIFEST_SUFFIX,
+    Outcome,
+    is_permanent,
+    new_result,
+    result_key,
+    store_result,
+    up_to_date_sources,
+)
+from common.schemas import ClassifyResponse, ResizeMode
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Target:
+    """What to classify: a bucket (or folder), a prefix in it, and the prefixes never read."""
+
+    objects: BucketObjects
+    prefix: str
+    gcs: bool
+    results_prefix: str
+    excluded: tuple[str, ...]
+
+    def is_source(self, key: str) -> bool:
+        return key.startswith(self.prefix) and not key.startswith(self.excluded)
+
+
+class Model:
+    """The classify model in-process: the runtime, its class names, and `/classify`'s ranking."""
+
+    def __init__(self, settings: Settings) -> None:
+        from pathlib import Path
+
+        from common.runtime_table import spec
+        from runtimes import class_names, find_model, load_runtime
+
+        runtime = spec(settings.classify_runtime)
+        stored = find_model(settings.classify_model or f"{runtime.stored_model}:latest")
+        self.tag = str(stored.tag)
+        self.labels = class_names(Path(stored.path))
+        self.runtime = load_runtime(runtime.name, Path(stored.path), settings.model_threads)
+
+    def answers(self, batch: list[np.ndarray], top_k: int) -> list[ClassifyResponse]:
+        from runtimes import rank
+
+        probabilities = self.runtime.predict(np.stack(batch))
+        return [rank(row, self.labels, top_k, self.tag, self.runtime.name) for row in probabilities]
+
+
+class Manifest(BaseModel):
+    """What one task did, written under the results prefix when it ends."""
+
+    source: str
+    task_index: int
+    task_count: int
+    attempt: int
+    runtime: str
+    model: str
+    started_at: datetime
+    duration_s: float
+    photos: int  # this task's share, before skipping
+    done: int  # results written by this run
+    skipped: int  # up to date already (an earlier run, a retry, a storage event)
+    failed: dict[str, int]  # error results written, by code
+    transient: int  # left for a retry: storage unavailable, overloaded
+    gone: int  # deleted or replaced before they were read (the newer version is its own)
+    stopped: bool  # a stop request ended the run early
+    photos_per_s: float
+
+    @property
+    def complete(self) -> bool:
+        return self.transient == 0 and not self.stopped
+
+
+@dataclass
+class Options:
+    batch_size: int = 16
+    read_threads: int = 16
+    write_threads: int = 8
+    top_k: int = 5
+
+
+class Run:
+    """One task's run over its share of `target`."""
+
+    def __init__(
+        self,
+        target: Target,
+        share: TaskShare,
+        model: Model,
+        settings: Settings,
+        options: Options,
+        progress: Progress,
+        stop: threading.Event,
+    ) -> None:
+        self.target, self.share, self.model = target, share, model
+        self.settings, self.options, self.progress, self.stop = settings, options, progress, stop
+        self.mode: ResizeMode = settings.resize_mode
+        self.budget = settings.decode_budget()
+        self.counts: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+
+    def execute(self) -> Manifest:
+        started_at, started = datetime.now(UTC), time.monotonic()
+        todo, skipped = self._plan()
+        self.counts["skipped"] = skipped
+        self.progress.start(len(todo))
+        with (
+            ThreadPoolExecutor(self.options.read_threads, "bucket-read") as readers,
+            ThreadPoolExecutor(self.options.write_threads, "bucket-write") as writers,
+        ):
+            self._classify(todo, readers, writers)
+        self.progress.finish(self._summary())
+        duration = time.monotonic() - started
+        manifest = Manifest(
+            source=self.target.objects.uri_for(self.target.prefix),
+            task_index=self.share.index,
+            task_count=self.share.count,
+            attempt=self.share.attempt,
+            runtime=self.model.runtime.name,
+            model=self.model.tag,
+            started_at=started_at,
+            duration_s=round(duration, 3),
+            photos=len(todo) + skipped,
+            done=self.counts["done"],
+            skipped=self.counts["skipped"],
+            failed=dict(self.failed),
+            transient=self.counts["transient"],
+            gone=self.counts["gone"],
+            stopped=self.stop.is_set() and self.counts["finished"] < len(todo),
+            photos_per_s=round(self.counts["finished"] / duration, 2) if duration else 0.0,
+        )
+        self._write_manifest(manifest)
+        return manifest
+
+    def _plan(self) -> tuple[list[ObjectInfo], int]:
+        """This task's share without the photos whose result is up to date (one listing of
+        the results, one of the sources)."""
+        results = up_to_date_sources(self.target.objects, self.target.results_prefix)
+        todo, skipped = [], 0
+        for info in self.target.objects.list(self.target.prefix):
+            if not self.target.is_source(info.key) or not self.share.owns(info.key):
+                continue
+            known = results.get(info.key)
+            if known is not None and known >= info.version:
+                skipped += 1
+            else:
+                todo.append(info)
+        return todo, skipped
+
+    def _classify(
+        self, todo: list[ObjectInfo], readers: ThreadPoolExecutor, writers: ThreadPoolExecutor
+    ) -> None:
+        pending: set[Future] = set()
+        writes: list[Future] = []
+        batch: list[tuple[ObjectInfo, np.ndarray]] = []
+        queue = iter(todo)
+        window = 2 * self.options.read_threads  # decoded images in memory at most, ~150 KB each
+        while True:
+            while not self.stop.is_set() and len(pending) < window:
+                info = next(queue, None)
+                if info is None:
+                    break
+                pending.add(readers.submit(self._load, info))
+            if not pending:
+                break
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                info, pixels, error = future.result()
+                if pixels is not None:
+                    batch.append((info, pixels))
+                else:
+                    writes.append(writers.submit(self._record_error, info, error))
+            if len(batch) >= self.options.batch_size or (batch and not pending):
+                writes += self._run_batch(batch, writers)
+                batch = []
+        if batch:
+            writes += self._run_batch(batch, writers)
+        for write in writes:
+            write.result()
+
+    def _load(self, info: ObjectInfo) -> tuple[ObjectInfo, np.ndarray | None, Exception | None]:
+        """Read and decode one photo on a reading thread; an error is returned, not raised."""
+        try:
+            data, version = self.target.objects.read(
+                info.key, info.version, self.settings.max_upload_bytes
+            )
+            info = ObjectInfo(info.key, version, info.metadata)
+            pixels = to_model_pixels(data, self.settings.max_image_pixels, self.mode, self.budget)
+            return info, pixels, None
+        except ServiceError as exc:
+            return info, None, exc
+        except Exception as exc:  # a bug: log it, and leave the photo to a retry
+            LOG.exception("reading %s failed", info.key)
+            return info, None, exc
+
+    def _run_batch(
+        self, batch: list[tuple[ObjectInfo, np.ndarray]], writers: ThreadPoolExecutor
+    ) -> list[Future]:
+        answers = self.model.answers([pixels for _, pixels in batch], self.options.top_k)
+        return [
+            writers.submit(self._record_answer, info, answer)
+            for (info, _), answer in zip(batch, answers, strict=True)
+        ]
+
+    def _record_answer(self, info: ObjectInfo, answer: ClassifyResponse) -> None:
+        result = new_result(self._uri(info), info, self.target.gcs, self.mode, "job", answer=answer)
+        self._store(info, result, "done")
+
+    def _record_error(self, info: ObjectInfo, error: Exception) -> None:
+        if isinstance(error, ServiceError) and is_permanent(error):
+            result = new_result(
+                self._uri(info), info, self.target.gcs, self.mode, "job", error=error
+            )
+            self._store(info, result, "done", failed_code=error.code)
+        elif isinstance(error, ServiceError) and error.status == 404:
+            self._count("gone")
+        else:
+            LOG.warning("%s: %s (left for a retry)", info.key, error)
+            self._count("transient")
+
+    def _store(self, info: ObjectInfo, result, counted: str, failed_code: str | None = None):
+        key = result_key(self.target.results_prefix, info.key)
+        try:
+            outcome = store_result(self.target.objects, key, result)
+        except ServiceError as exc:
+            LOG.warning("%s: result not written: %s (left for a retry)", info.key, exc)
+            self._count("transient")
+            return
+        if outcome is Outcome.up_to_date:
+            self._count("skipped")
+        elif failed_code:
+            self._count("failed", failed_code)
+        else:
+            self._count(counted)
+
+    def _count(self, what: str, code: str | None = None) -> None:
+        if code:
+            self.failed[code] += 1
+        else:
+            self.counts[what] += 1
+        self.counts["finished"] += 1
+        self.progress.advance(1, self._summary())
+
+    def _summary(self) -> dict[str, object]:
+        return {
+            "done": self.counts["done"],
+            "skipped": self.counts["skipped"],
+            "failed": sum(self.failed.values()),
+            "transient": self.counts["transient"],
+        }
+
+    def _uri(self, info: ObjectInfo) -> str:
+        return self.target.objects.uri_for(info.key)
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        name = f"task-{manifest.task_index:05d}-of-{manifest.task_count:05d}{MANIFEST_SUFFIX}"
+        key = f"{self.target.results_prefix}{MANIFEST_FOLDER}{name}"
+        objects = self.target.objects
+        data = manifest.model_dump_json(indent=2).encode()
+        try:
+            for _ in range(3):  # each attempt replaces the last attempt's manifest
+                if objects.write(key, data, {}, objects.head(key)):
+                    return
+        except ServiceError as exc:
+            LOG.warning("manifest not written: %s", exc)
+
+
+def excluded_prefixes(settings: Settings) -> tuple[str, ...]:
+    """Never photos to classify: the results (no loops) and preprocess's normalized copies."""
+    return (settings.results_prefix, settings.storage_prefix)
+
+
+def iter_results(objects: BucketObjects, results_prefix: str) -> Iterator[bytes]:
+    """Every result object's body under the prefix (manifests aside), in listing order."""
+    from common.results import MAX_RESULT_BYTES, source_key
+
+    for info in objects.list(results_prefix):
+        if source_key(results_prefix, info.key) is not None:
+            data, _ = objects.read(info.key, None, MAX_RESULT_BYTES)
+            yield data
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,295 @@
+"""`classify-bucket` as Cloud Run runs it: several task processes over a few hundred objects in
+the GCS emulator (and a local folder), one killed midway and retried, SIGTERM, a second run that
+finds everything done, and results equal to what the served `/classify` answers."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pillow_heif
+import pytest
+from conftest import REPO, TEST_BUCKET, Server, free_port, service_env, wait_until
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage as gcs
+from helpers import Emulator, classify
+from PIL import Image, ImageOps
+
+from bulk.tasks import TaskShare
+from common.results import ClassificationResult
+
+pytestmark = pytest.mark.slow
+pillow_heif.register_heif_opener()
+PHOTOS = ("bird", "cat", "dragonfly", "grace_hopper", "missvickie_potato_chips", "parrot")
+NOT_PHOTOS = {"broken.jpg": "corrupt_image", "notes.txt": "not_an_image"}
+NEVER_SOURCES = ("results/old-upload.jpg", "preprocessed/abc.bmp")
+MORE = 120
+
+
+def photo_set(photos: dict[str, bytes]) -> dict[str, bytes]:
+    """~200 distinct photos (small crops of the test photos, JPEG, PNG and a few HEIC), a
+    corrupt JPEG and a text file: name -> bytes."""
+    objects = {}
+    for name in PHOTOS:
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(photos[name]))).convert("RGB")
+        image.thumbnail((320, 320))
+        for variant in range(32):
+            crop = image.crop((variant % 4, variant // 4, image.width - 1, image.height - 1))
+            fmt = "PNG" if variant % 3 == 0 else "JPEG"
+            if variant == 31:
+                fmt = "HEIF"
+            out = io.BytesIO()
+            crop.save(out, fmt)
+            suffix = {"JPEG": "jpg", "PNG": "png", "HEIF": "heic"}[fmt]
+            objects[f"{name}/{variant:02d}.{suffix}"] = out.getvalue()
+    objects["broken.jpg"] = photos["cat"][:4000]
+    objects["notes.txt"] = b"a shopping list, not a photo"
+    return objects
+
+
+def task(target: str, env: dict[str, str], *args: str, **task_env: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "bulk", target, "--batch-size", "4", *args]
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**env, **task_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def manifest_of(process: subprocess.Popen) -> tuple[int, dict]:
+    _, err = process.communicate(timeout=300)
+    return process.returncode, json.loads(err.strip().splitlines()[-1])
+
+
+class GcsBucket:
+    def __init__(self, url: str) -> None:
+        client = gcs.Client(
+            project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url}
+        )
+        self.bucket = client.bucket(TEST_BUCKET)
+
+    def put(self, name: str, data: bytes) -> None:
+        self.bucket.blob(name).upload_from_string(data)
+
+    def results(self) -> dict[str, tuple[ClassificationResult, int]]:
+        found = {}
+        for blob in self.bucket.list_blobs(prefix="results/"):
+            if blob.name.endswith(".json"):
+                data = blob.download_as_bytes()
+                found[blob.name] = (ClassificationResult.model_validate_json(data), blob.generation)
+        return found
+
+    def manifests(self) -> list[str]:
+        return sorted(b.name for b in self.bucket.list_blobs(prefix="results/_tasks/"))
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for _ in self.bucket.list_blobs(prefix=prefix))
+
+
+class LocalFolder:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def results(self) -> dict[str, tuple[ClassificationResult, int]]:
+        return {
+            path.relative_to(self.root).as_posix(): (
+                ClassificationResult.model_validate_json(path.read_bytes()),
+                path.stat().st_mtime_ns,
+            )
+            for path in (self.root / "results").rglob("*.json")
+        }
+
+    def manifests(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "results" / "_tasks").glob("*"))
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for _ in (self.root / prefix).rglob("*.json"))
+
+
+@dataclass
+class Store:
+    kind: str
+    where: GcsBucket | LocalFolder
+    target: str  # what classify-bucket is given
+    env: dict[str, str]
+    objects: dict[str, bytes]
+    server: Server | None  # classify on the same bucket (GCS only)
+
+
+@pytest.fixture(scope="module", params=["gcs", "local"])
+def store(request, bentoml_home, photos, tmp_path_factory):
+    """The photos in a bucket of a private emulator (with a classify server on it), or in a
+    folder; and the environment a task runs with."""
+    tmp = tmp_path_factory.mktemp(f"job-{request.param}")
+    env = service_env(bentoml_home, {})
+    objects = photo_set(photos)
+    if request.param == "local":
+        folder = LocalFolder(tmp / "photos")
+        for name, data in {**objects, **dict.fromkeys(NEVER_SOURCES, b"x")}.items():
+            folder.put(name, data)
+        yield Store("local", folder, str(folder.root), env, objects, None)
+        return
+    emulator = Emulator(free_port(), tmp / "emulator.log")
+    emulator.start()
+    env["STORAGE_EMULATOR_HOST"] = emulator.url
+    bucket = GcsBucket(emulator.url)
+    for name, data in {**objects, **dict.fromkeys(NEVER_SOURCES, b"x")}.items():
+        bucket.put(name, data)
+    server_env = service_env(
+        bentoml_home, {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": emulator.url}
+    )
+    server = Server("service:Classify", server_env, tmp / "classify.log").start()
+    try:
+        yield Store("gcs", bucket, f"gs://{TEST_BUCKET}/", env, objects, server.wait_ready())
+    finally:
+        server.stop()
+        emulator.stop()
+
+
+def test_tasks_killed_and_retried_leave_exactly_one_result_per_photo(store):
+    count = 3
+    shares = [TaskShare(index=i, count=count) for i in range(count)]
+    tasks = [
+        task(store.target, store.env, CLOUD_RUN_TASK_INDEX=str(i), CLOUD_RUN_TASK_COUNT=str(count))
+        for i in range(count)
+    ]
+    victim = shares[1]
+
+    def victim_wrote_some() -> bool:
+        mine = [k for k in store.where.results() if victim.owns(k.removeprefix("results/")[:-5])]
+        return len(mine) >= 4
+
+    wait_until(victim_wrote_some, 120, "task 1 to write a few results")
+    tasks[1].send_signal(signal.SIGKILL)
+    tasks[1].communicate(timeout=30)
+    assert tasks[1].returncode == -signal.SIGKILL, "task 1 finished before it could be killed"
+    for process in (tasks[0], tasks[2]):
+        status, manifest = manifest_of(process)
+        assert status == 0, manifest
+    before_retry = set(store.where.results())
+    retry = task(
+        store.target,
+        store.env,
+        CLOUD_RUN_TASK_INDEX="1",
+        CLOUD_RUN_TASK_COUNT="3",
+        CLOUD_RUN_TASK_ATTEMPT="1",
+    )
+    status, manifest = manifest_of(retry)
+    assert status == 0, manifest
+    assert manifest["attempt"] == 1 and manifest["skipped"] >= 4  # what it wrote before dying
+    assert manifest["done"] + sum(manifest["failed"].values()) == len(
+        set(store.where.results()) - before_retry
+    )
+
+    results = store.where.results()
+    expected = {f"results/{name}.json" for name in store.objects}
+    assert set(results) == expected  # one each; none for results/ or preprocessed/ objects
+    for name, code in NOT_PHOTOS.items():
+        result, _ = results[f"results/{name}.json"]
+        assert result.answer is None and result.error.code == code
+    for key, (result, _) in results.items():
+        if key.removeprefix("results/").removesuffix(".json") not in NOT_PHOTOS:
+            assert result.answer is not None and result.error is None, key
+            assert result.via == "job" and result.answer.runtime == "onnxruntime"
+    assert len(store.where.manifests()) == count
+
+
+def test_a_second_run_writes_nothing_and_a_new_version_gets_a_new_result(store, photos):
+    before = store.where.results()
+    status, manifest = manifest_of(task(store.target, store.env))
+    assert status == 0, manifest
+    assert manifest["done"] == 0 and manifest["skipped"] == len(store.objects), manifest
+    assert store.where.results() == before  # nothing rewritten
+
+    time.sleep(0.01)  # a local file's new version is told by its modification time
+    store.where.put("cat/00.jpg", photos["parrot"])
+    status, manifest = manifest_of(task(store.target, store.env))
+    assert status == 0 and manifest["done"] == 1, manifest
+    result, _ = store.where.results()["results/cat/00.jpg.json"]
+    assert result.answer.label == "macaw"
+
+
+def test_results_equal_what_classify_answers(store):
+    if store.server is None:
+        pytest.skip("the local folder's answers are compared with the bucket's below")
+    for key, (result, _) in list(store.where.results().items())[:: len(store.objects) // 12]:
+        if result.answer is None:
+            continue
+        served = classify(store.server.url, result.source)
+        assert served.status_code == 200, served.text
+        assert result.answer.model_dump() == served.json(), key
+
+
+def test_sigterm_stops_a_task_cleanly_with_what_is_finished_kept(store, photos):
+    image = Image.open(io.BytesIO(photos["parrot"])).convert("RGB").resize((4000, 3000))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90)
+    for i in range(MORE):  # 12 MP photos, one at a time: long enough to stop midway
+        store.where.put(f"more/{i:03d}.jpg", out.getvalue())
+    more = store.target + "more/" if store.kind == "gcs" else store.target
+    process = task(more, store.env, "--batch-size", "1", "--read-threads", "1")
+    wait_until(lambda: store.where.count("results/more/") >= 4, 120, "a few results")
+    process.send_signal(signal.SIGTERM)
+    status, manifest = manifest_of(process)
+    assert status == 1 and manifest["stopped"], manifest
+    written = [r for k, (r, _) in store.where.results().items() if k.startswith("results/more/")]
+    assert 4 <= len(written) < MORE
+    assert all(r.answer is not None and r.answer.label == "macaw" for r in written)
+    status, manifest = manifest_of(task(more, store.env))
+    assert status == 0, manifest
+    assert store.where.count("results/more/") == MORE
+
+
+def test_collect_merges_the_results(store, tmp_path):
+    out = tmp_path / "results.jsonl"
+    process = subprocess.run(
+        [sys.executable, "-m", "bulk", store.target, "--collect", str(out)],
+        cwd=REPO,
+        env=store.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 0, process.stderr
+    lines = [
+        ClassificationResult.model_validate_json(line) for line in out.read_text().splitlines()
+    ]
+    assert len(lines) == len(store.where.results())
+    csv_out = tmp_path / "results.csv"
+    subprocess.run(
+        [sys.executable, "-m", "bulk", store.target, "--collect", str(csv_out)],
+        cwd=REPO,
+        env=store.env,
+        check=True,
+        timeout=120,
+    )
+    rows = csv_out.read_text().splitlines()
+    assert rows[0].startswith("source,generation,size") and len(rows) == len(lines) + 1
+
+
+def test_a_bad_task_count_is_a_usage_error(store):
+    status = subprocess.run(
+        [sys.executable, "-m", "bulk", store.target],
+        cwd=REPO,
+        env={**store.env, "CLOUD_RUN_TASK_INDEX": "3", "CLOUD_RUN_TASK_COUNT": "3"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode != 0 and "not below the task count" in status.stderr
+    assert os.environ.get("CLOUD_RUN_TASK_INDEX") is None

@@ -1,0 +1,204 @@
+"""The parts of the bucket paths that need no model or server: task shares, the results layout
+and its compare-and-swap on a real folder, event parsing, progress lines, collecting."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import threading
+
+import pytest
+from cloudevents.core.bindings.http import to_binary_event, to_structured_event
+from cloudevents.core.v1.event import CloudEvent
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bulk.collect import collect
+from bulk.progress import JsonProgress
+from bulk.tasks import TaskShare
+from common.bucket_objects import LocalObjects, ObjectInfo, Version
+from common.config import Settings
+from common.errors import CorruptImage, ObjectNotFound, StorageUnavailable
+from common.results import (
+    ClassificationResult,
+    Outcome,
+    is_permanent,
+    new_result,
+    result_key,
+    source_key,
+    store_result,
+    up_to_date_sources,
+)
+from common.schemas import ClassifyResponse, Prediction, ResizeMode
+from common.storage import LocalStorage
+from events import FINALIZED, MalformedEvent, parse_event
+
+
+@given(st.lists(st.text(min_size=1, max_size=40), max_size=50), st.integers(1, 9))
+def test_task_shares_partition_the_objects(names, count):
+    owners = [[TaskShare(index=i, count=count).owns(name) for i in range(count)] for name in names]
+    assert all(sum(row) == 1 for row in owners)  # each object in exactly one share
+    again = [[TaskShare(index=i, count=count).owns(name) for i in range(count)] for name in names]
+    assert owners == again  # stable
+
+
+def test_task_share_comes_from_cloud_run_or_batch_or_defaults_to_one():
+    cloud_run = {
+        "CLOUD_RUN_TASK_INDEX": "2",
+        "CLOUD_RUN_TASK_COUNT": "5",
+        "CLOUD_RUN_TASK_ATTEMPT": "1",
+    }
+    assert TaskShare.from_env(cloud_run) == TaskShare(index=2, count=5, attempt=1)
+    batch = {"BATCH_TASK_INDEX": "1", "BATCH_TASK_COUNT": "3"}
+    assert TaskShare.from_env(batch) == TaskShare(index=1, count=3)
+    assert TaskShare.from_env({}) == TaskShare(index=0, count=1)
+    with pytest.raises(ValueError, match="not below the task count"):
+        TaskShare.from_env({"CLOUD_RUN_TASK_INDEX": "3", "CLOUD_RUN_TASK_COUNT": "3"})
+
+
+def test_result_keys_round_trip_and_manifests_are_not_results():
+    key = result_key("results/", "uploads/IMG_0001.jpg")
+    assert key == "results/uploads/IMG_0001.jpg.json"
+    assert source_key("results/", key) == "uploads/IMG_0001.jpg"
+    assert source_key("results/", "results/_tasks/task-00000-of-00001.manifest") is None
+    assert source_key("results/", "uploads/x.json") is None
+
+
+def test_only_a_vanished_object_or_a_5xx_is_not_permanent():
+    assert is_permanent(CorruptImage("x"))
+    assert not is_permanent(ObjectNotFound("x"))
+    assert not is_permanent(StorageUnavailable("x"))
+
+
+def test_results_prefix_must_be_a_folder():
+    assert Settings.from_env({"RESULTS_PREFIX": "labels/"}).results_prefix == "labels/"
+    for bad in ("results", "/results/"):
+        with pytest.raises(ValueError):
+            Settings.from_env({"RESULTS_PREFIX": bad})
+
+
+def _answer(label: str) -> ClassifyResponse:
+    top = Prediction(label=label, index=1, confidence=0.9)
+    return ClassifyResponse(
+        label=label, confidence=0.9, index=1, top_k=[top], model="m:1", runtime="onnxruntime"
+    )
+
+
+def _result(objects: LocalObjects, key: str, label: str) -> ClassificationResult:
+    info = objects.head(key)
+    uri = objects.uri_for(key)
+    return new_result(uri, info, False, ResizeMode.resize, "job", answer=_answer(label))
+
+
+def test_a_newer_version_replaces_a_result_and_an_older_one_never_does(tmp_path):
+    objects = LocalObjects(LocalStorage(tmp_path))
+    (tmp_path / "a.jpg").write_bytes(b"old")
+    os.utime(tmp_path / "a.jpg", ns=(1_000, 1_000))
+    old = _result(objects, "a.jpg", "old")
+    (tmp_path / "a.jpg").write_bytes(b"newer")
+    os.utime(tmp_path / "a.jpg", ns=(2_000, 2_000))
+    new = _result(objects, "a.jpg", "new")
+    key = result_key("results/", "a.jpg")
+    assert store_result(objects, key, old) is Outcome.written
+    assert store_result(objects, key, old) is Outcome.up_to_date  # a replay
+    assert store_result(objects, key, new) is Outcome.written  # newer content
+    assert store_result(objects, key, old) is Outcome.up_to_date  # late and older: never wins
+    stored = ClassificationResult.model_validate_json((tmp_path / key).read_bytes())
+    assert stored.answer.label == "new"
+    assert up_to_date_sources(objects, "results/") == {"a.jpg": Version(2_000, 5)}
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def test_racing_writers_of_one_result_leave_the_newest(tmp_path):
+    objects = LocalObjects(LocalStorage(tmp_path))
+    results = []
+    for stamp in range(1, 17):
+        info = ObjectInfo("a.jpg", Version(stamp * 1_000, 3))
+        results.append(
+            new_result(
+                "file:///a.jpg", info, False, ResizeMode.resize, "job", answer=_answer(str(stamp))
+            )
+        )
+    key = result_key("results/", "a.jpg")
+    threads = [threading.Thread(target=store_result, args=(objects, key, r)) for r in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = ClassificationResult.model_validate_json((tmp_path / key).read_bytes())
+    assert stored.answer.label == "16"
+
+
+def _event(kind: str = FINALIZED, **data: object) -> CloudEvent:
+    body = {"bucket": "b", "name": "uploads/x.jpg", "generation": "17", "size": "3"} | data
+    attributes = {"type": kind, "source": "//storage.googleapis.com/projects/_/buckets/b"}
+    return CloudEvent(attributes | {"datacontenttype": "application/json"}, body)
+
+
+def test_binary_and_structured_cloudevents_parse_the_same():
+    for encode in (to_binary_event, to_structured_event):
+        message = encode(_event())
+        event = parse_event(message.headers, message.body)
+        assert event.kind == "finalized"
+        assert (event.object.bucket, event.object.name, event.object.generation) == (
+            "b",
+            "uploads/x.jpg",
+            17,
+        )
+
+
+def test_another_event_type_is_recognised_not_refused():
+    message = to_binary_event(_event(kind="google.cloud.storage.object.v1.deleted"))
+    assert parse_event(message.headers, message.body).kind is None
+
+
+def test_a_pubsub_envelope_parses_and_its_other_event_types_are_skipped():
+    resource = {"bucket": "b", "name": "uploads/x.jpg", "generation": "5"}
+    data = base64.b64encode(json.dumps(resource).encode()).decode()
+    for event_type, kind in (("OBJECT_FINALIZE", "finalized"), ("OBJECT_DELETE", None)):
+        envelope = {"message": {"attributes": {"eventType": event_type}, "data": data}}
+        event = parse_event({"content-type": "application/json"}, json.dumps(envelope).encode())
+        assert event.kind == kind
+
+
+@given(st.binary(max_size=200))
+def test_no_body_makes_the_parser_fail_other_than_malformed(body):
+    for headers in (
+        {"content-type": "application/json"},
+        {"ce-type": FINALIZED, "ce-specversion": "1.0"},
+    ):
+        with contextlib.suppress(MalformedEvent):  # anything else escaping is a 500: a bug
+            parse_event(headers, body)
+
+
+def test_json_progress_lines_are_structured_log_entries(capsys):
+    progress = JsonProgress("task 1/1")
+    progress.start(10)
+    progress.advance(4, {"done": 4})
+    progress.finish({"done": 10})
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["event"] for line in lines] == ["started", "finished"]
+    assert (
+        lines[-1]["severity"] == "INFO" and lines[-1]["finished"] == 4 and lines[-1]["total"] == 10
+    )
+
+
+def test_collect_writes_jsonl_and_csv_whole(tmp_path):
+    objects = LocalObjects(LocalStorage(tmp_path / "photos"))
+    for i in range(3):
+        info = ObjectInfo(f"p{i}.jpg", Version(i, 1))
+        result = new_result(
+            f"file:///p{i}.jpg", info, False, ResizeMode.resize, "job", answer=_answer("cat")
+        )
+        store_result(objects, result_key("results/", f"p{i}.jpg"), result)
+    assert collect(objects, "results/", tmp_path / "all.jsonl") == 3
+    lines = (tmp_path / "all.jsonl").read_text().splitlines()
+    assert {ClassificationResult.model_validate_json(line).answer.label for line in lines} == {
+        "cat"
+    }
+    assert collect(objects, "results/", tmp_path / "all.csv") == 3
+    rows = (tmp_path / "all.csv").read_text().splitlines()
+    assert rows[0].startswith("source,") and len(rows) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.csv", "all.jsonl", "photos"]
