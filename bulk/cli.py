@@ -17,6 +17,7 @@ from bulk.progress import progress_for
 from bulk.tasks import TaskShare
 from common.bucket_objects import bucket_objects
 from common.config import Settings, SettingsError, settings
+from common.errors import ServiceError
 from common.images import set_pixel_limit
 from common.storage import GCSStorage, LocalStorage
 
@@ -96,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(batch_size=args.batch_size, read_threads=args.read_threads, top_k=args.top_k)
     description = f"task {share.index + 1}/{share.count}"
     run = Run(target, share, Model(config), config, options, progress_for(description), stop)
-    manifest = run.execute()
+    try:
+        manifest = run.execute()
+    except ServiceError as exc:  # the listings failed: nothing to do but let the task retry
+        print(f"classify-bucket: {exc} (the task will be retried)", file=sys.stderr)
+        return 1
     print(manifest.model_dump_json(), file=sys.stderr)
     return 0 if manifest.complete else 1

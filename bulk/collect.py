@@ -7,11 +7,11 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from bulk.job import iter_results
 from common.bucket_objects import BucketObjects
-from common.results import ClassificationResult
+from common.results import MAX_RESULT_BYTES, ClassificationResult, source_key
 
 CSV_COLUMNS = (
     "source",
@@ -73,3 +73,11 @@ def _row(result: ClassificationResult) -> dict[str, object]:
         "error_code": error.code if error else None,
         "error": error.error if error else None,
     }
+
+
+def iter_results(objects: BucketObjects, results_prefix: str) -> Iterator[bytes]:
+    """Every result object's body under the prefix (manifests aside), in listing order."""
+    for info in objects.list(results_prefix):
+        if source_key(results_prefix, info.key) is not None:
+            data, _ = objects.read(info.key, None, MAX_RESULT_BYTES)
+            yield data

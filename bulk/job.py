@@ -11,14 +11,13 @@ the task timed out or was cancelled) ends the run after the photos in flight are
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
@@ -39,6 +38,7 @@ from common.results import (
     store_result,
     up_to_date_sources,
 )
+from common.runtime_table import spec
 from common.schemas import ClassifyResponse, ResizeMode
 
 LOG = logging.getLogger(__name__)
@@ -62,9 +62,7 @@ class Model:
     """The classify model in-process: the runtime, its class names, and `/classify`'s ranking."""
 
     def __init__(self, settings: Settings) -> None:
-        from pathlib import Path
-
-        from common.runtime_table import spec
+        # imported here: `--collect` and the tests of the plan need no model runtime
         from runtimes import class_names, find_model, load_runtime
 
         runtime = spec(settings.classify_runtime)
@@ -74,7 +72,7 @@ class Model:
         self.runtime = load_runtime(runtime.name, Path(stored.path), settings.model_threads)
 
     def answers(self, batch: list[np.ndarray], top_k: int) -> list[ClassifyResponse]:
-        from runtimes import rank
+        from runtimes import rank  # (with the runtime: see __init__)
 
         probabilities = self.runtime.predict(np.stack(batch))
         return [rank(row, self.labels, top_k, self.tag, self.runtime.name) for row in probabilities]
@@ -302,17 +300,3 @@ class Run:
 def excluded_prefixes(settings: Settings) -> tuple[str, ...]:
     """Never photos to classify: the results (no loops) and preprocess's normalized copies."""
     return (settings.results_prefix, settings.storage_prefix)
-
-
-def iter_results(objects: BucketObjects, results_prefix: str) -> Iterator[bytes]:
-    """Every result object's body under the prefix (manifests aside), in listing order."""
-    from common.results import MAX_RESULT_BYTES, source_key
-
-    for info in objects.list(results_prefix):
-        if source_key(results_prefix, info.key) is not None:
-            data, _ = objects.read(info.key, None, MAX_RESULT_BYTES)
-            yield data
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

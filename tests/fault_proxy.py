@@ -16,6 +16,7 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.failures_left = 0  # how many requests to fail before forwarding again
         self.failure_status = 503
+        self.failing_path: str | None = None  # fail every request whose path holds this
         self.drip_interval_s: float | None = None  # send each body byte this long apart
         self.drips_cut = 0  # dripping answers whose client closed the connection mid-body
         self.seen: list[tuple[str, str]] = []  # (method, decoded path) of every request
@@ -42,8 +43,9 @@ class FaultProxy:
                 proxy.seen.append((self.command, unquote(urlsplit(self.path).path)))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if proxy.failures_left > 0:
-                    proxy.failures_left -= 1
+                failing = proxy.failing_path is not None and proxy.failing_path in self.path
+                if proxy.failures_left > 0 or failing:
+                    proxy.failures_left -= 0 if failing else 1
                     self.send_response(proxy.failure_status)
                     self.send_header("Content-Type", "application/json")
                     payload = (

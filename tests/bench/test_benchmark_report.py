@@ -83,3 +83,10 @@ def test_ratios_to_raw_divide_within_each_round_where_rounds_measured_their_ceil
     assert (
         "| **raw onnxruntime: the round's best** (images/s) | 125.0 | 150.0 | 150.0 |" in results_md
     )
+
+
+def test_committed_buckets_md_is_generated_from_committed_json():
+    from benchmarks.buckets import render as render_buckets
+
+    figures = json.loads((RESULTS / "buckets.json").read_text())
+    assert render_buckets(figures) == (RESULTS / "buckets.md").read_text()

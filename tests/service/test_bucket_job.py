@@ -128,37 +128,38 @@ class Store:
     target: str  # what classify-bucket is given
     env: dict[str, str]
     objects: dict[str, bytes]
-    server: Server | None  # classify on the same bucket (GCS only)
+    server: Server  # classify on the same storage
 
 
 @pytest.fixture(scope="module", params=["gcs", "local"])
 def store(request, bentoml_home, photos, tmp_path_factory):
-    """The photos in a bucket of a private emulator (with a classify server on it), or in a
-    folder; and the environment a task runs with."""
+    """The photos in a bucket of a private emulator, or in a folder, with a classify server on
+    the same storage; and the environment a task runs with."""
     tmp = tmp_path_factory.mktemp(f"job-{request.param}")
     env = service_env(bentoml_home, {})
-    objects = photo_set(photos)
+    objects = {**photo_set(photos), **dict.fromkeys(NEVER_SOURCES, b"x")}
+    emulator = None
     if request.param == "local":
-        folder = LocalFolder(tmp / "photos")
-        for name, data in {**objects, **dict.fromkeys(NEVER_SOURCES, b"x")}.items():
-            folder.put(name, data)
-        yield Store("local", folder, str(folder.root), env, objects, None)
-        return
-    emulator = Emulator(free_port(), tmp / "emulator.log")
-    emulator.start()
-    env["STORAGE_EMULATOR_HOST"] = emulator.url
-    bucket = GcsBucket(emulator.url)
-    for name, data in {**objects, **dict.fromkeys(NEVER_SOURCES, b"x")}.items():
-        bucket.put(name, data)
-    server_env = service_env(
-        bentoml_home, {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": emulator.url}
-    )
+        where = LocalFolder(tmp / "photos")
+        target, storage = str(where.root), {"STORAGE_DIR": str(where.root)}
+    else:
+        emulator = Emulator(free_port(), tmp / "emulator.log")
+        emulator.start()
+        env["STORAGE_EMULATOR_HOST"] = emulator.url
+        where = GcsBucket(emulator.url)
+        target = f"gs://{TEST_BUCKET}/"
+        storage = {"BUCKET": TEST_BUCKET, "STORAGE_EMULATOR_HOST": emulator.url}
+    for name, data in objects.items():
+        where.put(name, data)
+    server_env = service_env(bentoml_home, storage)
     server = Server("service:Classify", server_env, tmp / "classify.log").start()
+    photos_only = {k: v for k, v in objects.items() if k not in NEVER_SOURCES}
     try:
-        yield Store("gcs", bucket, f"gs://{TEST_BUCKET}/", env, objects, server.wait_ready())
+        yield Store(request.param, where, target, env, photos_only, server.wait_ready())
     finally:
         server.stop()
-        emulator.stop()
+        if emulator is not None:
+            emulator.stop()
 
 
 def test_tasks_killed_and_retried_leave_exactly_one_result_per_photo(store):
@@ -225,8 +226,6 @@ def test_a_second_run_writes_nothing_and_a_new_version_gets_a_new_result(store, 
 
 
 def test_results_equal_what_classify_answers(store):
-    if store.server is None:
-        pytest.skip("the local folder's answers are compared with the bucket's below")
     for key, (result, _) in list(store.where.results().items())[:: len(store.objects) // 12]:
         if result.answer is None:
             continue
@@ -293,3 +292,28 @@ def test_a_bad_task_count_is_a_usage_error(store):
     )
     assert status.returncode != 0 and "not below the task count" in status.stderr
     assert os.environ.get("CLOUD_RUN_TASK_INDEX") is None
+
+
+def test_transient_failures_exit_non_zero_and_the_retry_does_only_what_is_missing(store, photos):
+    """Storage that fails some reads: those photos are left (no error result), the task exits
+    1 so that Cloud Run retries it, and the retry classifies exactly them."""
+    if store.kind != "gcs":
+        pytest.skip("storage outages are injected between the job and the emulator")
+    from fault_proxy import FaultProxy
+
+    for i in range(12):
+        store.where.put(f"flaky/{i:02d}.jpg", photos[PHOTOS[i % 6]])
+    port = int(store.env["STORAGE_EMULATOR_HOST"].rsplit(":", 1)[1])
+    proxy = FaultProxy(port)
+    env = {**store.env, "STORAGE_EMULATOR_HOST": proxy.url, "STORAGE_TIMEOUT_S": "1"}
+    target = store.target + "flaky/"
+    try:
+        proxy.failing_path = "flaky%2F0"  # the reads of flaky/00.jpg ... flaky/09.jpg
+        status, manifest = manifest_of(task(target, env))
+        assert status == 1 and manifest["transient"] == 10 and manifest["done"] == 2, manifest
+        assert store.where.count("results/flaky/") == 2  # nothing written for the failed ones
+        proxy.failing_path = None
+        status, manifest = manifest_of(task(target, env, CLOUD_RUN_TASK_ATTEMPT="1"))
+        assert status == 0 and manifest["skipped"] == 2 and manifest["done"] == 10, manifest
+    finally:
+        proxy.close()

@@ -98,6 +98,31 @@ def test_only_valid_google_id_tokens_get_in(verifying_services, signer_and_certs
     assert upload(preprocess.url, photos["cat"]).status_code == 401
 
 
+def test_eventarc_delivers_storage_events_with_its_id_token(
+    verifying_services, signer_and_certs_url
+):
+    """The trigger's service account calls /events/storage with a Google ID token: checked like
+    any caller's (none: 401, before the event is read), then the event is handled."""
+    _, classify, _ = verifying_services
+    signer, _ = signer_and_certs_url
+    event = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "//storage.googleapis.com/projects/_/buckets/b",
+        "ce-type": "google.cloud.storage.object.v1.finalized",
+        "content-type": "application/json",
+    }
+    body = b'{"bucket": "b", "name": "uploads/x.jpg", "generation": "1"}'
+    url = f"{classify.url}/events/storage"
+    assert httpx.post(url, headers=event, content=body).status_code == 401
+    eventarc = token(
+        signer, email="classify-events-sa@demo.iam.gserviceaccount.com", email_verified=True
+    )
+    answer = httpx.post(url, headers={**event, "Authorization": f"Bearer {eventarc}"}, content=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"status": "skipped", "reason": "another bucket"}  # local storage
+
+
 class CertsEndpoint:
     """A certificate endpoint whose behaviour the test changes: serve, fail, or hang."""
 
