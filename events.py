@@ -31,6 +31,7 @@ from common.config import Settings
 from common.errors import ObjectNotFound, ServiceError, error_response
 from common.results import (
     Outcome,
+    has_storable_result,
     is_permanent,
     new_result,
     result_key,
@@ -183,6 +184,8 @@ class EventClassifier:
             return EventAnswer(status="skipped", reason="another bucket")
         if not found.name.startswith(self.watched) or found.name.startswith(self.excluded):
             return EventAnswer(status="skipped", reason="outside the watched prefix")
+        if not has_storable_result(self.settings.results_prefix, found.name):
+            return EventAnswer(status="skipped", reason="unsupported object name")
         key = result_key(self.settings.results_prefix, found.name)
         info = ObjectInfo(found.name, Version(found.generation, found.size or 0))
         if await self._up_to_date(key, info.version):

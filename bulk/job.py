@@ -32,6 +32,7 @@ from common.results import (
     MANIFEST_FOLDER,
     MANIFEST_SUFFIX,
     Outcome,
+    has_storable_result,
     is_permanent,
     new_result,
     result_key,
@@ -95,6 +96,7 @@ class Manifest(BaseModel):
     failed: dict[str, int]  # error results written, by code
     transient: int  # left for a retry: storage unavailable, overloaded
     gone: int  # deleted or replaced before they were read (the newer version is its own)
+    unsupported: int  # names no result can be stored for (e.g. `..` segments): skipped
     stopped: bool  # a stop request ended the run early
     photos_per_s: float
 
@@ -158,6 +160,7 @@ class Run:
             failed=dict(self.failed),
             transient=self.counts["transient"],
             gone=self.counts["gone"],
+            unsupported=self.counts["unsupported"],
             stopped=self.stop.is_set() and self.counts["finished"] < len(todo),
             photos_per_s=round(self.counts["finished"] / duration, 2) if duration else 0.0,
         )
@@ -171,6 +174,10 @@ class Run:
         todo, skipped = [], 0
         for info in self.target.objects.list(self.target.prefix):
             if not self.target.is_source(info.key) or not self.share.owns(info.key):
+                continue
+            if not has_storable_result(self.target.results_prefix, info.key):
+                LOG.warning("%r: a name this service cannot store a result for; skipped", info.key)
+                self.counts["unsupported"] += 1
                 continue
             known = results.get(info.key)
             if known is not None and known >= info.version:

@@ -16,8 +16,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from common.bucket_objects import SOURCE_VERSION_KEY, BucketObjects, ObjectInfo, Version
-from common.errors import ObjectNotFound, ServiceError
+from common.errors import InvalidPath, ObjectNotFound, ServiceError
 from common.schemas import ClassifyResponse, ErrorResponse, ResizeMode
+from common.storage import check_key
 
 RESULT_SUFFIX = ".json"
 # Per-task manifests of the bucket job, under the results prefix; no result ends like this.
@@ -60,6 +61,18 @@ class ClassificationResult(BaseModel):
 
 def result_key(results_prefix: str, source_key: str) -> str:
     return f"{results_prefix}{source_key}{RESULT_SUFFIX}"
+
+
+def has_storable_result(results_prefix: str, key: str) -> bool:
+    """Whether an object and its result can be named here: GCS allows names these services
+    refuse (`..` segments, control characters), and a result's name is longer than its
+    photo's. Such an object is skipped, never retried."""
+    try:
+        check_key(key)
+        check_key(result_key(results_prefix, key))
+    except InvalidPath:
+        return False
+    return True
 
 
 def source_key(results_prefix: str, key: str) -> str | None:

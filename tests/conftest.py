@@ -67,7 +67,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(check, timeout_s: float, what: str, log: Path | None = None) -> None:
+def wait_until(
+    check, timeout_s: float, what: str, log: Path | None = None, interval_s: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -75,7 +77,7 @@ def wait_until(check, timeout_s: float, what: str, log: Path | None = None) -> N
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(interval_s)
     tail = log.read_text()[-4000:] if log and log.exists() else ""
     raise TimeoutError(f"{what} not ready after {timeout_s} s\n{tail}")
 

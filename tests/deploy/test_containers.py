@@ -120,7 +120,8 @@ def images(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 MOST_ADDED_MB = {
     "classify": 400,
     "preprocess": 300,
-    "classify-openvino": 500,
+    # 500 until the storage events' CloudEvents SDK (and python-dateutil) came in: +1 MB
+    "classify-openvino": 510,
     # TensorFlow's own wheel carries 287 MB of C++ headers and pulls in libclang (62 MB), neither
     # used at run time; BentoML's template installs them in one layer that a later step cannot
     # shrink (docs/deploy.md, "Containers"), so this image stays above the 1.6 GB target

@@ -95,6 +95,11 @@ class GcsBucket:
     def count(self, prefix: str) -> int:
         return sum(1 for _ in self.bucket.list_blobs(prefix=prefix))
 
+    def result_names(self) -> list[str]:
+        return [
+            b.name for b in self.bucket.list_blobs(prefix="results/") if b.name.endswith(".json")
+        ]
+
 
 class LocalFolder:
     def __init__(self, root: Path) -> None:
@@ -119,6 +124,11 @@ class LocalFolder:
 
     def count(self, prefix: str) -> int:
         return sum(1 for _ in (self.root / prefix).rglob("*.json"))
+
+    def result_names(self) -> list[str]:
+        return [
+            p.relative_to(self.root).as_posix() for p in (self.root / "results").rglob("*.json")
+        ]
 
 
 @dataclass
@@ -164,22 +174,23 @@ def store(request, bentoml_home, photos, tmp_path_factory):
 
 def test_tasks_killed_and_retried_leave_exactly_one_result_per_photo(store):
     count = 3
-    shares = [TaskShare(index=i, count=count) for i in range(count)]
-    tasks = [
-        task(store.target, store.env, CLOUD_RUN_TASK_INDEX=str(i), CLOUD_RUN_TASK_COUNT=str(count))
-        for i in range(count)
-    ]
-    victim = shares[1]
+    victim = TaskShare(index=1, count=count)
+    shares = {"CLOUD_RUN_TASK_COUNT": str(count)}
+    # Task 1 first, one photo at a time, killed outright once it has written a few results;
+    # then tasks 0 and 2 side by side; then task 1's retry.
+    slow = ("--batch-size", "1", "--read-threads", "1")
+    dying = task(store.target, store.env, *slow, CLOUD_RUN_TASK_INDEX="1", **shares)
 
     def victim_wrote_some() -> bool:
-        mine = [k for k in store.where.results() if victim.owns(k.removeprefix("results/")[:-5])]
-        return len(mine) >= 4
+        keys = store.where.result_names()
+        return sum(victim.owns(k.removeprefix("results/")[: -len(".json")]) for k in keys) >= 4
 
-    wait_until(victim_wrote_some, 120, "task 1 to write a few results")
-    tasks[1].send_signal(signal.SIGKILL)
-    tasks[1].communicate(timeout=30)
-    assert tasks[1].returncode == -signal.SIGKILL, "task 1 finished before it could be killed"
-    for process in (tasks[0], tasks[2]):
+    wait_until(victim_wrote_some, 120, "task 1 to write a few results", interval_s=0.02)
+    dying.send_signal(signal.SIGKILL)
+    dying.communicate(timeout=30)
+    assert dying.returncode == -signal.SIGKILL, "task 1 finished before it could be killed"
+    others = [task(store.target, store.env, CLOUD_RUN_TASK_INDEX=str(i), **shares) for i in (0, 2)]
+    for process in others:
         status, manifest = manifest_of(process)
         assert status == 0, manifest
     before_retry = set(store.where.results())

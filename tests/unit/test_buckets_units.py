@@ -24,6 +24,7 @@ from common.errors import CorruptImage, ObjectNotFound, StorageUnavailable
 from common.results import (
     ClassificationResult,
     Outcome,
+    has_storable_result,
     is_permanent,
     new_result,
     result_key,
@@ -202,3 +203,50 @@ def test_collect_writes_jsonl_and_csv_whole(tmp_path):
     rows = (tmp_path / "all.csv").read_text().splitlines()
     assert rows[0].startswith("source,") and len(rows) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.csv", "all.jsonl", "photos"]
+
+
+def test_names_no_result_can_be_stored_for_are_recognised():
+    assert has_storable_result("results/", "uploads/IMG_0001.jpg")
+    assert not has_storable_result("results/", "uploads/../x.jpg")  # legal in GCS, not here
+    assert not has_storable_result("results/", "bad\udcffname.jpg")  # undecodable local name
+    assert not has_storable_result("results/", "a" * 1020)  # its result's name is too long
+
+
+def test_the_job_plans_around_unstorable_names_instead_of_retrying_them(tmp_path):
+    import threading as _threading
+
+    from bulk.job import Options, Run, Target
+
+    (tmp_path / "good.jpg").write_bytes(b"x")
+    (tmp_path / os.fsdecode(b"bad\xff.jpg")).write_bytes(b"x")
+    objects = LocalObjects(LocalStorage(tmp_path))
+    target = Target(objects, "", False, "results/", ("results/", "preprocessed/"))
+    run = Run(
+        target,
+        TaskShare(),
+        None,
+        Settings.from_env({}),
+        Options(),
+        JsonProgress("t"),
+        _threading.Event(),
+    )
+    todo, skipped = run._plan()
+    assert [info.key for info in todo] == ["good.jpg"] and skipped == 0
+    assert run.counts["unsupported"] == 1
+
+
+def test_an_event_for_an_unstorable_name_is_acknowledged_and_skipped(tmp_path):
+    import asyncio
+
+    from events import EventClassifier, StorageEvent, StorageObjectData
+
+    classifier = EventClassifier(
+        LocalObjects(LocalStorage(tmp_path)), "b", Settings.from_env({}), None, None, None
+    )
+    event = StorageEvent(
+        id="1",
+        kind="finalized",
+        object=StorageObjectData(bucket="b", name="uploads/../etc/x.jpg", generation=1),
+    )
+    answer = asyncio.run(classifier.handle(event))
+    assert (answer.status, answer.reason) == ("skipped", "unsupported object name")
