@@ -30,6 +30,7 @@ from common.bucket_objects import BucketObjects, ObjectInfo, Version
 from common.config import Settings
 from common.errors import ObjectNotFound, ServiceError, error_response
 from common.results import (
+    ClassificationResult,
     Outcome,
     has_storable_result,
     is_permanent,
@@ -221,7 +222,12 @@ class EventClassifier:
         stored = await self.in_pool(result_version, self.objects, existing)
         return stored is not None and stored >= version
 
-    async def _store(self, key: str, result, status: str) -> EventAnswer:
+    async def _store(
+        self,
+        key: str,
+        result: ClassificationResult,
+        status: Literal["classified", "error_recorded"],
+    ) -> EventAnswer:
         outcome = await self.in_pool(store_result, self.objects, key, result)
         if outcome is Outcome.up_to_date:
             return EventAnswer(status="skipped", reason="up to date", result=key)

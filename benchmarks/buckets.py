@@ -206,9 +206,9 @@ def clear_results(target: str, folder: Path | None) -> None:
         blob.delete()
 
 
-def run_http(folder: Path, servers: dict[str, ServerUnderTest], out: Path) -> dict:
+def run_http(folder: Path, servers: dict[str, ServerUnderTest], storage: Path, out: Path) -> dict:
     """The client through both services: every photo uploaded, then its path classified."""
-    for path in Path(servers["storage"]).rglob("*"):  # type: ignore[arg-type]
+    for path in storage.rglob("*"):  # what the last run stored: every upload is new again
         if path.is_file():
             path.unlink()
     names = ("preprocess", "classify")
@@ -290,7 +290,7 @@ def run(scale: Scale, tmp: Path) -> dict:
     server_env = {**env, "STORAGE_DIR": str(storage)}
     serve = [BENTOML, "serve", "--host", "127.0.0.1", "--port"]
     ports = free_port(), free_port()
-    servers: dict = {"storage": storage}
+    servers: dict[str, ServerUnderTest] = {}
     try:
         _wait_for(emulator_url)
         from google.cloud import storage as gcs
@@ -324,7 +324,7 @@ def run(scale: Scale, tmp: Path) -> dict:
                 target = f"gs://{BUCKET}/{kind.replace(' ', '')}/"
                 figures["job_gcs"][kind][str(tasks)] = run_job(target, tasks, gcs_env, count)
             http_csv = tmp / f"http-{kind.replace(' ', '')}.csv"
-            figures["http"][kind] = run_http(folder, servers, http_csv)
+            figures["http"][kind] = run_http(folder, servers, storage, http_csv)
             figures["agreement"][kind] = agreement(folder, http_csv)
     finally:
         for server in (servers.get("preprocess"), servers.get("classify")):

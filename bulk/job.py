@@ -31,6 +31,7 @@ from common.images import to_model_pixels
 from common.results import (
     MANIFEST_FOLDER,
     MANIFEST_SUFFIX,
+    ClassificationResult,
     Outcome,
     has_storable_result,
     is_permanent,
@@ -257,7 +258,13 @@ class Run:
             LOG.warning("%s: %s (left for a retry)", info.key, error)
             self._count("transient")
 
-    def _store(self, info: ObjectInfo, result, counted: str, failed_code: str | None = None):
+    def _store(
+        self,
+        info: ObjectInfo,
+        result: ClassificationResult,
+        counted: str,
+        failed_code: str | None = None,
+    ) -> None:
         key = result_key(self.target.results_prefix, info.key)
         try:
             outcome = store_result(self.target.objects, key, result)

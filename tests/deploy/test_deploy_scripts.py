@@ -86,88 +86,27 @@ def test_dry_runs_print_everything_and_run_nothing(stubs):
     assert "would delete (dry run)" in teardown.stdout
 
 
+PROJECT_QUIET = ("--project", "demo-project", "--quiet")
+IMAGES_DELETE = ("gcloud", "artifacts", "docker", "images", "delete")
+
+
+def _delete(*words: str, where: str = "--region") -> list[str]:
+    """`gcloud <words...> --<where> europe-west1 --project demo-project --quiet`."""
+    return ["gcloud", *words, where, "europe-west1", *PROJECT_QUIET]
+
+
 def test_teardown_commands_and_order(stubs):
     result = run_script(stubs, "teardown")
     assert result.returncode == 0, result.stderr
+    events_sa = "classify-events-sa@demo-project.iam.gserviceaccount.com"
     assert recorded(stubs) == [
-        [
-            "gcloud",
-            "eventarc",
-            "triggers",
-            "delete",
-            "classify-events",
-            "--location",
-            "europe-west1",
-            "--project",
-            "demo-project",
-            "--quiet",
-        ],
-        [
-            "gcloud",
-            "iam",
-            "service-accounts",
-            "delete",
-            "classify-events-sa@demo-project.iam.gserviceaccount.com",
-            "--project",
-            "demo-project",
-            "--quiet",
-        ],
-        [
-            "gcloud",
-            "run",
-            "jobs",
-            "delete",
-            "classify-bucket",
-            "--region",
-            "europe-west1",
-            "--project",
-            "demo-project",
-            "--quiet",
-        ],
-        [
-            "gcloud",
-            "run",
-            "services",
-            "delete",
-            "classify",
-            "--region",
-            "europe-west1",
-            "--project",
-            "demo-project",
-            "--quiet",
-        ],
-        [
-            "gcloud",
-            "run",
-            "services",
-            "delete",
-            "preprocess",
-            "--region",
-            "europe-west1",
-            "--project",
-            "demo-project",
-            "--quiet",
-        ],
-        [
-            "gcloud",
-            "artifacts",
-            "docker",
-            "images",
-            "delete",
-            f"{REGISTRY}/classify",
-            "--delete-tags",
-            "--quiet",
-        ],
-        [
-            "gcloud",
-            "artifacts",
-            "docker",
-            "images",
-            "delete",
-            f"{REGISTRY}/preprocess",
-            "--delete-tags",
-            "--quiet",
-        ],
+        _delete("eventarc", "triggers", "delete", "classify-events", where="--location"),
+        ["gcloud", "iam", "service-accounts", "delete", events_sa, *PROJECT_QUIET],
+        _delete("run", "jobs", "delete", "classify-bucket"),
+        _delete("run", "services", "delete", "classify"),
+        _delete("run", "services", "delete", "preprocess"),
+        [*IMAGES_DELETE, f"{REGISTRY}/classify", "--delete-tags", "--quiet"],
+        [*IMAGES_DELETE, f"{REGISTRY}/preprocess", "--delete-tags", "--quiet"],
     ]
     assert "deleted:" in result.stdout and "kept gs://demo-images" in result.stdout
 
@@ -176,18 +115,7 @@ def test_teardown_deletes_repository_and_bucket_only_when_asked(stubs):
     result = run_script(stubs, "teardown", "--delete-repository", "--delete-bucket")
     assert result.returncode == 0, result.stderr
     assert recorded(stubs)[7:] == [
-        [
-            "gcloud",
-            "artifacts",
-            "repositories",
-            "delete",
-            "image-services",
-            "--location",
-            "europe-west1",
-            "--project",
-            "demo-project",
-            "--quiet",
-        ],
+        _delete("artifacts", "repositories", "delete", "image-services", where="--location"),
         ["gcloud", "storage", "rm", "--recursive", "gs://demo-images", "--project", "demo-project"],
     ]
     assert "bucket gs://demo-images and its objects" in result.stdout
