@@ -62,12 +62,12 @@ RUNTIME_THREADS = ALL_RUNTIMES  # the service names the runtime's threads after 
 def threads_cpu_s(process: psutil.Process) -> dict[int, tuple[str, float]]:
     """CPU seconds of each thread of a server, by thread id, with its role.
 
-    The worker (the process with the most threads) has its event loop on the main thread and
-    names its pools and the runtime's threads at the OS level; every other process in the tree
-    (BentoML's supervisor) counts as "supervisor".
+    The worker (BentoML's worker process, or the process with the most threads) has its event
+    loop on the main thread and names its pools and the runtime's threads at the OS level;
+    every other process in the tree (BentoML's supervisor) counts as "supervisor".
     """
     procs = [process, *process.children(recursive=True)]
-    worker = max(procs, key=lambda p: p.num_threads() if p.is_running() else 0)
+    worker = max(procs, key=_worker_rank)
     found = {}
     for proc in procs:
         for thread in proc.threads():
@@ -79,6 +79,16 @@ def threads_cpu_s(process: psutil.Process) -> dict[int, tuple[str, float]]:
                 group = _thread_name(worker.pid, thread.id)
             found[thread.id] = (group, thread.user_time + thread.system_time)
     return found
+
+
+def _worker_rank(process: psutil.Process) -> tuple[bool, int]:
+    """BentoML's worker process first (a bare service's has fewer threads than its
+    supervisor), then the one with the most threads (a server that is one process)."""
+    try:
+        is_worker = any("_bentoml_impl.worker" in part for part in process.cmdline())
+        return is_worker, process.num_threads()
+    except psutil.Error:
+        return False, 0
 
 
 def thread_cpu_grown_s(

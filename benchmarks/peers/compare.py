@@ -1,0 +1,1012 @@
+"""Side-by-side: the project's BentoML classify server against the serving frameworks a user would
+pick instead (LitServe, Ray Serve, PyTriton, plain FastAPI), all serving the same contract with
+the same ONNX model on ONNX Runtime.
+
+One server runs at a time: each round starts it on a free 127.0.0.1 port, checks its answers on
+the 64 stored images against the project's, warms it up, loads it at concurrency 32 (req/s) and
+at concurrency 1 (latency), and stops it (its whole process tree). Rounds alternate servers
+(A, B, C, A, B, C, ...). One asyncio + aiohttp load generator (this process) for all; its own CPU,
+the server tree's and everyone else's ("foreign") are measured over every window.
+
+    python compare.py --project ../../../fresh --images DIR [DIR ...] \
+        --servers bentoml,litserve:w2-t1,ray:r1-c2-b8 --rounds 3 --raw --out results/run.json
+
+Paths come from arguments or the environment (PEERS_PROJECT, PEERS_IMAGE_DIRS separated by
+os.pathsep, PEERS_WORK); nothing here is specific to one machine. Run it with the Python of the
+peers' virtual environment (the peer servers are started with `sys.executable`); the project's
+server with `<project>/.venv/bin/bentoml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import contract  # beside this script, whose folder is first on the path when run
+import numpy as np
+import psutil
+from PIL import Image, ImageOps
+
+HERE = Path(__file__).resolve().parent
+
+N_IMAGES = 64
+HZ = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG")
+
+# name -> config -> (launcher arguments, ORT threads note). Launchers are the peer_*.py scripts.
+PEER_CONFIGS: dict[str, dict[str, list[str]]] = {
+    "fastapi": {
+        "t1": ["--threads", "1"],
+        "t2": ["--threads", "2"],
+    },
+    "litserve": {
+        # the docs' CPU advice: one worker per core; no batching
+        "w2-t1": ["--workers", "2", "--threads", "1"],
+        "w2-t1-fq": ["--workers", "2", "--threads", "1", "--fast-queue"],
+        "w2-t2": ["--workers", "2", "--threads", "2"],
+        "w1-b8-t2": [
+            "--workers",
+            "1",
+            "--threads",
+            "2",
+            "--max-batch-size",
+            "8",
+            "--batch-timeout",
+            "0.005",
+        ],
+        "w2-b4-t1": [
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "4",
+            "--batch-timeout",
+            "0.005",
+        ],
+        "w2-b4-t1-fq": [
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "4",
+            "--batch-timeout",
+            "0.005",
+            "--fast-queue",
+        ],
+    },
+    "ray": {
+        "r1-c2-b8": [
+            "--replicas",
+            "1",
+            "--cpus",
+            "2",
+            "--threads",
+            "2",
+            "--max-batch-size",
+            "8",
+            "--wait-ms",
+            "5",
+            "--max-ongoing",
+            "32",
+        ],
+        "r2-c1-b4": [
+            "--replicas",
+            "2",
+            "--cpus",
+            "1",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "4",
+            "--wait-ms",
+            "5",
+            "--max-ongoing",
+            "16",
+        ],
+        "r1-c2-b8x2-t1": [
+            "--replicas",
+            "1",
+            "--cpus",
+            "2",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "8",
+            "--wait-ms",
+            "5",
+            "--concurrent-batches",
+            "2",
+            "--max-ongoing",
+            "32",
+        ],
+        "r1-c2-b8-t1": [
+            "--replicas",
+            "1",
+            "--cpus",
+            "2",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "8",
+            "--wait-ms",
+            "5",
+            "--max-ongoing",
+            "32",
+        ],
+        "r2-c1-b4-fast": [
+            "--replicas",
+            "2",
+            "--cpus",
+            "1",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "4",
+            "--wait-ms",
+            "5",
+            "--max-ongoing",
+            "16",
+            "--fast",
+        ],
+        "r1-c2-b8x2-t1-fast": [
+            "--replicas",
+            "1",
+            "--cpus",
+            "2",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "8",
+            "--wait-ms",
+            "5",
+            "--concurrent-batches",
+            "2",
+            "--max-ongoing",
+            "32",
+            "--fast",
+        ],
+        "r2-c1-b4-w1-fast": [
+            "--replicas",
+            "2",
+            "--cpus",
+            "1",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "4",
+            "--wait-ms",
+            "1",
+            "--max-ongoing",
+            "16",
+            "--fast",
+        ],
+    },
+    "pytriton": {
+        "i1-t2-b8": ["--instances", "1", "--threads", "2", "--max-batch-size", "8"],
+        "i2-t1-b8": ["--instances", "2", "--threads", "1", "--max-batch-size", "8"],
+        "i2-t1-b8-d2ms": [
+            "--instances",
+            "2",
+            "--threads",
+            "1",
+            "--max-batch-size",
+            "8",
+            "--delay-us",
+            "2000",
+        ],
+        "i1-t1-b8": ["--instances", "1", "--threads", "1", "--max-batch-size", "8"],
+    },
+}
+LAUNCHERS = {name: HERE / f"peer_{name}.py" for name in PEER_CONFIGS}
+# PyTriton's bundled Python backend stub is built against NumPy 1.x and PyTriton >= 0.6 pins
+# numpy<2, so it may need an environment of its own (README); the others share this one.
+PYTHONS = {"pytriton": os.environ.get("PEERS_PYTRITON_PYTHON") or sys.executable}
+
+
+# ---------------------------------------------------------------- images
+
+
+def make_images(image_dirs: list[Path], store: Path) -> list[Path]:
+    """64 stored 224x224 RGB BMPs, resized (bilinear) from the first photos of `image_dirs`."""
+    sources: list[Path] = []
+    for directory in image_dirs:
+        sources += sorted(p for p in directory.iterdir() if p.suffix in IMAGE_SUFFIXES)
+    if len(sources) < N_IMAGES:
+        raise SystemExit(f"need {N_IMAGES} photos in {image_dirs}, found {len(sources)}")
+    store.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, source in enumerate(sources[:N_IMAGES]):
+        target = store / f"img{i:02d}.bmp"
+        if not target.exists():
+            with Image.open(source) as image:
+                image = ImageOps.exif_transpose(image).convert("RGB")
+                image.resize((224, 224), Image.Resampling.BILINEAR).save(target, format="BMP")
+        paths.append(target)
+    return paths
+
+
+# ---------------------------------------------------------------- CPU accounting
+
+
+def system_busy_ticks() -> int:
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    return sum(values[:8]) - values[3] - values[4]
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def wait_quiet(limit_s: float = 300, busy_cores: float = 0.2) -> float:
+    """Wait (up to `limit_s`) until the machine is idle for 2 s; the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        busy0 = system_busy_ticks()
+        time.sleep(2)
+        if (system_busy_ticks() - busy0) / HZ / 2 < busy_cores:
+            break
+    return time.perf_counter() - started
+
+
+def process_tree(root_pid: int) -> list[int]:
+    try:
+        root = psutil.Process(root_pid)
+        return [root_pid] + [child.pid for child in root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+class CpuWindow:
+    """Cores used over a window by this process (the load generator), the server tree, others."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+
+    def __enter__(self) -> CpuWindow:
+        self.pids = process_tree(self.server_pid)
+        self.t0 = time.perf_counter()
+        self.busy0 = system_busy_ticks()
+        self.client0 = time.process_time()
+        self.server0 = tree_cpu_seconds(self.pids)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self.t0
+        self.client = (time.process_time() - self.client0) / wall
+        self.server = (tree_cpu_seconds(self.pids) - self.server0) / wall
+        system = (system_busy_ticks() - self.busy0) / HZ / wall
+        self.foreign = max(0.0, system - self.client - self.server)
+
+
+# ---------------------------------------------------------------- load generator
+
+
+@dataclass
+class LoadResult:
+    n: int
+    concurrency: int
+    wall_s: float
+    ok: int = 0
+    errors: int = 0
+    wrong: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    answers: dict[int, dict] = field(default_factory=dict)
+    client_cores: float = 0.0
+    server_cores: float = 0.0
+    foreign_cores: float = 0.0
+    attempts: int = 1
+    max_conf_diff: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.wall_s if self.wall_s else 0.0
+
+
+async def drive(
+    url: str,
+    bodies: list[bytes],
+    n: int,
+    concurrency: int,
+    expected: list[tuple[int, float]] | None = None,
+    keep_answers: bool = False,
+    timeout_s: float = 60,
+) -> LoadResult:
+    """`n` POSTs with `concurrency` in flight (closed loop), cycling through `bodies`."""
+    counter = itertools.count()
+    result = LoadResult(n=n, concurrency=concurrency, wall_s=0.0)
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            while (i := next(counter)) < n:
+                j = i % len(bodies)
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=bodies[j], headers=headers) as response:
+                        payload = await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, TimeoutError):
+                    result.errors += 1
+                    continue
+                elapsed = (time.perf_counter() - started) * 1000
+                if status != 200:
+                    result.errors += 1
+                    continue
+                body = json.loads(payload)
+                if expected is not None:
+                    index, confidence = expected[j]
+                    if body.get("index") != index:
+                        result.wrong += 1
+                    else:
+                        diff = abs(body["confidence"] - confidence)
+                        result.max_conf_diff = max(result.max_conf_diff, diff)
+                result.ok += 1
+                result.latencies_ms.append(elapsed)
+                if keep_answers:
+                    result.answers[j] = body
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.wall_s = time.perf_counter() - started
+    return result
+
+
+# The machine is shared: a window in which other processes took more than this many cores is
+# measured again (after a pause), up to MAX_RETRIES times; the last attempt is kept.
+MAX_FOREIGN_CORES = 0.25
+MAX_RETRIES = 2
+
+
+def measure(url, bodies, n, concurrency, server_pid, expected) -> LoadResult:
+    for attempt in range(1, MAX_RETRIES + 2):
+        with CpuWindow(server_pid) as window:
+            result = asyncio.run(drive(url, bodies, n, concurrency, expected))
+        result.client_cores = window.client
+        result.server_cores = window.server
+        result.foreign_cores = window.foreign
+        result.attempts = attempt
+        if window.foreign <= MAX_FOREIGN_CORES:
+            break
+        print(f"  (others used {window.foreign:.2f} cores; measuring again)", flush=True)
+        time.sleep(5)
+    return result
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    name: str
+    config: str
+    process: subprocess.Popen | None = None
+    port: int = 0
+    log: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.config}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/classify"
+
+
+def command_for(name: str, config: str, port: int, project: Path) -> tuple[list[str], Path]:
+    """(argv, cwd) that starts `name` in `config` on `port`."""
+    if name == "bentoml":
+        argv = [
+            str(project / ".venv" / "bin" / "bentoml"),
+            "serve",
+            "service:Classify",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        return argv, project
+    if name not in PEER_CONFIGS or config not in PEER_CONFIGS[name]:
+        raise SystemExit(f"unknown server {name}:{config}")
+    python = PYTHONS.get(name, sys.executable)
+    argv = [python, str(LAUNCHERS[name]), "--port", str(port), *PEER_CONFIGS[name][config]]
+    return argv, HERE
+
+
+def start(server: Server, project: Path, env: dict, logs: Path, probe: bytes) -> float:
+    """Start `server` and wait until a real /classify answers 200; seconds it took."""
+    server.port = free_port()
+    argv, cwd = command_for(server.name, server.config, server.port, project)
+    server.log = logs / f"{server.name}-{server.config}-{server.port}.log"
+    started = time.perf_counter()
+    with open(server.log, "wb") as log:
+        server.process = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = started + 240
+    while time.perf_counter() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.label} exited rc={server.process.returncode}; see log")
+        try:
+            status = asyncio.run(_probe(server.url, probe))
+            if status == 200:
+                return time.perf_counter() - started
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{server.label} not ready in 240 s; see log")
+
+
+async def _probe(url: str, body: bytes) -> int:
+    timeout = aiohttp.ClientTimeout(total=30)
+    headers = {"Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url, data=body, headers=headers) as r,
+    ):
+        await r.read()
+        return r.status
+
+
+def stop(server: Server) -> int:
+    """SIGTERM the server's leader, then any of its tree still alive, by PID; count leftovers."""
+    if server.process is None:
+        return 0
+    pids = process_tree(server.process.pid)
+    # LitServe shuts its worker and API-server processes down on Ctrl+C, not on SIGTERM
+    leader_signal = signal.SIGINT if server.name == "litserve" else signal.SIGTERM
+    try:
+        server.process.send_signal(leader_signal)
+        server.process.wait(timeout=45)
+    except subprocess.TimeoutExpired:
+        pass
+    survivors = []
+    for pid in pids[1:]:
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE:
+                survivors.append(process)
+        except psutil.Error:
+            pass
+    for process in survivors:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(survivors, timeout=10)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.wait(10)
+    server.process = None
+    return len(survivors)
+
+
+# ---------------------------------------------------------------- answers
+
+
+def compare_answers(reference: dict[int, dict], answers: dict[int, dict]) -> dict:
+    """How `answers` differ from `reference`: top-1, top-k indices, labels, confidences."""
+    top1 = topk = labels = 0
+    max_top1 = max_any = 0.0
+    for j, ref in reference.items():
+        got = answers.get(j)
+        if got is None:
+            continue
+        top1 += got["index"] == ref["index"]
+        labels += got["label"] == ref["label"]
+        ref_idx = [p["index"] for p in ref["top_k"]]
+        got_idx = [p["index"] for p in got["top_k"]]
+        topk += ref_idx == got_idx
+        max_top1 = max(max_top1, abs(got["confidence"] - ref["confidence"]))
+        got_conf = {p["index"]: p["confidence"] for p in got["top_k"]}
+        for p in ref["top_k"]:
+            if p["index"] in got_conf:
+                max_any = max(max_any, abs(got_conf[p["index"]] - p["confidence"]))
+    return {
+        "n": len(reference),
+        "answered": len(answers),
+        "top1_equal": top1,
+        "topk_order_equal": topk,
+        "label_equal": labels,
+        "max_top1_conf_diff": max_top1,
+        "max_topk_conf_diff": max_any,
+    }
+
+
+def inprocess_reference(paths: list[Path], top_k: int) -> dict[int, dict]:
+    """The answers of the contract's own code path, in this process (ORT, 1 thread)."""
+    session = contract.onnx_session(1)
+    name = session.get_inputs()[0].name
+    labels = contract.class_names()
+    out = {}
+    for j, path in enumerate(paths):
+        pixels = contract.decode(path.read_bytes())
+        out[j] = contract.answer(session.run(None, {name: pixels[None]})[0][0], top_k, labels)
+    return out
+
+
+# ---------------------------------------------------------------- raw ORT ceiling
+
+
+def raw_ceiling(paths: list[Path], seconds: float = 3.0) -> list[dict]:
+    """In-process images/s of the bare model call: batch 1 and 8, intra-op 1 and 2, and two
+    single-threaded sessions side by side (two Python threads); plus the decode cost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pixels = np.stack([contract.decode(p.read_bytes()) for p in paths])
+    rows = []
+
+    def run_for(session, batch: int, stop_at: float) -> int:
+        name = session.get_inputs()[0].name
+        done = 0
+        offset = 0
+        while time.perf_counter() < stop_at:
+            chunk = pixels[offset : offset + batch]
+            session.run(None, {name: chunk})
+            done += batch
+            offset = (offset + batch) % (len(pixels) - batch + 1)
+        return done
+
+    def timed(mode: str, sessions: list, batch: int) -> dict:
+        for session in sessions:
+            session.run(None, {session.get_inputs()[0].name: pixels[:batch]})
+        attempts = 0
+        while attempts <= MAX_RETRIES:
+            attempts += 1
+            with ThreadPoolExecutor(len(sessions)) as pool:
+                cpu0, busy0, t0 = time.process_time(), system_busy_ticks(), time.perf_counter()
+                stop_at = t0 + seconds
+                done = sum(pool.map(lambda s, end=stop_at: run_for(s, batch, end), sessions))
+                wall = time.perf_counter() - t0
+            cores = (time.process_time() - cpu0) / wall
+            foreign = max(0.0, (system_busy_ticks() - busy0) / HZ / wall - cores)
+            if foreign <= MAX_FOREIGN_CORES:
+                break
+            wait_quiet(60)
+        calls = done / batch / len(sessions)
+        return {
+            "mode": mode,
+            "batch": batch,
+            "images_per_s": done / wall,
+            "ms_per_call": wall / calls * 1000,
+            "cores": cores,
+            "foreign": foreign,
+            "attempts": attempts,
+        }
+
+    for threads in (1, 2):
+        session = contract.onnx_session(threads)
+        for batch in (1, 2, 4, 8):
+            rows.append(timed(f"1 session x intra {threads}", [session], batch))
+    sessions = [contract.onnx_session(1) for _ in range(CORES)]
+    for batch in (1, 2, 4, 8):
+        rows.append(timed(f"{len(sessions)} sessions x intra 1, in parallel", sessions, batch))
+    data = [p.read_bytes() for p in paths]
+    t0 = time.perf_counter()
+    for _ in range(10):
+        for blob in data:
+            contract.decode(blob)
+    rows.append(
+        {
+            "mode": "BMP decode only (1 thread)",
+            "batch": 1,
+            "images_per_s": 10 * len(data) / (time.perf_counter() - t0),
+            "ms_per_call": (time.perf_counter() - t0) / (10 * len(data)) * 1000,
+            "cores": None,
+        }
+    )
+    return rows
+
+
+# ---------------------------------------------------------------- run
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return "unknown"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def parse_servers(text: str) -> list[Server]:
+    servers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, config = item.partition(":")
+        if name == "bentoml":
+            config = config or "default"
+        elif name in PEER_CONFIGS and config in ("", "all"):
+            servers += [Server(name, c) for c in PEER_CONFIGS[name]]
+            continue
+        servers.append(Server(name, config))
+    labels = [s.label for s in servers]
+    if "bentoml:default" not in labels:
+        servers.insert(0, Server("bentoml", "default"))  # the reference and the ratio's base
+    return servers
+
+
+def server_env(store: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLASSIFY_", "PEERS_"))}
+    env.update(
+        STORAGE_DIR=str(store),
+        PEERS_MODEL_DIR=str(contract.model_dir()),
+        BENTOML_DO_NOT_TRACK="true",
+        PYTHONUNBUFFERED="1",
+    )
+    for key in ("BUCKET", "AUTH_TOKEN", "PYTHONPATH", "OMP_NUM_THREADS"):
+        env.pop(key, None)
+    return env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=os.environ.get("PEERS_PROJECT"),
+        help="the BentoML project checkout (with .venv); env PEERS_PROJECT",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        nargs="*",
+        default=[Path(p) for p in os.environ.get("PEERS_IMAGE_DIRS", "").split(os.pathsep) if p],
+        help="folders of photos to make the 64 BMPs from; env PEERS_IMAGE_DIRS",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=os.environ.get("PEERS_WORK"),
+        help="scratch folder (stored BMPs, server logs); default: a temp dir",
+    )
+    parser.add_argument(
+        "--servers",
+        default="bentoml,fastapi:t1",
+        help="comma list of name:config (name:all = every config of a peer)",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--n32", type=int, default=800, help="requests per round at --concurrency")
+    parser.add_argument("--n1", type=int, default=200, help="requests per round at concurrency 1")
+    parser.add_argument("--warmup", type=int, default=160, help="warm-up requests per start")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--raw", action="store_true", help="also time bare ORT in-process")
+    parser.add_argument("--raw-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=840,
+        help="start no new server after this many seconds (keeps a run short)",
+    )
+    args = parser.parse_args()
+    # `timeout`/`kill` send SIGTERM: unwind through the `finally` that stops the servers
+    signal.signal(signal.SIGTERM, _interrupt)
+    begun = time.perf_counter()
+    if not args.images:
+        raise SystemExit("give --images DIR ... (or PEERS_IMAGE_DIRS)")
+    if not args.raw_only and not args.project:
+        raise SystemExit("give --project DIR (or PEERS_PROJECT)")
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="peers-"))
+    store = (work / "store").resolve()
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    paths = make_images(args.images, store / "peers")
+    bodies = [json.dumps({"gcs_path": p.as_uri(), "top_k": args.top_k}).encode() for p in paths]
+    model = contract.model_dir()
+    results: dict = {
+        "cpu": cpu_model(),
+        "cores": CORES,
+        "model_tag": f"{model.parent.name}:{model.name}",
+        "images": len(paths),
+        "concurrency": args.concurrency,
+        "n32": args.n32,
+        "n1": args.n1,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "started": time.strftime("%Y-%m-%d %H:%M"),
+        "load_generator": f"asyncio + aiohttp {aiohttp.__version__}, one process, closed loop",
+    }
+    print(f"CPU: {results['cpu']} ({CORES} cores); model {results['model_tag']}", flush=True)
+
+    reference_inproc = inprocess_reference(paths, args.top_k)
+    print(f"waited {wait_quiet():.0f} s for an idle machine", flush=True)
+    if args.raw or args.raw_only:
+        results["raw_ort"] = raw_ceiling(paths)
+        print_raw(results["raw_ort"])
+        if args.raw_only:
+            write(args.out, results)
+            return
+
+    servers = parse_servers(args.servers)
+    env = server_env(store)
+    project = args.project.resolve()
+    rows: dict[str, dict] = {
+        s.label: {"server": s.name, "config": s.config, "rounds": []} for s in servers
+    }
+    reference: dict[int, dict] | None = None
+    expected: list[tuple[int, float]] | None = None
+    try:
+        for round_no in range(1, args.rounds + 1):
+            for server in servers:
+                row = rows[server.label]
+                if time.perf_counter() - begun > args.budget_s:
+                    print(
+                        f"budget of {args.budget_s:.0f} s spent: skipping {server.label}"
+                        f" round {round_no}",
+                        flush=True,
+                    )
+                    continue
+                entry: dict = {"round": round_no}
+                try:
+                    entry["waited_idle_s"] = wait_quiet(120)
+                    entry["startup_s"] = start(server, project, env, logs, bodies[0])
+                    check = asyncio.run(
+                        drive(server.url, bodies, len(bodies), 1, keep_answers=True)
+                    )
+                    if reference is None:
+                        if server.name != "bentoml":
+                            raise RuntimeError("the project's server must answer first")
+                        reference = check.answers
+                        expected = [
+                            (reference[j]["index"], reference[j]["confidence"])
+                            for j in range(len(bodies))
+                        ]
+                        results["bentoml_vs_inprocess"] = compare_answers(
+                            reference_inproc, reference
+                        )
+                    entry["answers"] = compare_answers(reference, check.answers)
+                    entry["answers_vs_inprocess"] = compare_answers(reference_inproc, check.answers)
+                    asyncio.run(drive(server.url, bodies, args.warmup, args.concurrency))
+                    asyncio.run(drive(server.url, bodies, 16, 1))
+                    pid = server.process.pid
+                    hi = measure(server.url, bodies, args.n32, args.concurrency, pid, expected)
+                    lo = measure(server.url, bodies, args.n1, 1, pid, expected)
+                    entry.update(
+                        rps=hi.rps,
+                        errors32=hi.errors,
+                        wrong32=hi.wrong,
+                        p50_32=pct(hi.latencies_ms, 50),
+                        p99_32=pct(hi.latencies_ms, 99),
+                        client_cores=hi.client_cores,
+                        server_cores=hi.server_cores,
+                        foreign_cores=hi.foreign_cores,
+                        p50_1=pct(lo.latencies_ms, 50),
+                        p99_1=pct(lo.latencies_ms, 99),
+                        latencies1=lo.latencies_ms,
+                        errors1=lo.errors,
+                        wrong1=lo.wrong,
+                        rps1=lo.rps,
+                        client_cores1=lo.client_cores,
+                        foreign_cores1=lo.foreign_cores,
+                        attempts=[hi.attempts, lo.attempts],
+                        max_conf_diff_under_load=max(hi.max_conf_diff, lo.max_conf_diff),
+                    )
+                    print(
+                        f"round {round_no} {server.label:28s} start {entry['startup_s']:5.1f}s"
+                        f" | c{args.concurrency} {hi.rps:7.1f} req/s err {hi.errors + hi.wrong}"
+                        f" | c1 p50 {pct(lo.latencies_ms, 50):6.2f} ms p99"
+                        f" {pct(lo.latencies_ms, 99):6.2f} ms | client {hi.client_cores:.2f}"
+                        f" server {hi.server_cores:.2f} foreign {hi.foreign_cores:.2f} cores"
+                        f" | top1 {entry['answers']['top1_equal']}/{len(bodies)}",
+                        flush=True,
+                    )
+                except Exception as exc:  # a server that fails is reported, not fatal
+                    entry["failed"] = f"{type(exc).__name__}: {exc}"
+                    print(f"round {round_no} {server.label}: FAILED {entry['failed']}", flush=True)
+                finally:
+                    entry["leftover_processes"] = stop(server)
+                    row["rounds"].append(entry)
+                    time.sleep(1.0)
+    finally:
+        for server in servers:
+            stop(server)
+
+    results["servers"] = summarize(rows, args)
+    print_table(results)
+    write(args.out, results)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def summarize(rows: dict[str, dict], args) -> list[dict]:
+    base_rounds = {e["round"]: e.get("rps") for e in rows["bentoml:default"]["rounds"]}
+    base = statistics.median([v for v in base_rounds.values() if v] or [float("nan")])
+    summary = []
+    for row in rows.values():
+        ok = [e for e in row["rounds"] if "rps" in e]
+        rps = [e["rps"] for e in ok]
+        lat1 = [x for e in ok for x in e["latencies1"]]
+        med = statistics.median(rps) if rps else float("nan")
+        per_round_ratio = [
+            e["rps"] / base_rounds[e["round"]] for e in ok if base_rounds.get(e["round"])
+        ]
+        answers = [e["answers"] for e in row["rounds"] if "answers" in e]
+        summary.append(
+            {
+                "server": row["server"],
+                "config": row["config"],
+                "rps_median": med,
+                "rps_rounds": rps,
+                "ratio_to_bentoml": med / base if base else float("nan"),
+                "ratio_per_round": per_round_ratio,
+                "p50_c1_ms": pct(lat1, 50),
+                "p99_c1_ms": pct(lat1, 99),
+                "p50_c32_ms": statistics.median([e["p50_32"] for e in ok]) if ok else None,
+                "p99_c32_ms": statistics.median([e["p99_32"] for e in ok]) if ok else None,
+                "errors": sum(e["errors32"] + e["errors1"] for e in ok),
+                "wrong": sum(e["wrong32"] + e["wrong1"] for e in ok),
+                "failed_rounds": [e.get("failed") for e in row["rounds"] if "failed" in e],
+                "client_cores": statistics.median([e["client_cores"] for e in ok]) if ok else None,
+                "server_cores": statistics.median([e["server_cores"] for e in ok]) if ok else None,
+                "foreign_cores": statistics.median([e["foreign_cores"] for e in ok])
+                if ok
+                else None,
+                "foreign_cores_max": max((e["foreign_cores"] for e in ok), default=None),
+                "startup_s": statistics.median([e["startup_s"] for e in ok]) if ok else None,
+                "top1_equal_min": min((a["top1_equal"] for a in answers), default=None),
+                "topk_order_equal_min": min((a["topk_order_equal"] for a in answers), default=None),
+                "max_top1_conf_diff": max((a["max_top1_conf_diff"] for a in answers), default=None),
+                "max_topk_conf_diff": max((a["max_topk_conf_diff"] for a in answers), default=None),
+                "max_conf_diff_under_load": max(
+                    (e["max_conf_diff_under_load"] for e in ok), default=None
+                ),
+                "leftover_processes": sum(e.get("leftover_processes", 0) for e in row["rounds"]),
+                "rounds": [
+                    {k: v for k, v in e.items() if k != "latencies1"} for e in row["rounds"]
+                ],
+            }
+        )
+    return summary
+
+
+def print_raw(rows: list[dict]) -> None:
+    print("\nRaw in-process ONNX Runtime (the physical ceiling):")
+    for r in rows:
+        ms = f"{r['ms_per_call']:.2f} ms/call" if r["ms_per_call"] else ""
+        cores = f"{r['cores']:.2f} cores" if r["cores"] is not None else ""
+        foreign = f"(foreign {r['foreign']:.2f})" if r.get("foreign") is not None else ""
+        print(
+            f"  {r['mode']:38s} batch {r['batch']}: {r['images_per_s']:8.1f} img/s {ms}"
+            f" {cores} {foreign}"
+        )
+
+
+def print_table(results: dict) -> None:
+    print(
+        f"\nCPU: {results['cpu']} ({results['cores']} cores); {results['rounds']} rounds;"
+        f" c={results['concurrency']} x {results['n32']} req, c=1 x {results['n1']} req"
+    )
+    head = (
+        f"{'server':9s} {'config':15s} {'req/s c32':>9s} {'(min-max)':>13s} {'ratio':>6s}"
+        f" {'p50 c1':>7s} {'p99 c1':>7s} {'err':>4s} {'client':>7s} {'server':>6s}"
+        f" {'foreign':>7s} {'top1':>5s} {'max dconf':>9s}"
+    )
+    print(head)
+    for s in results["servers"]:
+        rps = s["rps_rounds"]
+        spread = f"({min(rps):.0f}-{max(rps):.0f})" if rps else "(failed)"
+        client = s["client_cores"]
+        print(
+            f"{s['server']:9s} {s['config']:15s} {s['rps_median']:9.1f} {spread:>13s}"
+            f" {s['ratio_to_bentoml']:6.2f} {s['p50_c1_ms']:7.2f} {s['p99_c1_ms']:7.2f}"
+            f" {s['errors'] + s['wrong']:4d}"
+            f" {(client or 0) / CORES * 100:6.1f}% {(s['server_cores'] or 0):6.2f}"
+            f" {(s['foreign_cores'] or 0):7.2f} {s['top1_equal_min']!s:>5s}"
+            f" {(s['max_top1_conf_diff'] or 0):9.1e}"
+        )
+
+
+def markdown_table(results: dict) -> str:
+    lines = [
+        f"CPU: {results['cpu']} ({results['cores']} cores); model {results['model_tag']};"
+        f" {results['rounds']} alternating rounds; c={results['concurrency']} x"
+        f" {results['n32']} requests and c=1 x {results['n1']} requests per round;"
+        f" load generator: {results['load_generator']}.",
+        "",
+        "| server | config | req/s c=32 (median) | rounds min-max | ratio to bentoml"
+        " (of medians / median per round) | p50 c=1 ms | p99 c=1 ms | p99 c=32 ms | errors |"
+        " load gen CPU | server cores | server CPU ms/req | foreign cores (max) |"
+        " top-1 = project | max conf diff: check / under load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in results["servers"]:
+        rps = s["rps_rounds"]
+        spread = f"{min(rps):.0f}-{max(rps):.0f}" if rps else "failed"
+        client = s["client_cores"] or 0
+        ratios = s.get("ratio_per_round") or []
+        per_round = statistics.median(ratios) if ratios else float("nan")
+        rounds_ok = [e for e in s["rounds"] if "rps" in e]
+        cpu_ms = (
+            statistics.median([e["server_cores"] / e["rps"] * 1000 for e in rounds_ok])
+            if rounds_ok
+            else float("nan")
+        )
+        lines.append(
+            f"| {s['server']} | {s['config']} | {s['rps_median']:.1f} | {spread} |"
+            f" {s['ratio_to_bentoml']:.2f} / {per_round:.2f} | {s['p50_c1_ms']:.2f} |"
+            f" {s['p99_c1_ms']:.2f} |"
+            f" {(s['p99_c32_ms'] or float('nan')):.0f} | {s['errors'] + s['wrong']} |"
+            f" {client:.2f} cores ({client / results['cores'] * 100:.1f}%) |"
+            f" {(s['server_cores'] or 0):.2f} | {cpu_ms:.1f} |"
+            f" {(s['foreign_cores_max'] or 0):.2f} |"
+            f" {s['top1_equal_min']}/{results['images']} |"
+            f" {(s['max_top1_conf_diff'] or 0):.1e} /"
+            f" {(s.get('max_conf_diff_under_load') or 0):.1e} |"
+        )
+    if results.get("raw_ort"):
+        lines += [
+            "",
+            "| raw ORT in-process | batch | images/s | ms per call | cores |",
+            "|---|---|---|---|---|",
+        ]
+        for r in results["raw_ort"]:
+            ms = f"{r['ms_per_call']:.2f}" if r.get("ms_per_call") else ""
+            cores = f"{r['cores']:.2f}" if r.get("cores") is not None else ""
+            lines.append(
+                f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.0f} | {ms} | {cores} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write(path: Path | None, results: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    if "servers" in results or "raw_ort" in results:
+        results.setdefault("servers", [])
+        path.with_suffix(".md").write_text(markdown_table(results))
+    print(f"results: {path} (+ .md)")
+
+
+if __name__ == "__main__":
+    main()
