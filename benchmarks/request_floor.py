@@ -24,13 +24,9 @@ import os
 import statistics
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.classify import decode_cost_ms, load, prepare_images
+from benchmarks.classify import decode_cost_ms, load, prepare_images, raw_benchmark
 from benchmarks.harness import (
     REPO,
     ServerUnderTest,
@@ -76,29 +72,13 @@ def measure(server: ServerUnderTest, paths: list[str], requests: int) -> dict:
 
 
 def model_alone(seconds: float) -> dict:
-    """Images/s of two single-threaded calls side by side on batch 1 (the harness's best)."""
-    from runtimes import load_runtime, stored_model_dir
-
-    runtime = load_runtime("onnxruntime", stored_model_dir("onnxruntime"), 1)
-    pixels = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
-    runtime.predict(pixels)
+    """Images/s of one single-threaded call per core side by side on batch 1 (the peers
+    harness's fastest way on 2 cores), timed as the classify study times the raw runtimes."""
     streams = os.cpu_count() or 1
-    stop_at = time.perf_counter() + seconds
-
-    def stream() -> int:
-        calls = 0
-        while time.perf_counter() < stop_at:
-            runtime.predict(pixels)
-            calls += 1
-        return calls
-
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    with ThreadPoolExecutor(streams) as pool:
-        images = sum(pool.map(lambda _: stream(), range(streams)))
-    wall = time.perf_counter() - wall0
+    measured = raw_benchmark("onnxruntime", seconds, 1, streams, (1,))["batches"][1]
     return {
-        "images_per_s": images / wall,
-        "core_ms_per_image": 1000 * (time.process_time() - cpu0) / images,
+        "images_per_s": measured["images_per_s"],
+        "core_ms_per_image": measured["cpu_ms_per_image"],
         "streams": streams,
     }
 
