@@ -48,170 +48,62 @@ HZ = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG")
 
-# name -> config -> (launcher arguments, ORT threads note). Launchers are the peer_*.py scripts.
+
+def args(*words: str) -> list[str]:
+    """A launcher's argument list, written as it would be typed."""
+    return " ".join(words).split()
+
+
+# name -> config -> launcher arguments. Launchers are the peer_*.py scripts.
 PEER_CONFIGS: dict[str, dict[str, list[str]]] = {
     "fastapi": {
-        "t1": ["--threads", "1"],
-        "t2": ["--threads", "2"],
+        "t1": args("--threads 1"),
+        "t2": args("--threads 2"),
     },
     "litserve": {
         # the docs' CPU advice: one worker per core; no batching
-        "w2-t1": ["--workers", "2", "--threads", "1"],
-        "w2-t1-fq": ["--workers", "2", "--threads", "1", "--fast-queue"],
-        "w2-t2": ["--workers", "2", "--threads", "2"],
-        "w1-b8-t2": [
-            "--workers",
-            "1",
-            "--threads",
-            "2",
-            "--max-batch-size",
-            "8",
-            "--batch-timeout",
-            "0.005",
-        ],
-        "w2-b4-t1": [
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "4",
-            "--batch-timeout",
-            "0.005",
-        ],
-        "w2-b4-t1-fq": [
-            "--workers",
-            "2",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "4",
-            "--batch-timeout",
-            "0.005",
-            "--fast-queue",
-        ],
+        "w2-t1": args("--workers 2 --threads 1"),
+        "w2-t1-fq": args("--workers 2 --threads 1 --fast-queue"),
+        "w2-t2": args("--workers 2 --threads 2"),
+        "w1-b8-t2": args("--workers 1 --threads 2 --max-batch-size 8", "--batch-timeout 0.005"),
+        "w2-b4-t1": args("--workers 2 --threads 1 --max-batch-size 4", "--batch-timeout 0.005"),
+        "w2-b4-t1-fq": args(
+            "--workers 2 --threads 1 --max-batch-size 4", "--batch-timeout 0.005 --fast-queue"
+        ),
     },
     "ray": {
-        "r1-c2-b8": [
-            "--replicas",
-            "1",
-            "--cpus",
-            "2",
-            "--threads",
-            "2",
-            "--max-batch-size",
-            "8",
-            "--wait-ms",
-            "5",
-            "--max-ongoing",
-            "32",
-        ],
-        "r2-c1-b4": [
-            "--replicas",
-            "2",
-            "--cpus",
-            "1",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "4",
-            "--wait-ms",
-            "5",
-            "--max-ongoing",
-            "16",
-        ],
-        "r1-c2-b8x2-t1": [
-            "--replicas",
-            "1",
-            "--cpus",
-            "2",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "8",
-            "--wait-ms",
-            "5",
-            "--concurrent-batches",
-            "2",
-            "--max-ongoing",
-            "32",
-        ],
-        "r1-c2-b8-t1": [
-            "--replicas",
-            "1",
-            "--cpus",
-            "2",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "8",
-            "--wait-ms",
-            "5",
-            "--max-ongoing",
-            "32",
-        ],
-        "r2-c1-b4-fast": [
-            "--replicas",
-            "2",
-            "--cpus",
-            "1",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "4",
-            "--wait-ms",
-            "5",
-            "--max-ongoing",
-            "16",
+        "r1-c2-b8": args(
+            "--replicas 1 --cpus 2 --threads 2 --max-batch-size 8", "--wait-ms 5 --max-ongoing 32"
+        ),
+        "r2-c1-b4": args(
+            "--replicas 2 --cpus 1 --threads 1 --max-batch-size 4", "--wait-ms 5 --max-ongoing 16"
+        ),
+        "r1-c2-b8x2-t1": args(
+            "--replicas 1 --cpus 2 --threads 1 --max-batch-size 8",
+            "--wait-ms 5 --concurrent-batches 2 --max-ongoing 32",
+        ),
+        "r1-c2-b8-t1": args(
+            "--replicas 1 --cpus 2 --threads 1 --max-batch-size 8", "--wait-ms 5 --max-ongoing 32"
+        ),
+        "r2-c1-b4-fast": args(
+            "--replicas 2 --cpus 1 --threads 1 --max-batch-size 4",
+            "--wait-ms 5 --max-ongoing 16 --fast",
+        ),
+        "r1-c2-b8x2-t1-fast": args(
+            "--replicas 1 --cpus 2 --threads 1 --max-batch-size 8",
+            "--wait-ms 5 --concurrent-batches 2 --max-ongoing 32",
             "--fast",
-        ],
-        "r1-c2-b8x2-t1-fast": [
-            "--replicas",
-            "1",
-            "--cpus",
-            "2",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "8",
-            "--wait-ms",
-            "5",
-            "--concurrent-batches",
-            "2",
-            "--max-ongoing",
-            "32",
-            "--fast",
-        ],
-        "r2-c1-b4-w1-fast": [
-            "--replicas",
-            "2",
-            "--cpus",
-            "1",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "4",
-            "--wait-ms",
-            "1",
-            "--max-ongoing",
-            "16",
-            "--fast",
-        ],
+        ),
+        "r2-c1-b4-w1-fast": args(
+            "--replicas 2 --cpus 1 --threads 1 --max-batch-size 4",
+            "--wait-ms 1 --max-ongoing 16 --fast",
+        ),
     },
     "pytriton": {
-        "i1-t2-b8": ["--instances", "1", "--threads", "2", "--max-batch-size", "8"],
-        "i2-t1-b8": ["--instances", "2", "--threads", "1", "--max-batch-size", "8"],
-        "i2-t1-b8-d2ms": [
-            "--instances",
-            "2",
-            "--threads",
-            "1",
-            "--max-batch-size",
-            "8",
-            "--delay-us",
-            "2000",
-        ],
-        "i1-t1-b8": ["--instances", "1", "--threads", "1", "--max-batch-size", "8"],
+        "i1-t2-b8": args("--instances 1 --threads 2 --max-batch-size 8"),
+        "i2-t1-b8": args("--instances 2 --threads 1 --max-batch-size 8"),
+        "i2-t1-b8-d2ms": args("--instances 2 --threads 1 --max-batch-size 8 --delay-us", "2000"),
+        "i1-t1-b8": args("--instances 1 --threads 1 --max-batch-size 8"),
     },
 }
 LAUNCHERS = {name: HERE / f"peer_{name}.py" for name in PEER_CONFIGS}
