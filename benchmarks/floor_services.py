@@ -1,25 +1,38 @@
-"""The request floor's servers: classify's contract with no model and no middleware.
+"""The request floor's servers: classify's contract with nothing of the project's around it.
 
-Each reads the stored image named in the request (local storage) and answers a fixed top-5 of
-`/classify`'s shape, so what a request costs them is the framework's own request path: HTTP,
-routing, validation, serialization. `benchmarks/request_floor.py` measures them beside the
-served classify and the bare model.
+`BareBento` and the FastAPI app read the stored image named in the request (local storage) and
+answer a fixed top-5 of `/classify`'s shape, so what a request costs them is the framework's own
+request path: HTTP, routing, validation, serialization. `ModelBento` adds the model and nothing
+else (decode, one ONNX Runtime call, rank): the leanest classify BentoML serves, the measured
+floor under the shipped service. `benchmarks/request_floor.py` measures them beside the served
+classify and the bare model.
 
     bentoml serve benchmarks.floor_services:BareBento --port 3000
+    bentoml serve benchmarks.floor_services:ModelBento --port 3000
     python -m benchmarks.floor_services --port 3000          # the FastAPI floor
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import threading
 from pathlib import Path
 
 import bentoml
+import numpy as np
 import uvicorn
 from fastapi import FastAPI
+from PIL import Image
 
+from common.runtime_table import TABLE
 from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
+from common.threads import name_thread
+from runtimes import class_names, load_runtime, rank
+
+# Model calls at once in ModelBento: the shipped service's default (calls_per_core per core).
+MODEL_CALLS = TABLE["onnxruntime"].calls_per_core * (os.cpu_count() or 1)
 
 TOP = Prediction(label="tabby", index=281, confidence=0.5)
 ANSWER = ClassifyResponse(
@@ -51,6 +64,31 @@ class BareBento:
     async def classify(self, gcs_path: str, top_k: int = 5) -> ClassifyResponse:
         read_stored(gcs_path)
         return ANSWER
+
+
+@bentoml.service(
+    name="floor-bentoml-model",
+    threads=MODEL_CALLS,  # BentoML runs a sync API on this many threads
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ".*"},
+)
+class ModelBento:
+    model_ref = bentoml.models.BentoModel(TABLE["onnxruntime"].stored_model)
+
+    def __init__(self) -> None:
+        folder = Path(self.model_ref.path)
+        self.runtime = load_runtime("onnxruntime", folder, threads=1)
+        self.labels = class_names(folder)
+        self.named = threading.local()
+
+    @bentoml.api(route="/classify", input_spec=ClassifyRequest, output_spec=ClassifyResponse)
+    def classify(self, gcs_path: str, top_k: int = 5) -> ClassifyResponse:
+        if not getattr(self.named, "done", False):  # the request floor splits CPU by name
+            name_thread(threading.get_native_id(), "classify-model")
+            self.named.done = True
+        image = Image.open(io.BytesIO(read_stored(gcs_path))).convert("RGB")
+        probabilities = self.runtime.predict(np.asarray(image)[np.newaxis])[0]
+        return rank(probabilities, self.labels, top_k, "floor", self.runtime.name)
 
 
 def fastapi_app() -> FastAPI:

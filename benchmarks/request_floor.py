@@ -2,15 +2,21 @@
 
 Side by side in one run, the same stored images, one server at a time, rounds alternating:
 - the served classify as shipped (`bentoml serve service:Classify`, default settings),
+- the same with its middleware stack taken off (`benchmarks.floor_unguarded`),
+- the leanest classify BentoML serves (`benchmarks.floor_services:ModelBento`: a sync API that
+  reads, decodes, runs the model and ranks; nothing else),
 - BentoML's own request path alone (`benchmarks.floor_services:BareBento`: same contract,
   reads the stored file, answers a fixed top-5; no model, no middleware),
 - the same with FastAPI + uvicorn (the frameworks' lowest floor),
-- the model alone in-process (two single-threaded ONNX Runtime calls side by side, batch 1:
-  the fastest way the harness of `benchmarks/peers/` found on 2 cores), and the decode alone.
+- the model alone in-process, batch 1: two single-threaded ONNX Runtime calls side by side (one
+  per core: the fastest way the harness of `benchmarks/peers/` found on 2 cores) and as many as
+  the service runs at once (two per core), and the decode alone.
 
-Each server is loaded at concurrency 32 and its CPU is split by thread role (event loop, model
-threads, read threads, runtime threads, supervisor). The floor of a served request is the model's
-core-ms + the decode's + BentoML's bare path; the ceiling it allows is cores / floor.
+Each server is loaded at concurrency 32 by this process and its CPU is split by thread role
+(event loop, model threads, read threads, runtime threads, supervisor); the load generator's
+own CPU is measured too, since it shares the cores. The floor of a served request is the
+model's core-ms + the decode's + BentoML's bare path + the load generator's share; the ceiling
+it allows is cores / floor.
 
     .venv/bin/python -m benchmarks.request_floor            # ~4 min, writes request_floor.md
     .venv/bin/python -m benchmarks.request_floor --smoke --out /tmp/floor
@@ -24,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.classify import decode_cost_ms, load, prepare_images, raw_benchmark
@@ -36,9 +43,17 @@ from benchmarks.harness import (
     threads_cpu_s,
 )
 from benchmarks.report import Figures, cpu_line, row, stamp, write
+from common.runtime_table import TABLE
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
-SERVERS = ("classify", "bentoml-bare", "fastapi-bare")
+# name -> what `bentoml serve` serves (None: the FastAPI floor, a plain uvicorn process)
+SERVERS = {
+    "classify": "service:Classify",
+    "classify-unguarded": "benchmarks.floor_unguarded:Classify",
+    "bentoml-model": "benchmarks.floor_services:ModelBento",
+    "bentoml-bare": "benchmarks.floor_services:BareBento",
+    "fastapi-bare": None,
+}
 CONCURRENCY = 32
 
 
@@ -47,10 +62,9 @@ def start(name: str, storage: Path, home: Path) -> ServerUnderTest:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLASSIFY_")}
     env |= {"STORAGE_DIR": str(storage), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1"}
     address = ["--host", "127.0.0.1", "--port", str(port)]
-    if name == "classify":
-        command = [BENTOML, "serve", "service:Classify", *address]
-    elif name == "bentoml-bare":
-        command = [BENTOML, "serve", "benchmarks.floor_services:BareBento", *address]
+    served = SERVERS[name]
+    if served:
+        command = [BENTOML, "serve", served, *address]
     else:
         command = [sys.executable, "-m", "benchmarks.floor_services", "--port", str(port)]
     return ServerUnderTest(command, env, port, cwd=REPO)
@@ -60,7 +74,9 @@ def measure(server: ServerUnderTest, paths: list[str], requests: int) -> dict:
     """Requests/s at concurrency 32 and the server's core-ms per request, by thread role."""
     asyncio.run(load(server.url, paths, CONCURRENCY, requests // 4, 60, server))  # warm-up
     before = threads_cpu_s(server.process)
+    client_before = time.process_time()
     result = asyncio.run(load(server.url, paths, CONCURRENCY, requests, 120, server))
+    client_s = time.process_time() - client_before
     grown = thread_cpu_grown_s(before, threads_cpu_s(server.process))
     done = result["throughput"] * result["wall_s"]
     return {
@@ -68,13 +84,13 @@ def measure(server: ServerUnderTest, paths: list[str], requests: int) -> dict:
         "errors": sum(result["errors"].values()),
         "cores": sum(grown.values()) / result["wall_s"],
         "ms_per_request": {role: 1000 * s / done for role, s in grown.items() if s > 0},
+        "load_generator_ms_per_request": 1000 * client_s / done,
     }
 
 
-def model_alone(seconds: float) -> dict:
-    """Images/s of one single-threaded call per core side by side on batch 1 (the peers
-    harness's fastest way on 2 cores), timed as the classify study times the raw runtimes."""
-    streams = os.cpu_count() or 1
+def model_alone(seconds: float, streams: int) -> dict:
+    """Images/s of `streams` single-threaded calls side by side on batch 1, timed as the
+    classify study times the raw runtimes."""
     measured = raw_benchmark("onnxruntime", seconds, 1, streams, (1,))["batches"][1]
     return {
         "images_per_s": measured["images_per_s"],
@@ -90,7 +106,10 @@ def run(out: Path, rounds: int, requests: int, model_seconds: float) -> Path:
         paths = prepare_images(storage, 32)
         home = private_bentoml_home(Path(tmp) / "bentoml-home")
         figures["decode_ms"] = decode_cost_ms(paths)
-        figures["model"] = model_alone(model_seconds)
+        cores = os.cpu_count() or 1
+        figures["model"] = model_alone(model_seconds, cores)
+        served_calls = TABLE["onnxruntime"].calls_per_core * cores
+        figures["model_as_served"] = model_alone(model_seconds, served_calls)
         measured: dict[str, list[dict]] = {name: [] for name in SERVERS}
         for number in range(rounds):
             for name in SERVERS:
@@ -118,61 +137,93 @@ def _roles(runs: list[dict]) -> dict[str, float]:
     return {r: statistics.median(run["ms_per_request"].get(r, 0.0) for run in runs) for r in roles}
 
 
+def _ceiling(figures: Figures, model: dict, client_ms: float) -> tuple[float, float]:
+    """The floor of a served request (core-ms, the load generator's share included) on top
+    of `model`, and the requests/s it allows on every core."""
+    bare = sum(_roles(figures["servers"]["bentoml-bare"]).values())
+    floor_ms = model["core_ms_per_image"] + figures["decode_ms"] + bare + client_ms
+    return floor_ms, 1000 * figures["cores"] / floor_ms
+
+
 def render(figures: Figures) -> str:
     cores = figures["cores"]
-    model = figures["model"]
+    model, as_served = figures["model"], figures["model_as_served"]
     servers = figures["servers"]
+    rate = {name: _median(runs, "requests_per_s") for name, runs in servers.items()}
+    client_ms = _median(servers["classify"], "load_generator_ms_per_request")
     bare = sum(_roles(servers["bentoml-bare"]).values())
-    floor_ms = model["core_ms_per_image"] + figures["decode_ms"] + bare
     lines = [
         "# Where a served request's core-milliseconds go, and the floor under them",
         "",
         f"Measured {figures['date']}, {cores} cores, {figures['rounds']} alternating rounds of "
         f"{figures['requests']} requests at concurrency {CONCURRENCY} per server "
-        "(`python -m benchmarks.request_floor`).",
+        "(`python -m benchmarks.request_floor`). The load generator is the benchmark's own "
+        "process, on the same cores.",
         cpu_line(figures),
         "",
-        "| server | req/s (median) | cores used | core-ms per request | errors |",
-        "| --- | --- | --- | --- | --- |",
+        "| server | req/s (median) | to classify | server cores | server core-ms per request "
+        "| load generator core-ms | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, runs in servers.items():
-        total = sum(_roles(runs).values())
-        errors = sum(run["errors"] for run in runs)
         lines.append(
             row(
                 name,
-                f"{_median(runs, 'requests_per_s'):.0f}",
+                f"{rate[name]:.0f}",
+                f"{rate[name] / rate['classify']:.2f}",
                 f"{_median(runs, 'cores'):.2f}",
-                f"{total:.2f}",
-                errors,
+                f"{sum(_roles(runs).values()):.2f}",
+                f"{_median(runs, 'load_generator_ms_per_request'):.2f}",
+                sum(run["errors"] for run in runs),
             )
         )
     lines += [
-        row(
-            "model alone (in-process)",
-            f"{model['images_per_s']:.0f} images/s",
-            cores,
-            f"{model['core_ms_per_image']:.2f}",
-            "",
-        ),
+        "",
+        "| model alone, in-process, batch 1 | images/s | core-ms per image |",
+        "| --- | --- | --- |",
+    ]
+    for record, how in ((model, "one per core"), (as_served, "as many as classify runs")):
+        lines.append(
+            row(
+                f"{record['streams']} single-threaded calls at once ({how})",
+                f"{record['images_per_s']:.0f}",
+                f"{record['core_ms_per_image']:.2f}",
+            )
+        )
+    lines += [
         "",
         "## By thread (median core-ms per request)",
         "",
-        "| server | " + " | ".join(["role", "core-ms"]) + " |",
+        "| server | role | core-ms |",
         "| --- | --- | --- |",
     ]
     for name, runs in servers.items():
         for role, ms in _roles(runs).items():
             lines.append(row(name, role, f"{ms:.2f}"))
-    ceiling = 1000 * cores / floor_ms
+    best_ms, best = _ceiling(figures, model, client_ms)
+    served_ms, served = _ceiling(figures, as_served, client_ms)
+    unguarded = servers["classify-unguarded"]
+    stack_ms = sum(_roles(servers["classify"]).values()) - sum(_roles(unguarded).values())
+    raw = model["images_per_s"]
     lines += [
         "",
         "## The floor",
         "",
-        f"A served request cannot cost less than the model ({model['core_ms_per_image']:.2f} "
-        f"core-ms), the read and decode ({figures['decode_ms']:.2f}) and BentoML's bare request "
-        f"path ({bare:.2f}): {floor_ms:.2f} core-ms, at most {ceiling:.0f} requests/s on "
-        f"{cores} fully used cores, {ceiling / model['images_per_s']:.2f} of the model alone.",
+        f"A served request cannot cost less than the model, the read and decode "
+        f"({figures['decode_ms']:.2f} core-ms), BentoML's bare request path ({bare:.2f}) and "
+        f"the load generator's share of the same cores ({client_ms:.2f}). With the model at "
+        f"its fastest ({model['streams']} calls at once, {model['core_ms_per_image']:.2f} "
+        f"core-ms) that is {best_ms:.2f} core-ms: at most {best:.0f} requests/s, "
+        f"{best / raw:.2f} of the model alone. With the model as classify runs it "
+        f"({as_served['streams']} calls at once, {as_served['core_ms_per_image']:.2f} core-ms) "
+        f"it is {served_ms:.2f} core-ms: at most {served:.0f} requests/s, {served / raw:.2f} "
+        "of the model alone.",
+        "",
+        f"Measured, not computed: classify serves {rate['classify']:.0f} requests/s "
+        f"({rate['classify'] / raw:.2f} of the model alone). Without its middleware stack it "
+        f"serves {rate['classify-unguarded']:.0f} ({stack_ms:+.2f} core-ms per request for the "
+        f"stack); the leanest classify BentoML serves (a sync API: read, decode, model, rank) "
+        f"serves {rate['bentoml-model']:.0f}.",
     ]
     return "\n".join(lines) + "\n"
 

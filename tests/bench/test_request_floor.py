@@ -1,5 +1,6 @@
-"""The request-floor study's smoke run: every server answers, CPU is split by thread, the
-report is rendered from its JSON."""
+"""The request-floor study's smoke run: every server answers (the shipped classify, the same
+without its middleware, the leanest BentoML classify, the bare frameworks), CPU is split by
+thread, the load generator's own CPU is measured, the report is rendered from its JSON."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ def test_smoke_run_measures_every_server_and_the_model_alone(
     env = {"BENTOML_HOME": str(bentoml_home), "MODEL_ASSETS": str(model_assets)}
     figures = smoke_study("request_floor", tmp_path, env, timeout_s=600)
     assert figures["model"]["images_per_s"] > 0 and figures["decode_ms"] > 0
+    assert figures["model_as_served"]["streams"] > figures["model"]["streams"]
     for name in SERVERS:
         (run,) = figures["servers"][name]
         assert run["errors"] == 0 and run["requests_per_s"] > 0, name
         assert run["ms_per_request"]["event loop"] > 0, name
-    # the served classify's model runs on its named model threads, not on the event loop
-    assert figures["servers"]["classify"][0]["ms_per_request"]["classify-model"] > 0
+        assert run["load_generator_ms_per_request"] > 0, name
+    # every server with the model runs it on named model threads, not on the event loop
+    for name in ("classify", "classify-unguarded", "bentoml-model"):
+        assert figures["servers"][name][0]["ms_per_request"]["classify-model"] > 0, name
     assert (tmp_path / "request_floor.md").read_text() == render(figures)
