@@ -47,6 +47,7 @@ N_IMAGES = 64
 HZ = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG")
+JSON = "application/json"
 
 
 def args(*words: str) -> list[str]:
@@ -115,16 +116,21 @@ PYTHONS = {"pytriton": os.environ.get("PEERS_PYTRITON_PYTHON") or sys.executable
 # ---------------------------------------------------------------- images
 
 
-def make_images(image_dirs: list[Path], store: Path) -> list[Path]:
-    """64 stored 224x224 RGB BMPs, resized (bilinear) from the first photos of `image_dirs`."""
+def source_photos(image_dirs: list[Path]) -> list[Path]:
+    """The first 64 photos of `image_dirs` (sorted within each)."""
     sources: list[Path] = []
     for directory in image_dirs:
         sources += sorted(p for p in directory.iterdir() if p.suffix in IMAGE_SUFFIXES)
     if len(sources) < N_IMAGES:
         raise SystemExit(f"need {N_IMAGES} photos in {image_dirs}, found {len(sources)}")
+    return sources[:N_IMAGES]
+
+
+def make_images(image_dirs: list[Path], store: Path) -> list[Path]:
+    """64 stored 224x224 RGB BMPs, resized (bilinear) from the first photos of `image_dirs`."""
     store.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, source in enumerate(sources[:N_IMAGES]):
+    for i, source in enumerate(source_photos(image_dirs)):
         target = store / f"img{i:02d}.bmp"
         if not target.exists():
             with Image.open(source) as image:
@@ -227,11 +233,12 @@ async def drive(
     expected: list[tuple[int, float]] | None = None,
     keep_answers: bool = False,
     timeout_s: float = 60,
+    content_type: str = JSON,
 ) -> LoadResult:
     """`n` POSTs with `concurrency` in flight (closed loop), cycling through `bodies`."""
     counter = itertools.count()
     result = LoadResult(n=n, concurrency=concurrency, wall_s=0.0)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type}
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -276,10 +283,14 @@ MAX_FOREIGN_CORES = 0.25
 MAX_RETRIES = 2
 
 
-def measure(url, bodies, n, concurrency, server_pid, expected) -> LoadResult:
+def measure(
+    url, bodies, n, concurrency, server_pid, expected, content_type: str = JSON
+) -> LoadResult:
     for attempt in range(1, MAX_RETRIES + 2):
         with CpuWindow(server_pid) as window:
-            result = asyncio.run(drive(url, bodies, n, concurrency, expected))
+            result = asyncio.run(
+                drive(url, bodies, n, concurrency, expected, content_type=content_type)
+            )
         result.client_cores = window.client
         result.server_cores = window.server
         result.foreign_cores = window.foreign
@@ -337,7 +348,7 @@ def command_for(name: str, config: str, port: int, project: Path) -> tuple[list[
     return argv, HERE
 
 
-def start(server: Server, project: Path, env: dict, logs: Path, probe: bytes) -> float:
+def start(server: Server, project: Path, env: dict, logs: Path, probe_body: bytes) -> float:
     """Start `server` and wait until a real /classify answers 200; seconds it took."""
     server.port = free_port()
     argv, cwd = command_for(server.name, server.config, server.port, project)
@@ -352,7 +363,7 @@ def start(server: Server, project: Path, env: dict, logs: Path, probe: bytes) ->
         if server.process.poll() is not None:
             raise RuntimeError(f"{server.label} exited rc={server.process.returncode}; see log")
         try:
-            status = asyncio.run(_probe(server.url, probe))
+            status = asyncio.run(probe(server.url, probe_body))
             if status == 200:
                 return time.perf_counter() - started
         except (aiohttp.ClientError, TimeoutError, OSError):
@@ -361,9 +372,10 @@ def start(server: Server, project: Path, env: dict, logs: Path, probe: bytes) ->
     raise RuntimeError(f"{server.label} not ready in 240 s; see log")
 
 
-async def _probe(url: str, body: bytes) -> int:
+async def probe(url: str, body: bytes, content_type: str = JSON) -> int:
+    """The status of one POST of `body` to `url`."""
     timeout = aiohttp.ClientTimeout(total=30)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": content_type}
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
         session.post(url, data=body, headers=headers) as r,

@@ -5,13 +5,21 @@
 project's ONNX export (uint8 NHWC in; the [-1, 1] scaling is inside the graph) on ONNX Runtime's
 CPU provider, and answer `{"label", "confidence", "index", "top_k": [...]}` ranked the way the
 project ranks it. Only the framework around these calls differs between peers.
+
+`POST /preprocess` (multipart, the file in field `image`) -> decode it with an allowlist of
+decoders and a pixel limit, upright (EXIF), RGB, resized to 224x224 (bilinear), stored as BMP
+under its SHA-256 inside STORAGE_DIR, create-only, and answered
+`{"gcs_path", "width", "height", "sha256"}`: the project's /preprocess for a photo of up to
+448 px a side (past that the project also decodes JPEGs at reduced scale).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -129,3 +137,74 @@ def answer(probabilities: np.ndarray, top_k: int, labels: list[str]) -> dict:
 
 def error_body(exc: ContractError) -> dict:
     return {"error": exc.message, "status": exc.status}
+
+
+# ---------------------------------------------------------------- /preprocess
+
+PREPROCESS_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+MAX_PIXELS = 40_000_000
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MODEL_SIZE = 224
+STORED_PREFIX = "preprocessed/"
+
+
+def preprocess(data: bytes, root: Path) -> dict:
+    """The project's /preprocess on one uploaded file: normalized, stored, answered."""
+    if not data or len(data) > MAX_UPLOAD_BYTES:
+        raise ContractError(413 if data else 400, "expected a non-empty upload of up to 20 MiB")
+    try:
+        image = Image.open(io.BytesIO(data), formats=PREPROCESS_FORMATS)
+        if image.width * image.height > MAX_PIXELS:
+            raise ContractError(413, "too many pixels")
+        image.draft(None, (2 * MODEL_SIZE, 2 * MODEL_SIZE))
+        image.load()
+        upright = _UPRIGHT.get(image.getexif().get(0x0112, 1))
+        if upright is not None:
+            image = image.transpose(upright)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        image = image.resize((MODEL_SIZE, MODEL_SIZE), Image.Resampling.BILINEAR)
+    except ContractError:
+        raise
+    except Exception as exc:  # any decoder failure is the client's image
+        raise ContractError(422, f"not a decodable image: {exc}") from exc
+    buffer = io.BytesIO()
+    image.save(buffer, format="BMP")
+    stored = buffer.getvalue()
+    digest = hashlib.sha256(stored).hexdigest()
+    target = root / f"{STORED_PREFIX}{digest}.bmp"
+    _create_only(target, stored)
+    return {
+        "gcs_path": target.as_uri(),
+        "width": MODEL_SIZE,
+        "height": MODEL_SIZE,
+        "sha256": digest,
+    }
+
+
+# EXIF orientation -> transpose, as common/images.py has it (this file runs outside its venv).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _create_only(target: Path, data: bytes) -> None:
+    """Write `data` at `target` unless it exists, never half-written (a complete temporary file
+    linked into place)."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as temporary:
+        temporary.write(data)
+    try:
+        os.link(temporary.name, target)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(temporary.name)
