@@ -35,6 +35,7 @@ from pathlib import Path
 
 from benchmarks.classify import decode_cost_ms, load, prepare_images, raw_benchmark
 from benchmarks.harness import (
+    BENTOML,
     REPO,
     ServerUnderTest,
     free_port,
@@ -45,7 +46,6 @@ from benchmarks.harness import (
 from benchmarks.report import Figures, cpu_line, row, stamp, write
 from common.runtime_table import TABLE
 
-BENTOML = str(Path(sys.executable).with_name("bentoml"))
 # name -> what `bentoml serve` serves (None: the FastAPI floor, a plain uvicorn process)
 SERVERS = {
     "classify": "service:Classify",
