@@ -107,11 +107,15 @@ def run(out: Path, rounds: int, requests: int, model_seconds: float) -> Path:
         home = private_bentoml_home(Path(tmp) / "bentoml-home")
         figures["decode_ms"] = decode_cost_ms(paths)
         cores = os.cpu_count() or 1
-        figures["model"] = model_alone(model_seconds, cores)
         served_calls = TABLE["onnxruntime"].calls_per_core * cores
-        figures["model_as_served"] = model_alone(model_seconds, served_calls)
         measured: dict[str, list[dict]] = {name: [] for name in SERVERS}
         for number in range(rounds):
+            # Timed once per round, the best kept: a neighbour's burst during one window
+            # would otherwise pass for a cost of running more calls at once.
+            for key, streams in (("model", cores), ("model_as_served", served_calls)):
+                got = model_alone(model_seconds, streams)
+                if key not in figures or got["images_per_s"] > figures[key]["images_per_s"]:
+                    figures[key] = got
             for name in SERVERS:
                 server = start(name, storage, home)
                 try:
