@@ -303,8 +303,13 @@ async def load(
     requests: int,
     limit_s: float,
     server: ServerUnderTest,
+    rate: float | None = None,
 ) -> dict:
-    """`concurrency` clients each sending requests back to back; bounded in count and time."""
+    """`concurrency` clients each sending requests back to back; bounded in count and time.
+
+    With `rate`, request number n leaves no earlier than n / rate seconds after the start: a
+    paced load of `rate` requests/s for as long as the server keeps up.
+    """
     latencies: list[float] = []
     errors: dict[str, int] = {}
     sent = 0
@@ -313,8 +318,11 @@ async def load(
     async def client(http: aiohttp.ClientSession, worker: int) -> None:
         nonlocal sent
         while sent < requests and time.monotonic() < deadline:
+            number = sent
             path = paths[(sent + worker) % len(paths)]
             sent += 1
+            if rate:
+                await asyncio.sleep(begun + number / rate - time.perf_counter())
             started = time.perf_counter()
             try:
                 async with http.post(f"{url}/classify", json={"gcs_path": path}) as response:
@@ -338,9 +346,9 @@ async def load(
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         sampling = asyncio.create_task(sampler())
-        started = time.perf_counter()
+        begun = time.perf_counter()
         await asyncio.gather(*(client(http, i) for i in range(concurrency)))
-        wall = time.perf_counter() - started  # to the last answer, not the sampler's next tick
+        wall = time.perf_counter() - begun  # to the last answer, not the sampler's next tick
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampling

@@ -67,18 +67,28 @@ def threads_cpu_s(process: psutil.Process) -> dict[int, tuple[str, float]]:
     every other process in the tree (BentoML's supervisor) counts as "supervisor".
     """
     procs = [process, *process.children(recursive=True)]
-    worker = max(procs, key=_worker_rank)
+    worker = server_worker(process)
     found = {}
     for proc in procs:
         for thread in proc.threads():
             if proc.pid != worker.pid:
                 group = "supervisor"
-            elif thread.id == worker.pid:
-                group = "event loop"
             else:
-                group = _thread_name(worker.pid, thread.id)
+                group = thread_role(worker.pid, thread.id, _thread_name(worker.pid, thread.id))
             found[thread.id] = (group, thread.user_time + thread.system_time)
     return found
+
+
+def server_worker(process: psutil.Process) -> psutil.Process:
+    """The process of a server's tree that serves: BentoML's worker, or the busiest one."""
+    return max([process, *process.children(recursive=True)], key=_worker_rank)
+
+
+def thread_role(worker_pid: int, tid: int, name: str) -> str:
+    """A worker thread's role from its OS-level name: the event loop is the main thread."""
+    if tid == worker_pid:
+        return "event loop"
+    return name if name.startswith("classify-") or name in RUNTIME_THREADS else "other threads"
 
 
 def _worker_rank(process: psutil.Process) -> tuple[bool, int]:
@@ -104,10 +114,9 @@ def thread_cpu_grown_s(
 
 def _thread_name(pid: int, tid: int) -> str:
     try:
-        name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
     except OSError:
         return "other threads"
-    return name if name.startswith("classify-") or name in RUNTIME_THREADS else "other threads"
 
 
 def private_bentoml_home(home: Path, shared: Path | None = None) -> Path:

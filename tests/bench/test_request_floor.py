@@ -1,15 +1,18 @@
 """The request-floor study's smoke run: every server answers (the shipped classify, the same
 without its middleware, the leanest BentoML classify, the bare frameworks), CPU is split by
-thread, the load generator's own CPU is measured, the report is rendered from its JSON."""
+thread, the load generator's own CPU is measured, classify's work runs alone and beside the bare
+path, perf splits the served threads by library where perf runs, the report is rendered from
+its JSON."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from helpers import smoke_study
 
-from benchmarks.request_floor import SERVERS, render
+from benchmarks.request_floor import SERVERS, TARGET_RATIO, render
 
 pytestmark = pytest.mark.slow
 
@@ -29,4 +32,14 @@ def test_smoke_run_measures_every_server_and_the_model_alone(
     # every server with the model runs it on named model threads, not on the event loop
     for name in ("classify", "classify-unguarded", "bentoml-model"):
         assert figures["servers"][name][0]["ms_per_request"]["classify-model"] > 0, name
+    # the uncoupled work: alone, then beside the bare path paced at the target's share of it
+    (uncoupled,) = figures["uncoupled"]
+    assert uncoupled["rate"] == pytest.approx(TARGET_RATIO * figures["model"]["images_per_s"])
+    assert uncoupled["bare_errors"] == 0 and uncoupled["bare_served_per_s"] > 0
+    assert uncoupled["beside"]["images_per_s"] > 0
+    if shutil.which("perf"):
+        shares = figures["profile"]["ms_per_request"]
+        assert shares["classify-model"]["ONNX Runtime"] > 0
+        assert shares["event loop"]["Python"] > 0
+        assert shares["event loop"].get("ONNX Runtime", 0.0) == 0  # the model stays off it
     assert (tmp_path / "request_floor.md").read_text() == render(figures)
