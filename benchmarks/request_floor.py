@@ -96,12 +96,19 @@ def start(name: str, storage: Path, home: Path) -> ServerUnderTest:
     return ServerUnderTest(command, env, port, cwd=REPO)
 
 
-def measure(server: ServerUnderTest, paths: list[str], requests: int) -> dict:
+def measure(
+    server: ServerUnderTest,
+    paths: list[str],
+    requests: int,
+    limit_s: float = 120,
+    warm: bool = True,
+) -> dict:
     """Requests/s at concurrency 32 and the server's core-ms per request, by thread role."""
-    asyncio.run(load(server.url, paths, CONCURRENCY, requests // 4, 60, server))  # warm-up
+    if warm:
+        asyncio.run(load(server.url, paths, CONCURRENCY, requests // 4, 60, server))
     before = threads_cpu_s(server.process)
     client_before = time.process_time()
-    result = asyncio.run(load(server.url, paths, CONCURRENCY, requests, 120, server))
+    result = asyncio.run(load(server.url, paths, CONCURRENCY, requests, limit_s, server))
     client_s = time.process_time() - client_before
     grown = thread_cpu_grown_s(before, threads_cpu_s(server.process))
     done = result["throughput"] * result["wall_s"]
@@ -211,15 +218,13 @@ def library_profile(server: ServerUnderTest, paths: list[str], seconds: float) -
     worker = server_worker(server.process)
     with tempfile.TemporaryDirectory() as tmp:
         data = str(Path(tmp) / "perf.data")
-        before = threads_cpu_s(server.process)
         record = ["record", "-e", "cpu-clock", "-F", "999", "-p", str(worker.pid), "-o", data]
         recording = subprocess.Popen(
             [perf, *record, "--", "sleep", str(seconds)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        result = asyncio.run(load(server.url, paths, CONCURRENCY, 10**6, seconds, server))
-        cpu_s = sum(thread_cpu_grown_s(before, threads_cpu_s(server.process)).values())
+        measured = measure(server, paths, 10**6, limit_s=seconds, warm=False)
         if recording.wait() != 0:
             return None
         report = subprocess.run(
@@ -229,7 +234,7 @@ def library_profile(server: ServerUnderTest, paths: list[str], seconds: float) -
         )
     if report.returncode != 0:
         return None
-    done = result["throughput"] * result["wall_s"]
+    served_ms = sum(measured["ms_per_request"].values())
     shares: dict[str, dict[str, float]] = {}
     for percent, tid, name, dso in re.findall(
         r"^\s*([\d.]+)%\s+(\d+):(\S+)\s+(\S+)", report.stdout, re.MULTILINE
@@ -237,9 +242,10 @@ def library_profile(server: ServerUnderTest, paths: list[str], seconds: float) -
         role = thread_role(worker.pid, int(tid), name)
         library = next((what for key, what in LIBRARIES if key in dso), "other libraries")
         by_library = shares.setdefault(role, {})
-        ms = float(percent) / 100 * 1000 * cpu_s / done
+        ms = float(percent) / 100 * served_ms
         by_library[library] = by_library.get(library, 0.0) + ms
-    return {"seconds": seconds, "requests_per_s": result["throughput"], "ms_per_request": shares}
+    rate = measured["requests_per_s"]
+    return {"seconds": seconds, "requests_per_s": rate, "ms_per_request": shares}
 
 
 def run(out: Path, rounds: int, requests: int, model_seconds: float) -> Path:
