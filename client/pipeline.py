@@ -35,7 +35,12 @@ from rich.text import Text
 
 from client.results import Outcome, ResultsFile
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".heic", ".heif", ".avif"}
+# The allowlisted formats' usual names, the rarer ones included (.jfif from browsers, .hif
+# from Canon and Fujifilm cameras).
+IMAGE_SUFFIXES = {
+    *(".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif"),
+    *(".heic", ".heif", ".hif", ".avif"),
+}
 RETRY_STATUSES = {429, 503}
 MAX_RETRY_WAIT_S = 60.0
 
@@ -132,12 +137,20 @@ def _authorization(audience: str, token: str | None, google_id_token: bool) -> d
 
 
 def image_files(paths: Iterable[Path]) -> list[Path]:
-    """The files named, plus the image files inside any folder named, in a stable order."""
+    """The files named, plus the image files inside any folder named, in a stable order.
+
+    Inside a folder, hidden names are passed over: macOS leaves a `._IMG_0001.JPG` of metadata
+    beside every photo copied to a shared drive, and `.thumbnails`-style folders hold copies.
+    """
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
             found += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and p.is_file()
             )
         else:
             found.append(path)
