@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, Literal
 
 import numpy as np
@@ -45,10 +46,18 @@ FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_FINALIZE = "OBJECT_FINALIZE"
 MAX_EVENT_BYTES = 64 * 1024  # an object's metadata is ~1-2 KB
 MOUNT_PATH = "/events"
+LOG = logging.getLogger(__name__)
 
 
 class MalformedEvent(ServiceError):
     code = "malformed_event"
+
+
+class EventFailed(ServiceError):
+    """Handling failed in a way no input should cause: logged, and left to the redelivery."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = "event_failed"
 
 
 class StorageObjectData(BaseModel):
@@ -77,71 +86,120 @@ class EventAnswer(BaseModel):
     result: str | None = Field(None, description="Where its result is.")
 
 
+class PubSubMessage(BaseModel):
+    """A Pub/Sub push message. Cloud Storage's notification puts everything an event needs in
+    the attributes; with `--payload-format=json` (JSON_API_V1) `data` is also the object
+    resource, base64-encoded, and with `none` there is no data at all."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    attributes: dict[str, str] = Field(default_factory=dict)
+    data: str | None = None
+    message_id: str = Field("", alias="messageId")
+
+
+class PubSubEnvelope(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    message: PubSubMessage
+    subscription: str | None = None
+
+
 def parse_event(headers: dict[str, str], body: bytes) -> StorageEvent:
-    """A CloudEvent (binary or structured mode) or a Pub/Sub push envelope, or MalformedEvent."""
+    """A CloudEvent (binary or structured mode) or a Pub/Sub push envelope, or MalformedEvent:
+    whatever the body holds (any JSON type, any depth), nothing else is raised."""
     lowered = {key.lower(): value for key, value in headers.items()}
-    if not any(key.startswith("ce-") for key in lowered) and _is_pubsub_envelope(body):
-        return _from_pubsub(body)
     try:
-        event = from_http_event(HTTPMessage(headers=lowered, body=body))
+        if _is_cloudevent(lowered):
+            return _from_cloudevent(lowered, body)
+        return _from_pubsub(body)
+    except MalformedEvent:
+        raise
+    except Exception as exc:  # the parsers' one boundary: whatever input makes them raise
+        raise MalformedEvent(f"not a storage event: {type(exc).__name__}") from exc
+
+
+def _is_cloudevent(headers: dict[str, str]) -> bool:
+    content_type = headers.get("content-type", "").lower()
+    return any(key.startswith("ce-") for key in headers) or content_type.startswith(
+        "application/cloudevents"
+    )
+
+
+def _from_cloudevent(headers: dict[str, str], body: bytes) -> StorageEvent:
+    try:
+        event = from_http_event(HTTPMessage(headers=headers, body=body))
     except Exception as exc:  # the SDK's one boundary: whatever it raises on input is a 400
-        raise MalformedEvent(f"not a CloudEvent: {exc}") from exc
+        raise MalformedEvent(f"not a CloudEvent: {str(exc)[:200]}") from exc
     if event.get_type() != FINALIZED:
         return StorageEvent(id=str(event.get_id()), kind=None, object=None)
     data = event.get_data()
     if isinstance(data, bytes | str):
-        data = _json(data)
+        return StorageEvent(id=str(event.get_id()), kind="finalized", object=_object_json(data))
     return StorageEvent(id=str(event.get_id()), kind="finalized", object=_object(data))
 
 
-def _is_pubsub_envelope(body: bytes) -> bool:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(parsed, dict) and isinstance(parsed.get("message"), dict)
-
-
 def _from_pubsub(body: bytes) -> StorageEvent:
-    message = json.loads(body)["message"]
-    attributes = message.get("attributes") or {}
-    event_id = str(message.get("messageId") or message.get("message_id") or "")
+    try:
+        message = PubSubEnvelope.model_validate_json(body).message
+    except ValidationError as exc:
+        raise MalformedEvent(
+            f"neither a CloudEvent nor a Pub/Sub push envelope: {_first_problem(exc)}"
+        ) from exc
+    attributes = message.attributes
     if attributes.get("eventType") != PUBSUB_FINALIZE:
-        return StorageEvent(id=event_id, kind=None, object=None)
+        return StorageEvent(id=message.message_id, kind=None, object=None)
+    if not message.data:  # `--payload-format=none`: the attributes say which object
+        found = {
+            "bucket": attributes.get("bucketId"),
+            "name": attributes.get("objectId"),
+            "generation": attributes.get("objectGeneration"),
+        }
+        return StorageEvent(id=message.message_id, kind="finalized", object=_object(found))
     try:
-        data = _json(base64.b64decode(message.get("data") or "", validate=True))
+        data = base64.b64decode(message.data, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise MalformedEvent(f"the Pub/Sub message's data is not base64 JSON: {exc}") from exc
-    return StorageEvent(id=event_id, kind="finalized", object=_object(data))
+        raise MalformedEvent(f"the Pub/Sub message's data is not base64: {exc}") from exc
+    return StorageEvent(id=message.message_id, kind="finalized", object=_object_json(data))
 
 
-def _json(data: bytes | str) -> object:
+def _object_json(data: bytes | str) -> StorageObjectData:
+    """Parsed and validated in one step by pydantic's JSON parser (depth-limited)."""
     try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise MalformedEvent(f"the event's data is not JSON: {exc}") from exc
+        return StorageObjectData.model_validate_json(data)
+    except ValidationError as exc:
+        raise MalformedEvent(f"the event's object data is invalid: {_first_problem(exc)}") from exc
 
 
 def _object(data: object) -> StorageObjectData:
     try:
         return StorageObjectData.model_validate(data)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "data"
-        raise MalformedEvent(
-            f"the event's object data is invalid: {where}: {problem['msg']}"
-        ) from exc
+        raise MalformedEvent(f"the event's object data is invalid: {_first_problem(exc)}") from exc
+
+
+def _first_problem(exc: ValidationError) -> str:
+    problem = exc.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"]) or "body"
+    return f"{where}: {problem['msg']}"
 
 
 async def _storage_event(request: Request) -> Response:
+    """The events path's one error boundary: a malformed event is a 400 (nothing to retry), an
+    event handled a 200, and anything a retry can help (storage, load, a failure of ours) a
+    503 + Retry-After; never a 500, which Eventarc would redeliver as the same failure."""
     import bentoml
 
     try:
-        body = await _body(request)
-        event = parse_event(dict(request.headers), body)
+        event = parse_event(dict(request.headers), await _body(request))
         answer = await bentoml.get_current_service().on_storage_event(event)
     except ServiceError as exc:
         return error_response(exc)
+    except Exception as exc:
+        LOG.exception("storage event failed")
+        return error_response(
+            EventFailed(f"the event could not be handled: {type(exc).__name__}", retry_after_s=30)
+        )
     return JSONResponse(answer.model_dump(exclude_none=True))
 
 
@@ -185,7 +243,7 @@ class EventClassifier:
             return EventAnswer(status="skipped", reason="another bucket")
         if not found.name.startswith(self.watched) or found.name.startswith(self.excluded):
             return EventAnswer(status="skipped", reason="outside the watched prefix")
-        if not has_storable_result(self.settings.results_prefix, found.name):
+        if not has_storable_result(self.objects, self.settings.results_prefix, found.name):
             return EventAnswer(status="skipped", reason="unsupported object name")
         key = result_key(self.settings.results_prefix, found.name)
         info = ObjectInfo(found.name, Version(found.generation, found.size or 0))
@@ -220,7 +278,7 @@ class EventClassifier:
         if existing is None:
             return False
         stored = await self.in_pool(result_version, self.objects, existing)
-        return stored is not None and stored >= version
+        return stored is not None and stored.covers(version)
 
     async def _store(
         self,

@@ -1,4 +1,9 @@
-"""The `classify-bucket` command (also `python -m bulk`, and in the classify image)."""
+"""The `classify-bucket` command (also `python -m bulk`, and in the classify image).
+
+Its exit status is its contract with Cloud Run Jobs and scripts: 0 done, 1 a retry can help
+(storage unavailable, stopped, photos left for a retry), 2 a usage or configuration error that
+no retry fixes (docs/buckets.md).
+"""
 
 from __future__ import annotations
 
@@ -8,36 +13,67 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from bulk.job import Model, Options, Run, Target, excluded_prefixes
+from bulk.job import Model, Options, ResultsNotWritable, Run, Target, excluded_prefixes
 from bulk.progress import progress_for
 from bulk.tasks import TaskShare
 from common.bucket_objects import bucket_objects
 from common.config import Settings, SettingsError, settings
-from common.errors import ServiceError
+from common.errors import InvalidPath, ServiceError
 from common.images import set_pixel_limit
 from common.storage import GCSStorage, LocalStorage
 
+EXIT_DONE, EXIT_RETRY, EXIT_USAGE = 0, 1, 2
+MAX_TOP_K = 1000  # the model's classes
 USAGE = """classify-bucket gs://BUCKET/PREFIX | FOLDER [options]
 
 Classify every photo under a bucket prefix (or in a local folder) into the results layout
 (`results/<photo>.json`, docs/buckets.md). As one task of a Cloud Run job it takes its share
 from CLOUD_RUN_TASK_INDEX / CLOUD_RUN_TASK_COUNT (or BATCH_TASK_INDEX / BATCH_TASK_COUNT).
-Exit status: 0 when every photo of its share has a result, 1 while some are left for a retry,
-2 for a usage error."""
+Exit status: 0 when every photo of its share has a result, 1 while some are left for a retry
+(storage unavailable, stopped), 2 for a usage or configuration error (a retry cannot help)."""
+
+
+class UsageError(Exception):
+    """A command line, environment or target no retry can fix: exit 2 with its message."""
+
+
+def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            upper = f" and at most {high}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"{value} must be at least {low}{upper}")
+        return value
+
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="classify-bucket", usage=USAGE)
     parser.add_argument("target", help="gs://bucket/prefix, or a local folder")
-    parser.add_argument("--task-index", type=int, help="this task (default: from the environment)")
-    parser.add_argument("--task-count", type=int, help="tasks in all (default: environment, or 1)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model call")
-    parser.add_argument("--read-threads", type=int, default=16, help="storage reads at once")
-    parser.add_argument("--top-k", type=int, default=5, help="ranked classes in each result")
+    parser.add_argument(
+        "--task-index", type=bounded_int(0), help="this task (default: from the environment)"
+    )
+    parser.add_argument(
+        "--task-count", type=bounded_int(1), help="tasks in all (default: environment, or 1)"
+    )
+    parser.add_argument(
+        "--batch-size", type=bounded_int(1, 1024), default=16, help="images per model call"
+    )
+    parser.add_argument(
+        "--read-threads", type=bounded_int(1, 256), default=16, help="storage reads at once"
+    )
+    parser.add_argument(
+        "--top-k", type=bounded_int(1, MAX_TOP_K), default=5, help="ranked classes in each result"
+    )
     parser.add_argument(
         "--collect",
         type=Path,
@@ -50,12 +86,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def open_target(spec: str, config: Settings) -> Target:
     if spec.startswith("gs://"):
         bucket, _, prefix = spec.removeprefix("gs://").partition("/")
+        if not bucket:
+            raise UsageError(f"{spec}: no bucket named (gs://BUCKET/PREFIX)")
         storage = GCSStorage(bucket, config.storage_timeout_s)
         gcs = True
     else:
         folder = Path(spec)
         if not folder.is_dir():
-            raise SystemExit(f"classify-bucket: {spec}: not a folder (or a gs://bucket/prefix)")
+            raise UsageError(f"{spec}: not a folder (or a gs://bucket/prefix)")
         storage, prefix, gcs = LocalStorage(folder), "", False
     return Target(
         bucket_objects(storage), prefix, gcs, config.results_prefix, excluded_prefixes(config)
@@ -63,44 +101,77 @@ def open_target(spec: str, config: Settings) -> Target:
 
 
 def share_of(args: argparse.Namespace) -> TaskShare:
-    share = TaskShare.from_env(os.environ)
+    """This task's share: the flags over the environment, each checked (the index below the
+    count, whole numbers)."""
     try:
+        share = TaskShare.from_env(os.environ)
         return TaskShare(
             index=share.index if args.task_index is None else args.task_index,
             count=share.count if args.task_count is None else args.task_count,
             attempt=share.attempt,
         )
     except ValidationError as exc:
-        raise SystemExit(f"classify-bucket: {exc.errors()[0]['msg']}") from None
+        problem = exc.errors()[0]
+        where = "".join(f"task {part}: " for part in problem["loc"])
+        raise UsageError(where + problem["msg"].removeprefix("Value error, ")) from None
+    except ValueError as exc:  # a variable of the environment that is not a number
+        raise UsageError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    args = parse_args(argv)  # argparse exits 2 itself for a bad flag
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"classify-bucket: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         config = settings()
     except SettingsError as exc:
-        print(f"classify-bucket: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
+    share = share_of(args)
     target = open_target(args.target, config)
     if args.collect:
-        from bulk.collect import collect
-
-        count = collect(target.objects, target.results_prefix, args.collect)
-        print(f"{count} results -> {args.collect}", file=sys.stderr)
-        return 0
-    share = share_of(args)
+        return collect_into(target, args.collect)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # set here: a parent may have ignored them
         signal.signal(signum, lambda *_: stop.set())
     set_pixel_limit(config.max_image_pixels)
     options = Options(batch_size=args.batch_size, read_threads=args.read_threads, top_k=args.top_k)
     description = f"task {share.index + 1}/{share.count}"
-    run = Run(target, share, Model(config), config, options, progress_for(description), stop)
+    job = Run(target, share, Model(config), config, options, progress_for(description), stop)
     try:
-        manifest = run.execute()
+        manifest = job.execute()
+    except ResultsNotWritable as exc:
+        if exc.permanent:
+            raise UsageError(str(exc)) from None
+        print(f"classify-bucket: {exc} (the task will be retried)", file=sys.stderr)
+        return EXIT_RETRY
+    except InvalidPath as exc:  # the bucket or prefix is not a name storage accepts
+        raise UsageError(f"{args.target}: {exc.message}") from None
     except ServiceError as exc:  # the listings failed: nothing to do but let the task retry
         print(f"classify-bucket: {exc} (the task will be retried)", file=sys.stderr)
-        return 1
+        return EXIT_RETRY
     print(manifest.model_dump_json(), file=sys.stderr)
-    return 0 if manifest.complete else 1
+    return EXIT_DONE if manifest.complete else EXIT_RETRY
+
+
+def collect_into(target: Target, out: Path) -> int:
+    from bulk.collect import collect
+
+    if out.is_dir() or not out.parent.is_dir():
+        raise UsageError(f"{out}: not a file in an existing folder")
+    try:
+        counted = collect(target.objects, target.results_prefix, out)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot be written: {exc.strerror}") from None
+    except ServiceError as exc:
+        print(f"classify-bucket: {exc} (try again)", file=sys.stderr)
+        return EXIT_RETRY
+    skipped = f"; {counted.invalid} invalid results skipped" if counted.invalid else ""
+    print(f"{counted.written} results -> {out}{skipped}", file=sys.stderr)
+    return EXIT_DONE

@@ -5,13 +5,18 @@ one CSV (flat columns), written whole or not at all."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.bucket_objects import BucketObjects
+from common.errors import ServiceError, StorageUnavailable
 from common.results import MAX_RESULT_BYTES, ClassificationResult, source_key
+
+LOG = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
     "source",
@@ -31,28 +36,34 @@ CSV_COLUMNS = (
 )
 
 
-def collect(objects: BucketObjects, results_prefix: str, out: Path) -> int:
-    """Write the results to `out` (.jsonl or .csv by its suffix); the number written."""
+@dataclass
+class Collected:
+    written: int = 0
+    invalid: int = 0  # result objects that do not hold a result this code wrote: left out
+
+
+def collect(objects: BucketObjects, results_prefix: str, out: Path) -> Collected:
+    """Write the results to `out` (.jsonl or .csv by its suffix), leaving out (and counting)
+    objects under the prefix that are not valid results."""
     as_csv = out.suffix.lower() == ".csv"
     fd, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    count = 0
+    counted = Collected()
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
             writer = csv.DictWriter(file, CSV_COLUMNS) if as_csv else None
             if writer:
                 writer.writeheader()
-            for data in iter_results(objects, results_prefix):
-                result = ClassificationResult.model_validate_json(data)
+            for result in iter_results(objects, results_prefix, counted):
                 if writer:
                     writer.writerow(_row(result))
                 else:
                     file.write(result.model_dump_json() + "\n")
-                count += 1
+                counted.written += 1
         os.replace(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return count
+    return counted
 
 
 def _row(result: ClassificationResult) -> dict[str, object]:
@@ -75,9 +86,19 @@ def _row(result: ClassificationResult) -> dict[str, object]:
     }
 
 
-def iter_results(objects: BucketObjects, results_prefix: str) -> Iterator[bytes]:
-    """Every result object's body under the prefix (manifests aside), in listing order."""
+def iter_results(
+    objects: BucketObjects, results_prefix: str, counted: Collected
+) -> Iterator[ClassificationResult]:
+    """Every valid result under the prefix (manifests aside), in listing order; an object that
+    is too large, gone or not a result is counted in `counted.invalid` and left out."""
     for info in objects.list(results_prefix):
-        if source_key(results_prefix, info.key) is not None:
+        if source_key(results_prefix, info.key) is None:
+            continue
+        try:
             data, _ = objects.read(info.key, None, MAX_RESULT_BYTES)
-            yield data
+            yield ClassificationResult.model_validate_json(data)
+        except StorageUnavailable:
+            raise
+        except (ServiceError, ValueError) as exc:
+            LOG.warning("%s is not a valid result (%s): left out", info.key, exc)
+            counted.invalid += 1

@@ -26,7 +26,7 @@ from bulk.progress import Progress
 from bulk.tasks import TaskShare
 from common.bucket_objects import BucketObjects, ObjectInfo
 from common.config import Settings
-from common.errors import ServiceError
+from common.errors import AccessDenied, InvalidPath, ServiceError
 from common.images import to_model_pixels
 from common.results import (
     MANIFEST_FOLDER,
@@ -34,11 +34,11 @@ from common.results import (
     ClassificationResult,
     Outcome,
     has_storable_result,
+    index_results,
     is_permanent,
     new_result,
     result_key,
     store_result,
-    up_to_date_sources,
 )
 from common.runtime_table import spec
 from common.schemas import ClassifyResponse, ResizeMode
@@ -98,7 +98,10 @@ class Manifest(BaseModel):
     transient: int  # left for a retry: storage unavailable, overloaded
     gone: int  # deleted or replaced before they were read (the newer version is its own)
     unsupported: int  # names no result can be stored for (e.g. `..` segments): skipped
+    invalid_results: int  # result objects this code did not write: their photos done again
     stopped: bool  # a stop request ended the run early
+    running: bool = False  # the manifest written when the task starts (it proves the results
+    # location writable before any photo is read)
     photos_per_s: float
 
     @property
@@ -112,6 +115,14 @@ class Options:
     read_threads: int = 16
     write_threads: int = 8
     top_k: int = 5
+
+
+class ResultsNotWritable(Exception):
+    """The results location refused the task's first write: nothing was classified."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent  # a configuration to fix (exit 2), not an outage (exit 1)
 
 
 class Run:
@@ -136,6 +147,7 @@ class Run:
 
     def execute(self) -> Manifest:
         started_at, started = datetime.now(UTC), time.monotonic()
+        self._write_manifest(self._manifest(started_at, 0.0, 0, running=True), required=True)
         todo, skipped = self._plan()
         self.counts["skipped"] = skipped
         self.progress.start(len(todo))
@@ -145,8 +157,15 @@ class Run:
         ):
             self._classify(todo, readers, writers)
         self.progress.finish(self._summary())
-        duration = time.monotonic() - started
-        manifest = Manifest(
+        manifest = self._manifest(started_at, time.monotonic() - started, len(todo))
+        self._write_manifest(manifest)
+        return manifest
+
+    def _manifest(
+        self, started_at: datetime, duration: float, todo: int, running: bool = False
+    ) -> Manifest:
+        finished = self.counts["finished"]
+        return Manifest(
             source=self.target.objects.uri_for(self.target.prefix),
             task_index=self.share.index,
             task_count=self.share.count,
@@ -155,33 +174,35 @@ class Run:
             model=self.model.tag,
             started_at=started_at,
             duration_s=round(duration, 3),
-            photos=len(todo) + skipped,
+            photos=todo + self.counts["skipped"],
             done=self.counts["done"],
             skipped=self.counts["skipped"],
             failed=dict(self.failed),
             transient=self.counts["transient"],
             gone=self.counts["gone"],
             unsupported=self.counts["unsupported"],
-            stopped=self.stop.is_set() and self.counts["finished"] < len(todo),
-            photos_per_s=round(self.counts["finished"] / duration, 2) if duration else 0.0,
+            invalid_results=self.counts["invalid_results"],
+            stopped=self.stop.is_set() and finished < todo,
+            running=running,
+            photos_per_s=round(finished / duration, 2) if duration else 0.0,
         )
-        self._write_manifest(manifest)
-        return manifest
 
     def _plan(self) -> tuple[list[ObjectInfo], int]:
         """This task's share without the photos whose result is up to date (one listing of
         the results, one of the sources)."""
-        results = up_to_date_sources(self.target.objects, self.target.results_prefix)
+        objects = self.target.objects
+        results = index_results(objects, self.target.results_prefix)
+        self.counts["invalid_results"] = results.invalid
         todo, skipped = [], 0
-        for info in self.target.objects.list(self.target.prefix):
+        for info in objects.list(self.target.prefix):
             if not self.target.is_source(info.key) or not self.share.owns(info.key):
                 continue
-            if not has_storable_result(self.target.results_prefix, info.key):
+            if not has_storable_result(objects, self.target.results_prefix, info.key):
                 LOG.warning("%r: a name this service cannot store a result for; skipped", info.key)
                 self.counts["unsupported"] += 1
                 continue
-            known = results.get(info.key)
-            if known is not None and known >= info.version:
+            known = results.done.get(info.key)
+            if known is not None and known.covers(info.version):
                 skipped += 1
             else:
                 todo.append(info)
@@ -216,7 +237,7 @@ class Run:
         if batch:
             writes += self._run_batch(batch, writers)
         for write in writes:
-            write.result()
+            write.result()  # each write is its own boundary (_store): this never raises
 
     def _load(self, info: ObjectInfo) -> tuple[ObjectInfo, np.ndarray | None, Exception | None]:
         """Read and decode one photo on a reading thread; an error is returned, not raised."""
@@ -236,7 +257,13 @@ class Run:
     def _run_batch(
         self, batch: list[tuple[ObjectInfo, np.ndarray]], writers: ThreadPoolExecutor
     ) -> list[Future]:
-        answers = self.model.answers([pixels for _, pixels in batch], self.options.top_k)
+        try:
+            answers = self.model.answers([pixels for _, pixels in batch], self.options.top_k)
+        except Exception:  # the runtime failed: none of these is the photo's fault
+            LOG.exception("a model call failed; its %d photos are left for a retry", len(batch))
+            for _ in batch:
+                self._count("transient")
+            return []
         return [
             writers.submit(self._record_answer, info, answer)
             for (info, _), answer in zip(batch, answers, strict=True)
@@ -268,7 +295,11 @@ class Run:
         key = result_key(self.target.results_prefix, info.key)
         try:
             outcome = store_result(self.target.objects, key, result)
-        except ServiceError as exc:
+        except InvalidPath as exc:  # the location cannot hold this result, now or ever
+            LOG.warning("%s: no result can be stored: %s; skipped", info.key, exc)
+            self._count("unsupported")
+            return
+        except Exception as exc:  # storage, access (an operator fixes it), or a bug of ours
             LOG.warning("%s: result not written: %s (left for a retry)", info.key, exc)
             self._count("transient")
             return
@@ -298,7 +329,9 @@ class Run:
     def _uri(self, info: ObjectInfo) -> str:
         return self.target.objects.uri_for(info.key)
 
-    def _write_manifest(self, manifest: Manifest) -> None:
+    def _write_manifest(self, manifest: Manifest, required: bool = False) -> None:
+        """Write (or replace) this task's manifest. The first write, when the task starts, is
+        `required`: a results location that refuses it stops the task before any work."""
         name = f"task-{manifest.task_index:05d}-of-{manifest.task_count:05d}{MANIFEST_SUFFIX}"
         key = f"{self.target.results_prefix}{MANIFEST_FOLDER}{name}"
         objects = self.target.objects
@@ -308,7 +341,22 @@ class Run:
                 if objects.write(key, data, {}, objects.head(key)):
                     return
         except ServiceError as exc:
+            if required:
+                where = objects.uri_for(self.target.results_prefix)
+                raise ResultsNotWritable(
+                    f"cannot write results under {where}: {exc.message}",
+                    permanent=is_configuration(exc),
+                ) from exc
             LOG.warning("manifest not written: %s", exc)
+
+
+def is_configuration(error: ServiceError) -> bool:
+    """Whether storage refused for a reason an operator must fix (access, a name the location
+    cannot hold) rather than an outage a retry outlasts."""
+    from google.api_core.exceptions import Forbidden, Unauthorized
+
+    refused = isinstance(error.__cause__, Forbidden | Unauthorized)  # GCS: IAM
+    return refused or isinstance(error, AccessDenied | InvalidPath)
 
 
 def excluded_prefixes(settings: Settings) -> tuple[str, ...]:

@@ -35,12 +35,23 @@ class TaskShare(BaseModel):
         for index, count, attempt in _ENVIRONMENTS:
             if index in env or count in env:
                 return cls(
-                    index=env.get(index, "0"),
-                    count=env.get(count, "1"),
-                    attempt=env.get(attempt, "0") if attempt else 0,
+                    index=_number(env, index, 0),
+                    count=_number(env, count, 1),
+                    attempt=_number(env, attempt, 0) if attempt else 0,
                 )
         return cls()
 
     def owns(self, key: str) -> bool:
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+
+def _number(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number from the environment, or ValueError naming the variable."""
+    text = env.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a whole number") from None

@@ -8,6 +8,7 @@ error boundaries (a missing object is `ObjectNotFound`, an outage `StorageUnavai
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -18,8 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from common.errors import ObjectNotFound, UploadTooLarge
+from common.errors import (
+    AccessDenied,
+    InvalidPath,
+    ObjectNotFound,
+    StorageUnavailable,
+    UploadTooLarge,
+)
 from common.storage import (
+    STORAGE_RETRY_AFTER_S,
     GCSStorage,
     LocalStorage,
     check_key,
@@ -33,23 +41,40 @@ from common.storage import (
 # GCS custom metadata on a result object: the version of the source it classified, so that one
 # listing of the results tells which sources are up to date (no read per result).
 SOURCE_VERSION_KEY = "source-version"
+MAX_SEGMENT_BYTES = 255  # NAME_MAX of Linux and macOS file systems
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Version:
-    """Which content of an object: GCS's generation, or a local file's mtime (ns) and size.
-    Ordered: a larger version is newer content of the same name."""
+    """Which content of an object. GCS: the generation. A local file: its change time (every
+    write, replacement or `touch` moves it, and no user can set it back), with its size,
+    modification time and inode, so a file replaced by another with an older mtime (`cp -p`,
+    a restore from backup) is a new version (benchmarks/decisions.md, D26)."""
 
-    stamp: int  # GCS generation, or mtime in nanoseconds
-    size: int = field(compare=False)
-
-    def token(self) -> str:
-        return f"{self.stamp}:{self.size}"
+    stamp: int  # GCS generation, or the local file's ctime in nanoseconds
+    size: int
+    identity: tuple[int, ...] = ()  # local: (mtime_ns, inode)
 
     @classmethod
-    def parse(cls, token: str) -> Version:
-        stamp, _, size = token.partition(":")
-        return cls(int(stamp), int(size or 0))
+    def of_file(cls, status: os.stat_result) -> Version:
+        return cls(status.st_ctime_ns, status.st_size, (status.st_mtime_ns, status.st_ino))
+
+    def covers(self, other: Version) -> bool:
+        """Whether a result for this version stands for `other` too: the same content, or
+        newer content of the same name (an older version's result never replaces it)."""
+        return self == other or self.stamp > other.stamp
+
+    def token(self) -> str:
+        return ":".join(str(part) for part in (self.stamp, self.size, *self.identity))
+
+    @classmethod
+    def parse(cls, token: str) -> Version | None:
+        """The version a token names, or None for one this code did not write."""
+        parts = token.split(":")
+        if len(parts) not in (2, 4) or not all(part.isascii() and part.isdigit() for part in parts):
+            return None
+        stamp, size, *identity = (int(part) for part in parts)
+        return cls(stamp, size, tuple(identity))
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,10 @@ class BucketObjects(Protocol):
         ...
 
     def head(self, key: str) -> ObjectInfo | None: ...
+
+    def can_name(self, key: str) -> bool:
+        """Whether this store can hold an object named `key` (InvalidPath if nothing can)."""
+        ...
 
     def write(
         self, key: str, data: bytes, metadata: dict[str, str], replaces: ObjectInfo | None
@@ -104,6 +133,10 @@ class GCSObjects:
                 yield ObjectInfo(
                     blob.name, Version(blob.generation, blob.size or 0), blob.metadata or {}
                 )
+
+    def can_name(self, key: str) -> bool:
+        check_key(key)
+        return True
 
     def read(self, key: str, version: Version | None, max_bytes: int) -> tuple[bytes, Version]:
         from google.api_core.exceptions import RequestRangeNotSatisfiable
@@ -176,7 +209,7 @@ class LocalObjects:
             key = path.relative_to(self.root).as_posix()
             if key.startswith(prefix):
                 status = path.lstat()
-                yield ObjectInfo(key, Version(status.st_mtime_ns, status.st_size))
+                yield ObjectInfo(key, Version.of_file(status))
 
     def read(self, key: str, version: Version | None, max_bytes: int) -> tuple[bytes, Version]:
         path = self.root / check_key(key)
@@ -193,34 +226,41 @@ class LocalObjects:
                 os.close(fd)
         if len(data) > max_bytes:
             raise UploadTooLarge(f"the stored object is larger than {max_bytes:,} bytes")
-        return data, Version(status.st_mtime_ns, status.st_size)
+        return data, Version.of_file(status)
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self.root / check_key(key)
         try:
-            status = path.lstat()
-        except FileNotFoundError:
+            with local_errors(self.uri_for(key)):
+                status = path.lstat()
+        except ObjectNotFound:
             return None
-        return ObjectInfo(key, Version(status.st_mtime_ns, status.st_size))
+        return ObjectInfo(key, Version.of_file(status))
+
+    def can_name(self, key: str) -> bool:
+        """Whether `key` is a name this folder can hold: every path segment within the file
+        system's limit (names GCS allows are longer)."""
+        return all(len(part.encode()) <= MAX_SEGMENT_BYTES for part in check_key(key).split("/"))
 
     def write(
         self, key: str, data: bytes, metadata: dict[str, str], replaces: ObjectInfo | None
     ) -> bool:
         target = self.root / check_key(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if replaces is None:
-            return create_complete(target, data)
-        with _locked(target.parent):
-            if self.head(key) != replaces:  # replaced meanwhile by another writer
-                return False
-            fd, name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb", closefd=True) as temporary:
-                    write_synced(temporary.fileno(), data)
-                os.replace(name, target)  # atomic: readers see the old result or the new
-            except BaseException:
-                Path(name).unlink(missing_ok=True)
-                raise
+        with _writing(self.uri_for(key)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if replaces is None:
+                return create_complete(target, data)
+            with _locked(target.parent):
+                if self.head(key) != replaces:  # replaced meanwhile by another writer
+                    return False
+                fd, name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+                try:
+                    with os.fdopen(fd, "wb", closefd=True) as temporary:
+                        write_synced(temporary.fileno(), data)
+                    os.replace(name, target)  # atomic: readers see the old result or the new
+                except BaseException:
+                    Path(name).unlink(missing_ok=True)
+                    raise
         return True
 
 
@@ -238,6 +278,29 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield from _walk(Path(entry.path))
         elif entry.is_file(follow_symlinks=False):
             yield Path(entry.path)
+
+
+@contextmanager
+def _writing(uri: str) -> Iterator[None]:
+    """A local write's error boundary: a name the folder cannot hold (a file where a folder
+    must be, a name too long) is InvalidPath, forever; access refused (modes, a read-only
+    mount) is AccessDenied, which an operator can fix; anything else a retry may cure."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _CANNOT_HOLD:
+            raise InvalidPath(f"{uri} cannot be written here: {exc.strerror}") from exc
+        if exc.errno in _DENIED:
+            raise AccessDenied(f"{uri} is not writable by this process: {exc.strerror}") from exc
+        raise StorageUnavailable(
+            f"writing {uri} failed: {exc.strerror}", retry_after_s=STORAGE_RETRY_AFTER_S
+        ) from exc
+
+
+_CANNOT_HOLD = frozenset(
+    {errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
+)
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 @contextmanager

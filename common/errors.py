@@ -70,6 +70,13 @@ class ForbiddenLocation(ServiceError):
     code = "outside_storage"
 
 
+class AccessDenied(ForbiddenLocation):
+    """Storage refuses this service access (file modes, IAM): an operator can fix it, so the
+    bucket paths retry it instead of recording an error."""
+
+    code = "access_denied"
+
+
 class ObjectNotFound(ServiceError):
     status = HTTPStatus.NOT_FOUND
     code = "not_found"

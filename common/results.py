@@ -9,6 +9,8 @@ compare-and-swap, and an older one never replaces a newer one's.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
@@ -16,9 +18,17 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from common.bucket_objects import SOURCE_VERSION_KEY, BucketObjects, ObjectInfo, Version
-from common.errors import InvalidPath, ObjectNotFound, ServiceError
+from common.errors import (
+    AccessDenied,
+    InvalidPath,
+    ObjectNotFound,
+    ServiceError,
+    StorageUnavailable,
+)
 from common.schemas import ClassifyResponse, ErrorResponse, ResizeMode
-from common.storage import check_key
+from common.storage import STORAGE_RETRY_AFTER_S, check_key
+
+LOG = logging.getLogger(__name__)
 
 RESULT_SUFFIX = ".json"
 # Per-task manifests of the bucket job, under the results prefix; no result ends like this.
@@ -37,10 +47,15 @@ class SourceVersion(BaseModel):
     generation: int | None = Field(None, description="GCS object generation (GCS only).")
     size: int = Field(description="Bytes.")
     mtime_ns: int | None = Field(None, description="Modification time, ns (local files only).")
+    ctime_ns: int | None = Field(None, description="Change time, ns (local files only).")
+    inode: int | None = Field(None, description="Inode number (local files only).")
 
     def comparable(self) -> Version:
-        stamp = self.generation if self.generation is not None else self.mtime_ns
-        return Version(stamp or 0, self.size)
+        if self.generation is not None:
+            return Version(self.generation, self.size)
+        if self.ctime_ns is None or self.mtime_ns is None or self.inode is None:
+            return Version(0, self.size, (-1,))  # written before ctime counted: never current
+        return Version(self.ctime_ns, self.size, (self.mtime_ns, self.inode))
 
 
 class ClassificationResult(BaseModel):
@@ -63,16 +78,15 @@ def result_key(results_prefix: str, source_key: str) -> str:
     return f"{results_prefix}{source_key}{RESULT_SUFFIX}"
 
 
-def has_storable_result(results_prefix: str, key: str) -> bool:
+def has_storable_result(objects: BucketObjects, results_prefix: str, key: str) -> bool:
     """Whether an object and its result can be named here: GCS allows names these services
     refuse (`..` segments, control characters), and a result's name is longer than its
-    photo's. Such an object is skipped, never retried."""
+    photo's (a file system's segment limit too). Such an object is skipped, never retried."""
     try:
         check_key(key)
-        check_key(result_key(results_prefix, key))
+        return objects.can_name(result_key(results_prefix, key))
     except InvalidPath:
         return False
-    return True
 
 
 def source_key(results_prefix: str, key: str) -> str | None:
@@ -83,14 +97,17 @@ def source_key(results_prefix: str, key: str) -> str | None:
 
 
 def version_of(info: ObjectInfo, gcs: bool) -> SourceVersion:
+    version = info.version
     if gcs:
-        return SourceVersion(generation=info.version.stamp, size=info.version.size)
-    return SourceVersion(size=info.version.size, mtime_ns=info.version.stamp)
+        return SourceVersion(generation=version.stamp, size=version.size)
+    mtime_ns, inode = version.identity
+    return SourceVersion(size=version.size, mtime_ns=mtime_ns, ctime_ns=version.stamp, inode=inode)
 
 
 def is_permanent(error: ServiceError) -> bool:
-    """Whether retrying can never change the outcome: every 4xx but a vanished object."""
-    return error.status < 500 and not isinstance(error, ObjectNotFound)
+    """Whether retrying can never change the outcome: every 4xx but a vanished object and
+    access refused (an operator fixes file modes or IAM, and the retry then succeeds)."""
+    return error.status < 500 and not isinstance(error, ObjectNotFound | AccessDenied)
 
 
 def new_result(
@@ -114,15 +131,20 @@ def new_result(
 
 
 def result_version(objects: BucketObjects, result: ObjectInfo) -> Version | None:
-    """The source version a stored result classified: from its metadata (GCS), or its body."""
+    """The source version a stored result classified: from its metadata (GCS), or its body.
+    None for anything this code did not write (a corrupt or oversized object, a metadata value
+    that does not parse, a result gone meanwhile): no valid result, so the photo is done again
+    and its result replaced. Storage being unavailable is the caller's (a retry can help)."""
     token = result.metadata.get(SOURCE_VERSION_KEY)
     if token:
         return Version.parse(token)
     try:
         data, _ = objects.read(result.key, None, MAX_RESULT_BYTES)
         return ClassificationResult.model_validate_json(data).version.comparable()
-    except (ObjectNotFound, ValueError):  # pydantic's ValidationError is a ValueError
-        return None  # gone or unreadable: a new result may take its place
+    except StorageUnavailable:
+        raise
+    except (ServiceError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
 
 
 def store_result(objects: BucketObjects, key: str, result: ClassificationResult) -> Outcome:
@@ -133,20 +155,35 @@ def store_result(objects: BucketObjects, key: str, result: ClassificationResult)
         existing = objects.head(key)
         if existing is not None:
             stored = result_version(objects, existing)
-            if stored is not None and stored >= source:
+            if stored is not None and stored.covers(source):
                 return Outcome.up_to_date
         if objects.write(key, data, {SOURCE_VERSION_KEY: source.token()}, existing):
             return Outcome.written
-    raise RuntimeError(f"{key}: replaced by other writers {CAS_ATTEMPTS} times in a row")
+    raise StorageUnavailable(
+        f"{key}: replaced by other writers {CAS_ATTEMPTS} times in a row",
+        retry_after_s=STORAGE_RETRY_AFTER_S,
+    )
 
 
-def up_to_date_sources(objects: BucketObjects, results_prefix: str) -> dict[str, Version]:
-    """One listing of the results: source key -> the version its result classified."""
-    done = {}
+@dataclass
+class ResultsIndex:
+    """One listing of the results: source key -> the version its result classified, and how
+    many result objects held no valid result (their photos are done again)."""
+
+    done: dict[str, Version]
+    invalid: int
+
+
+def index_results(objects: BucketObjects, results_prefix: str) -> ResultsIndex:
+    done, invalid = {}, 0
     for info in objects.list(results_prefix):
         key = source_key(results_prefix, info.key)
-        if key is not None:
-            version = result_version(objects, info)
-            if version is not None:
-                done[key] = version
-    return done
+        if key is None:
+            continue
+        version = result_version(objects, info)
+        if version is None:
+            LOG.warning("%s holds no valid result: its photo will be classified again", info.key)
+            invalid += 1
+        else:
+            done[key] = version
+    return ResultsIndex(done=done, invalid=invalid)

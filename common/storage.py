@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from common.config import Settings
 from common.errors import (
+    AccessDenied,
     ForbiddenLocation,
     InvalidPath,
     ObjectNotFound,
@@ -49,18 +50,35 @@ class Storage(Protocol):
 
 
 def check_key(key: str) -> str:
-    """Refuse names that are empty, overlong, hold control characters, lone surrogates (not
-    encodable) or `.`/`..` segments, as given and once percent-decoded."""
+    """Refuse the names Cloud Storage refuses or a file system cannot take safely: empty,
+    over 1024 bytes, control characters (Unicode Cc: C0, DEL, C1), lone surrogates (not
+    encodable) and `.`/`..` segments, as given and once percent-decoded. Every other Unicode
+    name is a name: format characters (U+200C/U+200D in Persian words and emoji sequences),
+    other scripts, spaces and symbols."""
     if not key:
         raise InvalidPath("the path names no object")
     for candidate in (key, unquote(key)):
-        if any(unicodedata.category(char) in ("Cc", "Cf", "Cs") for char in candidate):
+        if has_control_characters(candidate):
             raise InvalidPath("the path contains control characters or invalid text")
         if any(segment in (".", "..") for segment in candidate.replace("\\", "/").split("/")):
             raise InvalidPath("the path may not contain '.' or '..' segments")
     if len(key.encode()) > MAX_KEY_BYTES:
         raise InvalidPath(f"object names are limited to {MAX_KEY_BYTES} bytes")
     return key
+
+
+def has_control_characters(text: str) -> bool:
+    """Control characters (Cc) or lone surrogates (Cs) anywhere in `text`."""
+    return any(unicodedata.category(char) in ("Cc", "Cs") for char in text)
+
+
+def check_uri(uri: str) -> str:
+    """Refuse a path whose parsing would silently change it: URL parsers drop tabs and
+    newlines anywhere and strip leading and trailing blanks, so `file:///a\\nb.bmp` would read
+    `ab.bmp`. Any control character, or blank at either end, is refused before parsing."""
+    if has_control_characters(uri) or uri != uri.strip():
+        raise InvalidPath("the path contains control characters or surrounding blanks")
+    return uri
 
 
 class LocalStorage:
@@ -111,7 +129,7 @@ class LocalStorage:
         """The file a `file://` URI names, inside the folder; the path stage's one boundary:
         whatever parsing or resolving raises is a 400, never a 500."""
         try:
-            parts = urlsplit(uri)
+            parts = urlsplit(check_uri(uri))
         except ValueError as exc:  # e.g. an unclosed IPv6 bracket
             raise InvalidPath(f"the path is not a valid URI: {exc}") from exc
         if parts.scheme == "gs":
@@ -151,8 +169,9 @@ _REFUSED = frozenset({errno.EACCES, errno.EPERM})
 
 
 @contextmanager
-def local_errors(uri: str) -> Iterator[None]:
-    """The local backend's one error boundary: every OS error a read can meet maps to a code."""
+def local_errors(uri: str, access: str = "readable") -> Iterator[None]:
+    """The local backend's one error boundary: every OS error a read (or a write: `access`
+    "writable") can meet maps to a code."""
     try:
         yield
     except OSError as exc:
@@ -163,7 +182,7 @@ def local_errors(uri: str) -> Iterator[None]:
         if exc.errno in _BAD_PATH:
             raise InvalidPath(f"the path cannot name a stored object: {exc.strerror}") from exc
         if exc.errno in _REFUSED:
-            raise ForbiddenLocation("the stored object is not readable by this service") from exc
+            raise AccessDenied(f"{uri} is not {access} by this service") from exc
         raise StorageUnavailable(
             f"local storage failed: {exc.strerror}", retry_after_s=STORAGE_RETRY_AFTER_S
         ) from exc
@@ -366,7 +385,7 @@ class GCSStorage:
         return data
 
     def _key_of(self, uri: str) -> str:
-        if not uri.startswith("gs://"):
+        if not check_uri(uri).startswith("gs://"):
             if uri.startswith("file:"):
                 raise ForbiddenLocation("this service reads from a GCS bucket, not local files")
             raise InvalidPath("expected a gs://bucket/key path")
