@@ -409,6 +409,14 @@ def storage_errors() -> Iterator[None]:
         raise ObjectNotFound("no such object") from exc
     except google_errors.BadRequest as exc:
         raise InvalidPath(f"storage refused the object name: {exc.message}") from exc
+    except (google_errors.Forbidden, google_errors.Unauthorized) as exc:
+        # 503 for a caller (IAM is fixed on the service's side, then it works); the bucket
+        # paths tell it from an outage by its cause (bulk/job.py)
+        LOG.warning("storage refused access: %s", exc.message)
+        raise StorageUnavailable(
+            f"storage refused this service access: {exc.message}",
+            retry_after_s=STORAGE_RETRY_AFTER_S,
+        ) from exc
     except Exception as exc:
         LOG.warning("storage call failed: %s", exc, exc_info=True)
         raise StorageUnavailable(

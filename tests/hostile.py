@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
@@ -327,3 +328,56 @@ def amplifiers() -> dict[str, tuple[bytes, int, str | None]]:
         ),
         "jpeg with malformed exif": (jpeg_with_malformed_exif(), 200, None),
     }
+
+
+_CE_FINALIZED = {
+    "ce-specversion": "1.0",
+    "ce-id": "1",
+    "ce-source": "s",
+    "ce-type": "google.cloud.storage.object.v1.finalized",
+}
+# Storage-event bodies a parser might not expect (any JSON type where an object belongs, any
+# depth, undecodable data): each must be a 400 `malformed_event`, never a 500.
+HOSTILE_EVENTS = [
+    ({"content-type": "application/json"}, b"[" * 30_000),
+    ({"content-type": "application/json"}, b'{"message": ' + b"[" * 30_000),
+    ({"content-type": "application/json"}, b'{"message": {"attributes": "eventType"}}'),
+    ({"content-type": "application/json"}, b'{"message": {"attributes": [1, 2]}}'),
+    ({"content-type": "application/json"}, b'{"message": {"attributes": {"eventType": 5}}}'),
+    ({"content-type": "application/json"}, b'{"message": []}'),
+    ({"content-type": "application/json"}, b'{"message": "x"}'),
+    ({"content-type": "application/json"}, b'"just a string"'),
+    ({"content-type": "application/json"}, b"null"),
+    (
+        {"content-type": "application/json"},
+        b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": 5}}',
+    ),
+    (
+        {"content-type": "application/json"},
+        b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": {"a": 1}}}',
+    ),
+    (
+        {"content-type": "application/json"},
+        b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": "'
+        + base64.b64encode(b"[" * 20_000)
+        + b'"}}',
+    ),
+    (  # attributes only, but not the object's
+        {"content-type": "application/json"},
+        b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": "b"}}}',
+    ),
+    ({"content-type": "application/cloudevents+json"}, b'{"data": ' + b"[" * 30_000),
+    ({"content-type": "application/cloudevents+json"}, b"[1, 2, 3]"),
+    (
+        _CE_FINALIZED,
+        b"[" * 30_000,
+    ),
+    (
+        _CE_FINALIZED,
+        b'["a list", "not an object"]',
+    ),
+    (
+        _CE_FINALIZED | {"content-type": "text/plain"},
+        b"\xff\xfe not utf-8",
+    ),
+]

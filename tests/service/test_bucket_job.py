@@ -5,20 +5,17 @@ finds everything done, and results equal to what the served `/classify` answers.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pillow_heif
 import pytest
+from bucket_helpers import GcsBucket, LocalFolder, manifest_of, task
 from conftest import REPO, TEST_BUCKET, Server, free_port, service_env, wait_until
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
 from helpers import Emulator, classify
 from PIL import Image, ImageOps
 
@@ -52,83 +49,6 @@ def photo_set(photos: dict[str, bytes]) -> dict[str, bytes]:
     objects["broken.jpg"] = photos["cat"][:4000]
     objects["notes.txt"] = b"a shopping list, not a photo"
     return objects
-
-
-def task(target: str, env: dict[str, str], *args: str, **task_env: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "bulk", target, "--batch-size", "4", *args]
-    return subprocess.Popen(
-        command,
-        cwd=REPO,
-        env={**env, **task_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def manifest_of(process: subprocess.Popen) -> tuple[int, dict]:
-    _, err = process.communicate(timeout=300)
-    return process.returncode, json.loads(err.strip().splitlines()[-1])
-
-
-class GcsBucket:
-    def __init__(self, url: str) -> None:
-        client = gcs.Client(
-            project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": url}
-        )
-        self.bucket = client.bucket(TEST_BUCKET)
-
-    def put(self, name: str, data: bytes) -> None:
-        self.bucket.blob(name).upload_from_string(data)
-
-    def results(self) -> dict[str, tuple[ClassificationResult, int]]:
-        found = {}
-        for blob in self.bucket.list_blobs(prefix="results/"):
-            if blob.name.endswith(".json"):
-                data = blob.download_as_bytes()
-                found[blob.name] = (ClassificationResult.model_validate_json(data), blob.generation)
-        return found
-
-    def manifests(self) -> list[str]:
-        return sorted(b.name for b in self.bucket.list_blobs(prefix="results/_tasks/"))
-
-    def count(self, prefix: str) -> int:
-        return sum(1 for _ in self.bucket.list_blobs(prefix=prefix))
-
-    def result_names(self) -> list[str]:
-        return [
-            b.name for b in self.bucket.list_blobs(prefix="results/") if b.name.endswith(".json")
-        ]
-
-
-class LocalFolder:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def put(self, name: str, data: bytes) -> None:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-    def results(self) -> dict[str, tuple[ClassificationResult, int]]:
-        return {
-            path.relative_to(self.root).as_posix(): (
-                ClassificationResult.model_validate_json(path.read_bytes()),
-                path.stat().st_mtime_ns,
-            )
-            for path in (self.root / "results").rglob("*.json")
-        }
-
-    def manifests(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "results" / "_tasks").glob("*"))
-
-    def count(self, prefix: str) -> int:
-        return sum(1 for _ in (self.root / prefix).rglob("*.json"))
-
-    def result_names(self) -> list[str]:
-        return [
-            p.relative_to(self.root).as_posix() for p in (self.root / "results").rglob("*.json")
-        ]
 
 
 @dataclass
@@ -301,7 +221,7 @@ def test_a_bad_task_count_is_a_usage_error(store):
         text=True,
         timeout=60,
     )
-    assert status.returncode != 0 and "not below the task count" in status.stderr
+    assert status.returncode == 2 and "not below the task count" in status.stderr
     assert os.environ.get("CLOUD_RUN_TASK_INDEX") is None
 
 

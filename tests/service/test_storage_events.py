@@ -17,6 +17,7 @@ from fault_proxy import FaultProxy
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 from helpers import EXPECTED_LABELS, Emulator, classify
+from hostile import HOSTILE_EVENTS
 
 from common.results import ClassificationResult
 
@@ -258,3 +259,67 @@ def test_64_concurrent_events_for_distinct_photos(stack, photos):
         result, _ = _result(bucket, blob.name)
         expected = EXPECTED_LABELS["resize"][blob.name.rsplit("-", 1)[1].removesuffix(".jpg")]
         assert result.answer.label == expected
+
+
+@pytest.mark.parametrize(("headers", "body"), HOSTILE_EVENTS)
+def test_any_event_body_is_a_400_and_the_service_still_classifies(stack, photos, headers, body):
+    """Whatever the body (any JSON type where an object belongs, any depth): a JSON 400, which
+    Eventarc does not redeliver, never a 500, which it redelivers for a day."""
+    server, bucket, _ = stack
+    answer = httpx.post(server.url + EVENTS, headers=headers, content=body, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == "malformed_event"
+    good = _upload(
+        bucket, f"uploads/after-hostile/{len(body)}-{abs(hash(body))}.jpg", photos["cat"]
+    )
+    assert _post(server, _finalized(good)).json()["status"] == "classified"
+
+
+def test_a_notification_without_payload_classifies_from_its_attributes(stack, photos):
+    """`gcloud storage buckets notifications create --payload-format=none`: no data at all."""
+    server, bucket, _ = stack
+    blob = _upload(bucket, "uploads/no-payload/parrot.jpg", photos["parrot"])
+    attributes = {
+        "eventType": "OBJECT_FINALIZE",
+        "payloadFormat": "NONE",
+        "bucketId": TEST_BUCKET,
+        "objectId": blob.name,
+        "objectGeneration": str(blob.generation),
+    }
+    envelope = {"message": {"attributes": attributes, "messageId": "42"}, "subscription": "s"}
+    answer = httpx.post(server.url + EVENTS, json=envelope, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "classified"
+    result, _ = _result(bucket, blob.name)
+    assert result.answer.label == EXPECTED_LABELS["resize"]["parrot"]
+
+
+def test_a_result_this_code_did_not_write_is_replaced_not_a_500(stack, photos):
+    """A result object with metadata that does not parse, or a body that is not a result:
+    the event classifies the photo and replaces it, on the first delivery."""
+    server, bucket, _ = stack
+    for case, metadata, body in (
+        ("bad-metadata", {"source-version": "12:x"}, b"{}"),
+        ("huge", None, b" " * (2 * 1024 * 1024)),
+        ("not-json", None, b"\x00\x01"),
+    ):
+        blob = _upload(bucket, f"uploads/bad-result/{case}.jpg", photos["bird"])
+        stale = bucket.blob(f"results/{blob.name}.json")
+        stale.metadata = metadata
+        stale.upload_from_string(body)
+        answer = _post(server, _finalized(blob))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "classified", case
+        result, _ = _result(bucket, blob.name)
+        assert result.answer.label == EXPECTED_LABELS["resize"]["bird"]
+
+
+def test_an_event_for_a_replaced_generation_finds_its_object_gone(stack, photos):
+    server, bucket, _ = stack
+    old = _upload(bucket, "uploads/replaced-before-event.jpg", photos["cat"])
+    new = _upload(bucket, old.name, photos["parrot"])
+    answer = _post(server, _finalized(old))  # the old generation's event, delivered late
+    assert answer.status_code == 200 and answer.json()["reason"] == "object gone", answer.text
+    assert _result(bucket, old.name) is None
+    assert _post(server, _finalized(new)).json()["status"] == "classified"
+    assert _result(bucket, new.name)[0].answer.label == EXPECTED_LABELS["resize"]["parrot"]

@@ -13,6 +13,7 @@ import time
 import pytest
 from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
+from hostile import HOSTILE_EVENTS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -355,57 +356,6 @@ def test_unicode_names_gcs_allows_are_names(tmp_path, name):
 def test_names_gcs_or_a_file_system_refuses_are_not(tmp_path, name):
     objects = LocalObjects(LocalStorage(tmp_path))
     assert not has_storable_result(objects, "results/", name)
-
-
-HOSTILE_EVENTS = [
-    ({"content-type": "application/json"}, b"[" * 30_000),
-    ({"content-type": "application/json"}, b'{"message": ' + b"[" * 30_000),
-    ({"content-type": "application/json"}, b'{"message": {"attributes": "eventType"}}'),
-    ({"content-type": "application/json"}, b'{"message": {"attributes": [1, 2]}}'),
-    ({"content-type": "application/json"}, b'{"message": {"attributes": {"eventType": 5}}}'),
-    ({"content-type": "application/json"}, b'{"message": []}'),
-    ({"content-type": "application/json"}, b'{"message": "x"}'),
-    ({"content-type": "application/json"}, b'"just a string"'),
-    ({"content-type": "application/json"}, b"null"),
-    (
-        {"content-type": "application/json"},
-        b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": 5}}',
-    ),
-    (
-        {"content-type": "application/json"},
-        b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": {"a": 1}}}',
-    ),
-    (
-        {"content-type": "application/json"},
-        b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE"}, "data": "'
-        + base64.b64encode(b"[" * 20_000)
-        + b'"}}',
-    ),
-    (  # attributes only, but not the object's
-        {"content-type": "application/json"},
-        b'{"message": {"attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": "b"}}}',
-    ),
-    ({"content-type": "application/cloudevents+json"}, b'{"data": ' + b"[" * 30_000),
-    ({"content-type": "application/cloudevents+json"}, b"[1, 2, 3]"),
-    (
-        {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": FINALIZED},
-        b"[" * 30_000,
-    ),
-    (
-        {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": FINALIZED},
-        b'["a list", "not an object"]',
-    ),
-    (
-        {
-            "ce-specversion": "1.0",
-            "ce-id": "1",
-            "ce-source": "s",
-            "ce-type": FINALIZED,
-            "content-type": "text/plain",
-        },
-        b"\xff\xfe not utf-8",
-    ),
-]
 
 
 @pytest.mark.parametrize(("headers", "body"), HOSTILE_EVENTS)
