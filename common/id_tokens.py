@@ -1,9 +1,10 @@
 """Verify Google-signed ID tokens in the service itself (defence in depth behind Cloud Run IAM).
 
 Cloud Run's front end already checks callers' ID tokens for private services; with
-`AUTH_AUDIENCE` set, the service also checks them as Google's docs say: the signature against
-Google's published certificates, `aud`, `iss` (accounts.google.com), `exp` and `iat`, and with
-`AUTH_ALLOWED_EMAILS` the caller's `email`, which must be `email_verified`. A misconfigured
+`AUTH_AUDIENCE` set, the service also checks them as Google's docs and RFC 7519 say: the
+signature against Google's published certificates, `aud`, `iss` (accounts.google.com), `exp`,
+`iat` and `nbf`, and with `AUTH_ALLOWED_EMAILS` the caller's `email`, which must be
+`email_verified`; each claim with its JSON type. A misconfigured
 `--allow-unauthenticated` therefore does not open the service.
 
 The certificates are fetched without blocking the event loop (an async client with a short
@@ -19,6 +20,8 @@ import re
 import time
 from http import HTTPStatus
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.errors import ServiceError
 
@@ -127,25 +130,50 @@ class IdTokenVerifier:
         return self.check(token, certs)
 
     def check(self, token: str, certs: dict[str, str]) -> dict[str, Any]:
-        """Signature, audience, expiry and issue time, issuer, and the caller (no I/O)."""
+        """Signature, expiry and issue time (google-auth), then every claim this service reads
+        with its JSON type (a claim of the wrong type is an invalid token, never a crash):
+        `aud` a string or an array holding ours (RFC 7519 4.1.3), `nbf` not in the future
+        beyond the clock skew `exp` gets (4.1.5), the issuer, and the caller (no I/O)."""
         from google.auth import jwt
 
         try:
-            claims = jwt.decode(
-                token, certs=certs, audience=self.audience, clock_skew_in_seconds=CLOCK_SKEW_S
-            )
+            # audience=None: google-auth refuses an `aud` array; it is checked below instead
+            decoded = jwt.decode(token, certs=certs, clock_skew_in_seconds=CLOCK_SKEW_S)
+            claims = IdTokenClaims.model_validate(decoded)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise InvalidIdToken(f"claim {where!r}: {problem['msg']}") from exc
         except Exception as exc:  # malformed tokens fail in many ways inside google-auth
             raise InvalidIdToken((str(exc).splitlines() or ["malformed token"])[0][:200]) from exc
-        if not isinstance(claims, dict):
-            raise InvalidIdToken("the token's payload is not a JSON object")
-        if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise InvalidIdToken(f"issuer {claims.get('iss')!r} is not Google")
+        audiences = [claims.aud] if isinstance(claims.aud, str) else claims.aud
+        if self.audience not in audiences:
+            raise InvalidIdToken(f"the token is not for this service (aud {claims.aud!r})")
+        if claims.nbf is not None and claims.nbf > time.time() + CLOCK_SKEW_S:
+            raise InvalidIdToken("the token is not valid yet (nbf)")
+        if claims.iss not in GOOGLE_ISSUERS:
+            raise InvalidIdToken(f"issuer {claims.iss!r} is not Google")
         if self.allowed_emails:
-            if claims.get("email") not in self.allowed_emails:
-                raise InvalidIdToken(f"caller {claims.get('email')!r} is not allowed")
-            if claims.get("email_verified") is not True:
+            if claims.email not in self.allowed_emails:
+                raise InvalidIdToken(f"caller {claims.email!r} is not allowed")
+            if claims.email_verified is not True:
                 raise InvalidIdToken("the caller's email is not verified")
-        return claims
+        return decoded
+
+
+class IdTokenClaims(BaseModel):
+    """The claims this service reads, each with the JSON type RFC 7519 and Google give it
+    (strict: `"exp": "soon"` or `"email": []` is refused, not coerced)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    iss: str
+    aud: str | list[str]
+    exp: int | float
+    iat: int | float
+    nbf: int | float | None = None
+    email: str | None = None
+    email_verified: bool | None = None
 
 
 def _key_id(token: str) -> str | None:

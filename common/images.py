@@ -183,10 +183,11 @@ def _open_allowed(data: bytes, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         pass
     head = data[:SIGNATURE_BYTES]
-    claimed = claimed_format(head, among=("HEIF", "AVIF"))
+    claimed = claimed_format(head, among=ALLOWED_FORMATS)
     if claimed:
-        # Pillow hides why an allowlisted plugin failed to open: a cut-off HEIC or AVIF (or
-        # one declaring a size past libheif/libavif's own limits) lands here
+        # Pillow hides why an allowlisted plugin failed to open: a PNG whose chunk fails its
+        # CRC, a cut-off HEIC or AVIF (or one declaring a size past libheif/libavif's own
+        # limits) lands here. It is that format, so it is corrupt, not "not an image".
         raise CorruptImage(f"the {claimed} file is truncated or corrupt")
     # Named from its signature only: no other plugin's `open` runs on the upload.
     other_format = claimed_format(head)

@@ -71,6 +71,10 @@ def test_only_valid_google_id_tokens_get_in(verifying_services, signer_and_certs
         "other key": token(other_signer),
         "not google": token(signer, iss="https://evil.example"),
         "garbage": "a.b.c",
+        "not valid yet": token(signer, nbf=int(time.time()) + 3600),
+        "exp a string": token(signer, exp="tomorrow"),
+        "email a list": token(signer, email=["caller@example.iam.gserviceaccount.com"]),
+        "aud array without ours": token(signer, audience=["https://someone-else.a.run.app"]),
     }
     before = stored_keys(backend)
     for case, value in bad.items():
@@ -86,6 +90,10 @@ def test_only_valid_google_id_tokens_get_in(verifying_services, signer_and_certs
             assert response.json()["code"] == "unauthorized"
     assert stored_keys(backend) == before
 
+    # RFC 7519 4.1.3: an audience array that holds ours
+    listed = {"Authorization": f"Bearer {token(signer, audience=['https://x.app', AUDIENCE])}"}
+    url = f"{preprocess.url}/preprocess"
+    assert httpx.post(url, files={"image": photos["cat"]}, headers=listed).status_code == 200
     good = {"Authorization": f"Bearer {token(signer)}"}
     stored = httpx.post(
         f"{preprocess.url}/preprocess", files={"image": photos["cat"]}, headers=good

@@ -21,6 +21,7 @@ from common.id_tokens import IdTokenVerifier, InvalidIdToken
 
 PRIVATE, CERT = _key_and_cert()
 CERTS = {KEY_ID: CERT.decode()}
+CALLER = "caller@example.iam.gserviceaccount.com"
 LATIN_1 = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=200)
 HEADER_TEXT = LATIN_1 | st.builds(
     lambda s, t: f"{s} {t}", st.sampled_from(["Bearer", "bearer", "Basic", "B"]), LATIN_1
@@ -100,8 +101,25 @@ def test_forged_headers_and_payloads_are_refused(header, payload):
         ({"email_verified": True}, {"someone@else.com"}, False),
         ({"iss": "https://evil.example"}, set(), False),
         ({"iat": int(time.time()) + 3600}, set(), False),  # issued in the future
-        ({"aud": ["other", AUDIENCE]}, set(), False),  # Google's tokens carry one audience
+        ({"aud": ["other", AUDIENCE]}, set(), True),  # RFC 7519 4.1.3: an array holding ours
+        ({"aud": ["other", "another"]}, set(), False),
+        ({"aud": [AUDIENCE, 5]}, set(), False),  # an array of strings or nothing
         ({"aud": "https://other.a.run.app"}, set(), False),
+        ({"nbf": int(time.time()) + 3600}, set(), False),  # RFC 7519 4.1.5: not valid yet
+        ({"nbf": int(time.time()) + 5}, set(), True),  # within the clock skew exp gets too
+        ({"nbf": int(time.time()) - 60}, set(), True),
+        ({"nbf": "yesterday"}, set(), False),
+        ({"exp": "never"}, set(), False),
+        ({"exp": True}, set(), False),
+        ({"iat": [1]}, set(), False),
+        ({"iss": ["https://accounts.google.com"]}, set(), False),
+        (
+            {"email": ["caller@example.iam.gserviceaccount.com"], "email_verified": True},
+            {"caller@example.iam.gserviceaccount.com"},
+            False,
+        ),
+        ({"email": {"a": 1}, "email_verified": True}, {"x@y.z"}, False),
+        ({"email_verified": "true"}, {"caller@example.iam.gserviceaccount.com"}, False),
     ],
 )
 def test_claims_are_checked_as_googles_docs_say(claims, allowed, accepted):

@@ -23,6 +23,8 @@ from common.images import (
 )
 from common.schemas import ResizeMode
 
+PHOTOS_FORMATS = ("PNG", "GIF", "BMP", "WEBP", "JPEG")
+
 LIMIT = 40_000_000
 
 
@@ -258,3 +260,47 @@ def test_a_decode_whose_request_has_timed_out_never_starts():
         load_model_image(data, LIMIT, ResizeMode.resize, budget)
     with request_deadline(timeout_s=30):
         assert load_model_image(data, LIMIT, ResizeMode.resize, budget).size == (224, 224)
+
+
+def _png_with_chunk(kind: bytes, payload: bytes, crc: bytes = b"\0\0\0\0") -> bytes:
+    """A real PNG with one more chunk after IHDR, its CRC as given (zero: wrong)."""
+    import struct
+
+    png = encode(Image.new("RGB", (40, 30), (10, 200, 30)), "PNG")
+    after_header = 8 + 8 + 13 + 4
+    chunk = struct.pack(">I", len(payload)) + kind + payload + crc
+    return png[:after_header] + chunk + png[after_header:]
+
+
+def _broken_header(fmt: str) -> bytes:
+    data = bytearray(encode(Image.new("RGB", (40, 30), (10, 200, 30)), fmt))
+    if fmt == "PNG":
+        data[29] ^= 0xFF  # IHDR's CRC
+    elif fmt == "GIF":
+        data[6:10] = b"\0\0\0\0"  # a zero-sized screen
+    elif fmt == "BMP":
+        data[14:18] = (7).to_bytes(4, "little")  # an info header size no BMP has
+    elif fmt == "WEBP":
+        data[20:] = b"\x00" * (len(data) - 20)  # a VP8 chunk holding no VP8 frame
+    elif fmt == "JPEG":
+        data[4:] = b"\x00" * 64  # a JPEG's signature, then nothing a JPEG holds
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_png_with_chunk(b"tEXt", b"key\0value"), id="png text chunk with a bad CRC"),
+        pytest.param(_png_with_chunk(b"zTXt", b"k\0\0junk"), id="png ztxt chunk with a bad CRC"),
+        *(pytest.param(_broken_header(fmt), id=f"{fmt} broken header") for fmt in PHOTOS_FORMATS),
+    ],
+)
+def test_an_allowlisted_signature_with_a_broken_structure_is_corrupt_not_unknown(data):
+    """It is that format (its signature says so), so it is `corrupt_image`, never
+    `not_an_image`; an ancillary chunk Pillow can read past may even decode."""
+    try:
+        image = load_model_image(data, 40_000_000, ResizeMode.resize)
+    except errors.ServiceError as exc:
+        assert isinstance(exc, errors.CorruptImage), (type(exc).__name__, exc.message)
+    else:
+        assert image.size == (224, 224)
