@@ -25,6 +25,7 @@ from common.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
+from common.heif_items import decode_plan
 from common.image_checks import SIGNATURE_BYTES, check_structure, claimed_format
 from common.schemas import MODEL_SIZE, ResizeMode
 
@@ -47,6 +48,7 @@ REDUCTION_MARGIN = 2
 # row, and decoders keep state per row (a 1 x 40,000,000 PNG grew a process by ~1 GiB). Each side
 # is counted as at least this many pixels, so the budget's bytes per pixel hold for any shape.
 MIN_COUNTED_SIDE = 64
+COUNTED_PIXELS = "counted_pixels"  # key in Image.info: what open_image counted the decode as
 # EXIF orientation -> the transpose that makes the image upright (as `ImageOps.exif_transpose`).
 UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -63,7 +65,11 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # PNG text chunks are kept in memory outside the pixel budget (Pillow allows 64 MiB of them);
 # nothing here reads them, so a few MiB is plenty. ICC profiles use the per-chunk limit (1 MiB).
 PngImagePlugin.MAX_TEXT_MEMORY = 4 * 1024 * 1024
-# libheif applies HEIF's irot/imir transforms itself and then reports orientation 1.
+# libheif applies HEIF's irot/imir transforms itself and then reports orientation 1. Only the
+# primary image is read: thumbnails, depth and other auxiliary images are never opened.
+pillow_heif.options.THUMBNAILS = False
+pillow_heif.options.DEPTH_IMAGES = False
+pillow_heif.options.AUX_IMAGES = False
 pillow_heif.register_heif_opener()
 
 
@@ -93,13 +99,19 @@ def _reduce_and_normalize(
     and held until the large intermediate images are gone."""
     with decoding(image.format):
         image.draft(None, reduced_size(mode))  # JPEG only; a no-op for every other format
-        with budget.admit(counted_pixels(*image.size)) if budget else nullcontext():
+        with budget.admit(admitted_pixels(image)) if budget else nullcontext():
             return normalize(_decode(image), mode)
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode `data` (first frame of an animation) at full size to upright RGB."""
     return _decode(open_image(data, max_pixels))
+
+
+def admitted_pixels(image: Image.Image) -> int:
+    """What a decode of `image` is admitted as: its counted pixels, or more where the file's
+    items decode more than its canvas (a HEIF grid's tiles: common/heif_items.py)."""
+    return max(image.info.get(COUNTED_PIXELS, 0), counted_pixels(*image.size))
 
 
 def counted_pixels(width: int, height: int) -> int:
@@ -139,6 +151,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     with decoding(None):
         check_structure(data)
         image = _open_allowed(data, max_pixels)
+        decoded = decode_plan(data).pixels if image.format in ("HEIF", "AVIF") else 0
     width, height = image.size
     counted = counted_pixels(width, height)
     if counted > max_pixels:
@@ -147,6 +160,13 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
             f"image is {width}x{height} = {width * height:,} pixels{shape}; "
             f"the limit is {max_pixels:,}"
         )
+    if decoded > max_pixels:
+        raise TooManyPixels(
+            f"the {width}x{height} image is made of items that decode to {decoded:,} pixels "
+            f"(tiles, alpha); the limit is {max_pixels:,}"
+        )
+    if decoded > counted:  # (kept only then: a JPEG's count shrinks with its reduced decode)
+        image.info[COUNTED_PIXELS] = decoded
     return image
 
 

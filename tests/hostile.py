@@ -93,6 +93,15 @@ def animated(fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def png_bad_ancillary_crc() -> bytes:
+    """A real PNG with a text chunk (ancillary) whose CRC is wrong: a corrupt PNG, not 'not an
+    image'."""
+    png = _png(Image.new("RGB", (40, 30), (10, 200, 30)))
+    after_header = 8 + 8 + 13 + 4
+    chunk = struct.pack(">I", 9) + b"tEXtkey\0value" + b"\0\0\0\0"
+    return png[:after_header] + chunk + png[after_header:]
+
+
 def heif_family_bomb(fmt: str, side: int) -> bytes:
     """A small HEIC or AVIF whose every `ispe` box (image size) declares `side` x `side`."""
     data = bytearray(_save(Image.new("RGB", (64, 64), (200, 30, 30)), fmt))
@@ -113,6 +122,20 @@ def heic_grid() -> bytes:
     """A HEIC stored as a grid of 64x64 tiles, as iPhones store their photos."""
     image = Image.effect_noise((256, 192), 40).convert("RGB")
     return _save(image, "HEIF", tile_size=64)
+
+
+def heic_lying_grid(side: int, canvas: int = 64, tile: int = 512) -> bytes:
+    """A real HEIC grid of `side` x `side` pixels in `tile` tiles that declares a `canvas` x
+    `canvas` image (the grid's output size and its `ispe`): libheif decodes every tile. A
+    flat colour, so 37 MP of tiles is ~24 KB."""
+    data = bytearray(_save(Image.new("RGB", (side, side), (10, 100, 200)), "HEIF", tile_size=tile))
+    declared = b"ispe\x00\x00\x00\x00" + struct.pack(">II", side, side)
+    at = data.index(declared)
+    data[at + 8 : at + 16] = struct.pack(">II", canvas, canvas)
+    at = data.index(b"idat")  # the grid's description: version, flags, rows, columns, size
+    assert data[at + 5] & 1 == 0, "16-bit output sizes"
+    data[at + 8 : at + 12] = struct.pack(">HH", canvas, canvas)
+    return bytes(data)
 
 
 def exif_oriented(orientation: int) -> bytes:
@@ -167,6 +190,9 @@ def corpus() -> dict[str, tuple[bytes, int, str | None]]:
             "corrupt_image",
         ),
         "30 MB upload": (b"\xff\xd8\xff\xe0" + bytes(30 * MIB), 413, "upload_too_large"),
+        # a 64x64 canvas over 67 MP of tiles: what the decoder allocates is what counts
+        "heic grid declaring less than its tiles": (heic_lying_grid(8192), 413, "too_many_pixels"),
+        "png with a bad text-chunk crc": (png_bad_ancillary_crc(), 422, "corrupt_image"),
     }
     accepted = {
         "png/zip polyglot": (png_zip_polyglot(), 200, None),
@@ -178,6 +204,8 @@ def corpus() -> dict[str, tuple[bytes, int, str | None]]:
         "la png": (_png(Image.new("LA", (40, 30), (128, 128))), 200, None),
         "heic burst": (heic_burst(), 200, None),
         "heic grid": (heic_grid(), 200, None),
+        # 16.8 MP of tiles under a 64x64 canvas: within the limit, admitted as 16.8 MP
+        "heic grid declaring less, within the limit": (heic_lying_grid(4096), 200, None),
         "avif with alpha": (_save(Image.new("RGBA", (40, 30), (0, 0, 0, 0)), "AVIF"), 200, None),
     }
     accepted |= {f"exif orientation {n}": (exif_oriented(n), 200, None) for n in range(1, 9)}
