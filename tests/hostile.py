@@ -7,7 +7,10 @@ import io
 import struct
 import zlib
 
+import pillow_heif
 from PIL import Image
+
+pillow_heif.register_heif_opener()  # HEIC writing: the corpus is built before any service module
 
 MIB = 1024 * 1024
 
