@@ -3,10 +3,14 @@ the upload parser, for as long as asked, findings saved as regression cases.
 
     .venv/bin/python tests/fuzz.py --minutes 30
 
-Each worker process runs examples until the time is up; the input under test is written to a
-file first, so a worker killed by a decoder (a crash, not an exception) leaves it behind and a
-new worker takes over. A finding is an answer outside the oracle (tests/fuzzing.py), a decode
-slower than `--slow-s`, or memory past the stated bound. tests/service/test_fuzz.py replays them.
+Images are mutated structure-aware two times in three (PNG chunks with their CRCs recomputed,
+JPEG segments, RIFF chunks, GIF blocks, HEIF boxes with their sizes, BMP header fields) and as
+bytes otherwise. Each worker process runs examples until the time is up; the input under test
+is written to a file first, so a worker killed by a decoder (a crash, not an exception) leaves
+it behind and a new worker takes over. A finding is an answer outside the oracle
+(tests/fuzzing.py), a decode slower than `--slow-s`, or memory past the stated bound. Once
+fixed, `tests/fuzz.py --record` writes each finding's answers beside it, and
+tests/service/test_fuzz.py replays them against those answers.
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ import time
 import traceback
 from pathlib import Path
 
-from fuzzing import check_decode, check_form, multipart_body, mutate, save_finding, seeds
+from fuzzing import (
+    check_decode,
+    check_form,
+    multipart_body,
+    mutate,
+    mutate_any,
+    record_expectations,
+    save_finding,
+    seeds,
+)
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from common.decode_budget import BYTES_PER_PIXEL
@@ -50,7 +63,7 @@ def _worker(seed: int, until: float, current: str, slow_s: float, counts) -> Non
                 counts["findings"] += 1
             counts["forms"] += 1
             continue
-        data = mutate(corpus[name], rng)
+        data = mutate_any(corpus[name], rng)  # structure-aware two times in three
         mode = rng.choice(modes)
         Path(current).write_bytes(data)
         started = time.perf_counter()
@@ -81,7 +94,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--slow-s", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="instead: write the current answers of every fixed finding (<finding>.expect)",
+    )
     args = parser.parse_args()
+    if args.record:
+        for path in record_expectations():
+            print(f"recorded {path}")
+        return
     until = time.time() + args.minutes * 60
     rng = random.Random(args.seed)
     manager = multiprocessing.Manager()

@@ -168,7 +168,9 @@ def corpus() -> dict[str, tuple[bytes, int, str | None]]:
         "zero bytes": (b"", 400, "empty_upload"),
         "text named .jpg": (b"just some text, honestly\n" * 10, 415, "not_an_image"),
         "svg": (SVG, 415, "not_an_image"),
-        "gif/js polyglot": (gif_js_polyglot(), 415, "not_an_image"),
+        # a GIF signature over a script: a GIF whose structure is broken, so corrupt (never
+        # decoded as anything else)
+        "gif/js polyglot": (gif_js_polyglot(), 422, "corrupt_image"),
         "fits": (fits_file(), 415, "unsupported_format"),
         "psd": (psd_file(), 415, "unsupported_format"),
         "tiff lzw": (
