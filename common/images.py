@@ -49,6 +49,11 @@ REDUCTION_MARGIN = 2
 # is counted as at least this many pixels, so the budget's bytes per pixel hold for any shape.
 MIN_COUNTED_SIDE = 64
 COUNTED_PIXELS = "counted_pixels"  # key in Image.info: what open_image counted the decode as
+# Decoders whose peak passes BYTES_PER_PIXEL (16): Pillow decodes WebP through libwebp's
+# animation decoder (its own RGBA canvas, then Pillow's copy and RGB conversion). Measured on the
+# serving process: 18 B a pixel for a 15 MP lossless WebP, 16.2 for a 40 MP lossy one
+# (benchmarks/request_bounds.json); admitted as 1.25 pixels each, the budget holds them.
+DECODER_COST = {"WEBP": 1.25}
 # EXIF orientation -> the transpose that makes the image upright (as `ImageOps.exif_transpose`).
 UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -110,8 +115,10 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 def admitted_pixels(image: Image.Image) -> int:
     """What a decode of `image` is admitted as: its counted pixels, or more where the file's
-    items decode more than its canvas (a HEIF grid's tiles: common/heif_items.py)."""
-    return max(image.info.get(COUNTED_PIXELS, 0), counted_pixels(*image.size))
+    items decode more than its canvas (a HEIF grid's tiles: common/heif_items.py), times its
+    decoder's cost where that passes 16 bytes a pixel (WebP)."""
+    pixels = max(image.info.get(COUNTED_PIXELS, 0), counted_pixels(*image.size))
+    return int(pixels * DECODER_COST.get(image.format or "", 1.0))
 
 
 def counted_pixels(width: int, height: int) -> int:

@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 
 from common.config import Settings, settings_table
+from scripts.bounds import readme_block
 from scripts.sizing import tables
 
 DOCS = [
@@ -78,6 +79,13 @@ def test_every_setting_is_described():
 def test_readme_is_a_front_page():
     lines = len((REPO / "README.md").read_text().splitlines())
     assert lines <= README_MOST_LINES, f"README is {lines} lines: move depth into docs/"
+
+
+def test_readme_limits_are_the_measured_bounds():
+    """Regenerate with `.venv/bin/python -m scripts.bounds` (the figures of
+    benchmarks/request_bounds.json, written by tests/deploy/test_request_bounds.py with
+    RECORD_REQUEST_BOUNDS) if this fails."""
+    assert between(REPO / "README.md", "request-bounds") == readme_block()
 
 
 def test_sizing_tables_are_the_measurements():

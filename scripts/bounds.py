@@ -1,0 +1,90 @@
+"""The README's per-request limits, generated from the measured worst case.
+
+tests/deploy/test_request_bounds.py measures the serving process's peak RSS growth and CPU
+seconds for the worst accepted upload of each format at the limits, and checks them against
+the bounds here; with RECORD_REQUEST_BOUNDS=path it writes its figures there. The committed
+run is benchmarks/request_bounds.json; `python3 -m scripts.bounds` prints the README's block
+from it (the docs test holds the README to it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "request_bounds.json"
+# The stated bounds the test holds each worst input to: peak growth within 16 B per admitted
+# pixel (the decode budget's factor) plus twice the upload (margin 1.0: the bound itself, no
+# slack on top), and CPU: 3 s, 1.7x the slowest input measured (a 40 MP HEIC, 1.8 s on AMD
+# EPYC), for CPUs slower than the one measured.
+MEMORY_MARGIN = 1.0
+CPU_BOUND_S = 3.0
+MIB = 1024 * 1024
+
+
+def write_figures(figures: dict[str, dict[str, float]]) -> None:
+    target = os.environ.get("RECORD_REQUEST_BOUNDS")
+    if not target:
+        return
+    from scripts.sizing import cpu_model
+
+    document = {"cpu": cpu_model(), "cpu_bound_s": CPU_BOUND_S, "inputs": figures}
+    Path(target).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def readme_block(measured: dict[str, Any] | None = None) -> str:
+    """The README's two limits, with the figures of the measured run."""
+    from common.config import Settings
+    from common.images import DECODER_COST
+
+    measured = measured or json.loads(MEASURED.read_text())
+    rows = measured["inputs"]
+
+    def peak(row: dict[str, float]) -> float:
+        return max(row["peak_growth_mib_resize"], row["peak_growth_mib_center-crop"])
+
+    def cpu(row: dict[str, float]) -> float:
+        return max(row["cpu_s_resize"], row["cpu_s_center-crop"])
+
+    def bound_mib(pixels: float, upload: int) -> float:
+        return (16 * pixels + 2 * upload) / MIB
+
+    limits = Settings()
+    pixels = limits.max_image_pixels
+    shares = {
+        name: peak(row) / bound_mib(row["admitted_pixels"], row["bytes"])
+        for name, row in rows.items()
+    }
+    hungriest = max(shares, key=shares.__getitem__)
+    slowest = max(rows, key=lambda name: cpu(rows[name]))
+    return TEMPLATE.format(
+        webp=DECODER_COST["WEBP"],
+        photo=bound_mib(pixels, limits.max_upload_bytes),
+        webp_mib=bound_mib(pixels * DECODER_COST["WEBP"], limits.max_upload_bytes),
+        share=shares[hungriest],
+        hungriest=hungriest,
+        hungriest_mib=peak(rows[hungriest]),
+        cpu_bound=measured["cpu_bound_s"],
+        least=min(cpu(row) for row in rows.values()),
+        most=cpu(rows[slowest]),
+        slowest=slowest,
+        machine=measured["cpu"],
+    ).strip()
+
+
+TEMPLATE = """
+- **Memory per request** ≤ 16 bytes x the pixels it is admitted as (a side under 64 counts as
+  64; a HEIC/AVIF's tiles and alpha count, whatever canvas it declares; a WebP pixel counts
+  {webp}) + twice the upload: ≤ {photo:.0f} MiB at the defaults ({webp_mib:.0f} for WebP). The
+  peak RSS of the serving process during the worst accepted upload of each format at the
+  limits: at most {share:.2f} of that ({hungriest}: {hungriest_mib:.0f} MiB).
+- **CPU per request** ≤ {cpu_bound} CPU-seconds: the same uploads cost {least:.2f}-{most:.2f} s
+  (the most: {slowest}; {machine}; `tests/deploy/test_request_bounds.py`).
+"""
+
+
+if __name__ == "__main__":
+    sys.stdout.write(readme_block() + "\n")

@@ -1,0 +1,115 @@
+"""The README's per-request bounds, measured on the serving process: for the worst accepted
+upload of each format at the limits (benchmarks/worst_case_decode.py's inputs, and a HEIC grid
+declaring a 64x64 canvas over 37.7 MP of tiles), one request at a time, the **peak** RSS the
+serving process reaches during the request (the kernel's high-water mark, reset before it:
+nothing between samples is missed) and the CPU seconds it spends, against
+
+- memory: peak growth <= BYTES_PER_PIXEL (16) x the pixels the request is admitted as (the
+  decode budget's own figure: a WebP pixel counts 1.25), plus twice the upload's size (the
+  body as received and as parsed), and
+- CPU: <= CPU_BOUND_S per request (both modes: the slower counts).
+
+With RECORD_REQUEST_BOUNDS=path the figures are written there (benchmarks/request_bounds.json
+is the committed run); the README's limits are generated from that file (scripts/bounds.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import Server, service_env
+from helpers import serving_process
+from hostile import heic_lying_grid
+
+from benchmarks.worst_case_decode import inputs
+from common.config import Settings
+from common.decode_budget import BYTES_PER_PIXEL
+from common.images import admitted_pixels, open_image
+from scripts.bounds import CPU_BOUND_S, MEMORY_MARGIN, write_figures
+
+pytestmark = pytest.mark.slow
+MIB = 1024 * 1024
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _reset_peak(pid: int) -> None:
+    """Reset the process's RSS high-water mark (VmHWM) to its current RSS (Linux >= 4.0)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5\n")
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@pytest.fixture(scope="module")
+def worst_inputs() -> dict[str, bytes]:
+    limits = Settings()
+    made = {
+        name: make()
+        for name, make in inputs(limits.max_image_pixels, limits.max_upload_bytes).items()
+    }
+    made["heic grid: 37.7 MP of tiles under a 64x64 canvas"] = heic_lying_grid(6144)
+    return made
+
+
+@pytest.fixture(scope="module")
+def preprocess(bentoml_home, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bounds")
+    # Large blocks mapped and unmapped per allocation (glibc otherwise raises its threshold and
+    # keeps freed blocks): each request then starts from memory handed back, and its peak is
+    # what it touches itself, not what an earlier request's freed blocks already cover.
+    env = service_env(
+        bentoml_home,
+        {"STORAGE_DIR": str(tmp / "storage")},
+        GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=65536",
+    )
+    server = Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def test_each_worst_input_stays_inside_the_stated_memory_and_cpu_bounds(
+    preprocess, worst_inputs, photos
+):
+    if not Path(f"/proc/{os.getpid()}/clear_refs").exists():
+        pytest.skip("no /proc clear_refs: the peak RSS cannot be reset on this kernel")
+    worker = serving_process(preprocess)
+    url = f"{preprocess.url}/preprocess"
+    limits = Settings()
+    figures: dict[str, dict[str, float]] = {}
+    with httpx.Client(timeout=120) as client:
+        assert client.post(url, files={"image": photos["cat"]}).status_code == 200  # warm
+        for name, data in worst_inputs.items():
+            admitted = admitted_pixels(open_image(data, limits.max_image_pixels))
+            row = {"bytes": len(data), "admitted_pixels": admitted}
+            for mode in ("resize", "center-crop"):
+                before_kib = _status_kib(worker.pid, "VmRSS")
+                _reset_peak(worker.pid)
+                cpu_before = _cpu_s(worker)
+                answer = client.post(url, files={"image": ("x", data)}, data={"mode": mode})
+                cpu = _cpu_s(worker) - cpu_before
+                growth = (_status_kib(worker.pid, "VmHWM") - before_kib) / 1024
+                assert answer.status_code == 200, (name, mode, answer.text)
+                row[f"peak_growth_mib_{mode}"] = round(growth, 1)
+                row[f"cpu_s_{mode}"] = round(cpu, 3)
+            figures[name] = row
+    write_figures(figures)
+    for name, row in figures.items():
+        bound_mib = (BYTES_PER_PIXEL * row["admitted_pixels"] + 2 * row["bytes"]) / MIB
+        peak = max(row["peak_growth_mib_resize"], row["peak_growth_mib_center-crop"])
+        cpu = max(row["cpu_s_resize"], row["cpu_s_center-crop"])
+        assert peak <= MEMORY_MARGIN * bound_mib, f"{name}: {peak:.0f} MiB, bound {bound_mib:.0f}"
+        assert cpu <= CPU_BOUND_S, f"{name}: {cpu:.2f} CPU-s, bound {CPU_BOUND_S}"
