@@ -151,7 +151,7 @@ def test_gcs_reads_stay_in_the_bucket_and_answer_a_code(gcs_store, scheme, piece
     uri = scheme + "/".join(pieces) + noise
     try:
         data = gcs_store.read(uri, MAX)
-    except (*DOCUMENTED, errors.StorageUnavailable):
+    except DOCUMENTED:  # (an emulator that is down fails here: StorageUnavailable is no answer)
         return
     assert uri.startswith(f"gs://{gcs_store.bucket_name}/")
     assert data == b"BM" + bytes(64)
