@@ -170,6 +170,27 @@ def test_bad_paths_to_classify(services, photos):
     _assert_still_serves(services, photos)
 
 
+def test_a_path_a_parser_would_normalise_is_refused_not_read_as_another(services, photos):
+    """URI parsers drop tabs and newlines anywhere and strip blanks at the ends: with them a
+    path naming no object read another one (200 with its label). Each is a 400 now."""
+    stored = upload(services.preprocess.url, photos["parrot"]).json()["gcs_path"]
+    scheme, rest = stored.split("://", 1)
+    cut = len(rest) - 10
+    cases = [
+        f"{scheme}://{rest[:cut]}\n{rest[cut:]}",
+        f"{scheme}://{rest[:cut]}\t{rest[cut:]}",
+        f"{scheme}://{rest[:cut]}\r{rest[cut:]}",
+        f"{scheme[0]}\t{scheme[1:]}://{rest}",
+        f" {stored}",
+        f"{stored}\n",
+        f"{stored}\x85",
+    ]
+    for path in cases:
+        _assert_error(classify(services.classify.url, path), 400, "invalid_path", "control")
+    assert classify(services.classify.url, stored).json()["label"] == "macaw"
+    _assert_still_serves(services, photos)
+
+
 def test_stored_object_that_is_not_an_image(services, photos):
     uri, _ = services.backend.storage.put_if_absent("uploads/notes.png", b"plain text", "image/png")
     _assert_error(classify(services.classify.url, uri), 415, "not_an_image", "not a")

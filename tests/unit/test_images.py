@@ -304,3 +304,15 @@ def test_an_allowlisted_signature_with_a_broken_structure_is_corrupt_not_unknown
         assert isinstance(exc, errors.CorruptImage), (type(exc).__name__, exc.message)
     else:
         assert image.size == (224, 224)
+
+
+def test_a_gif_frame_larger_than_its_screen_is_counted_by_the_frame():
+    """A declared size the decoder does not honour: a 16x16 logical screen whose first frame
+    is 8000x5000. Pillow grows the image to the frame, so the limit counts the frame."""
+    import struct
+
+    data = bytearray(encode(Image.new("P", (16, 16)), "GIF"))
+    descriptor = data.index(b",")
+    data[descriptor + 5 : descriptor + 9] = struct.pack("<HH", 8000, 5000)
+    with pytest.raises(errors.TooManyPixels, match="8000x5000"):
+        load_model_image(bytes(data), 1_000_000, ResizeMode.resize)
