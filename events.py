@@ -1,12 +1,13 @@
 """Storage events for classify: `POST /events/storage`, where Eventarc delivers Cloud Storage's
 `google.cloud.storage.object.v1.finalized` CloudEvent (binary or structured content mode, parsed
 by the CNCF `cloudevents` SDK) and where a Pub/Sub push subscription of a Cloud Storage
-notification (`OBJECT_FINALIZE`) delivers its envelope.
+notification (`OBJECT_FINALIZE`, payload format JSON or none) delivers its envelope.
 
 Delivery is at least once, so every answer says whether a retry can help: 2xx for what a retry
 cannot change (classified, an error result written, skipped: another bucket or prefix, another
 event type, a replay, an older generation, an object already gone), 503 + Retry-After when
-storage or the service is busy, 400 for a malformed event. The route is a Starlette app mounted
+storage or the service is busy (or handling failed: never a 500), 400 for a malformed event,
+whatever its body holds. The route is a Starlette app mounted
 on the service (`bentoml.asgi_app`), behind the same auth, load shedding and error shape.
 """
 
