@@ -25,14 +25,27 @@ CPU_BOUND_S = 3.0
 MIB = 1024 * 1024
 
 
-def write_figures(figures: dict[str, dict[str, float]]) -> None:
+def write_figures(service: str, figures: dict[str, dict[str, float]]) -> None:
+    """Merge one service's figures into the file named by RECORD_REQUEST_BOUNDS, if set."""
     target = os.environ.get("RECORD_REQUEST_BOUNDS")
     if not target:
         return
     from scripts.sizing import cpu_model
 
-    document = {"cpu": cpu_model(), "cpu_bound_s": CPU_BOUND_S, "inputs": figures}
-    Path(target).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    path = Path(target)
+    document = json.loads(path.read_text()) if path.exists() else {}
+    document.setdefault("services", {})[service] = figures
+    document.update(cpu=cpu_model(), cpu_bound_s=CPU_BOUND_S)
+    document.pop("inputs", None)
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def peak_mib(row: dict[str, float]) -> float:
+    return max(value for key, value in row.items() if key.startswith("peak_growth_mib_"))
+
+
+def cpu_s(row: dict[str, float]) -> float:
+    return max(value for key, value in row.items() if key.startswith("cpu_s_"))
 
 
 def readme_block(measured: dict[str, Any] | None = None) -> str:
@@ -41,35 +54,32 @@ def readme_block(measured: dict[str, Any] | None = None) -> str:
     from common.images import DECODER_COST
 
     measured = measured or json.loads(MEASURED.read_text())
-    rows = measured["inputs"]
-
-    def peak(row: dict[str, float]) -> float:
-        return max(row["peak_growth_mib_resize"], row["peak_growth_mib_center-crop"])
-
-    def cpu(row: dict[str, float]) -> float:
-        return max(row["cpu_s_resize"], row["cpu_s_center-crop"])
-
+    rows = {
+        f"{name} ({service})": row
+        for service, figures in sorted(measured["services"].items())
+        for name, row in figures.items()
+    }
     def bound_mib(pixels: float, upload: int) -> float:
         return (16 * pixels + 2 * upload) / MIB
 
     limits = Settings()
     pixels = limits.max_image_pixels
     shares = {
-        name: peak(row) / bound_mib(row["admitted_pixels"], row["bytes"])
+        name: peak_mib(row) / bound_mib(row["admitted_pixels"], row["bytes"])
         for name, row in rows.items()
     }
     hungriest = max(shares, key=shares.__getitem__)
-    slowest = max(rows, key=lambda name: cpu(rows[name]))
+    slowest = max(rows, key=lambda name: cpu_s(rows[name]))
     return TEMPLATE.format(
         webp=DECODER_COST["WEBP"],
         photo=bound_mib(pixels, limits.max_upload_bytes),
         webp_mib=bound_mib(pixels * DECODER_COST["WEBP"], limits.max_upload_bytes),
         share=shares[hungriest],
         hungriest=hungriest,
-        hungriest_mib=peak(rows[hungriest]),
+        hungriest_mib=peak_mib(rows[hungriest]),
         cpu_bound=measured["cpu_bound_s"],
-        least=min(cpu(row) for row in rows.values()),
-        most=cpu(rows[slowest]),
+        least=min(cpu_s(row) for row in rows.values()),
+        most=cpu_s(rows[slowest]),
         slowest=slowest,
         machine=measured["cpu"],
     ).strip()
@@ -79,9 +89,9 @@ TEMPLATE = """
 - **Memory per request** ≤ 16 bytes x the pixels it is admitted as (a side under 64 counts as
   64; a HEIC/AVIF's tiles and alpha count, whatever canvas it declares; a WebP pixel counts
   {webp}) + twice the upload: ≤ {photo:.0f} MiB at the defaults ({webp_mib:.0f} for WebP). The
-  peak RSS of the serving process during the worst accepted upload of each format at the
+  peak RSS of preprocess and classify during the worst accepted input of each format at the
   limits: at most {share:.2f} of that ({hungriest}: {hungriest_mib:.0f} MiB).
-- **CPU per request** ≤ {cpu_bound} CPU-seconds: the same uploads cost {least:.2f}-{most:.2f} s
+- **CPU per request** ≤ {cpu_bound} CPU-seconds: the same inputs cost {least:.2f}-{most:.2f} s
   (the most: {slowest}; {machine}; `tests/deploy/test_request_bounds.py`).
 """
 

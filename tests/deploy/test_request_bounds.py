@@ -1,5 +1,6 @@
-"""The README's per-request bounds, measured on the serving process: for the worst accepted
-upload of each format at the limits (benchmarks/worst_case_decode.py's inputs, and a HEIC grid
+"""The README's per-request bounds, measured on the serving process of preprocess (an upload)
+and of classify (a stored object, as the bucket paths read them): for the worst accepted input
+of each format at the limits (benchmarks/worst_case_decode.py's inputs, and a HEIC grid
 declaring a 64x64 canvas over 37.7 MP of tiles), one request at a time, the **peak** RSS the
 serving process reaches during the request (the kernel's high-water mark, reset before it:
 nothing between samples is missed) and the CPU seconds it spends, against
@@ -29,7 +30,7 @@ from benchmarks.worst_case_decode import inputs
 from common.config import Settings
 from common.decode_budget import BYTES_PER_PIXEL
 from common.images import admitted_pixels, open_image
-from scripts.bounds import CPU_BOUND_S, MEMORY_MARGIN, write_figures
+from scripts.bounds import CPU_BOUND_S, MEMORY_MARGIN, cpu_s, peak_mib, write_figures
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -63,53 +64,67 @@ def worst_inputs() -> dict[str, bytes]:
     return made
 
 
-@pytest.fixture(scope="module")
-def preprocess(bentoml_home, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bounds")
-    # Large blocks mapped and unmapped per allocation (glibc otherwise raises its threshold and
-    # keeps freed blocks): each request then starts from memory handed back, and its peak is
-    # what it touches itself, not what an earlier request's freed blocks already cover.
-    env = service_env(
-        bentoml_home,
-        {"STORAGE_DIR": str(tmp / "storage")},
-        GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=65536",
-    )
-    server = Server("preprocess.service:Preprocess", env, tmp / "preprocess.log").start()
+# Large blocks mapped and unmapped per allocation (glibc otherwise raises its threshold and keeps
+# freed blocks): each request then starts from memory handed back, and its peak is what it
+# touches itself, not what an earlier request's freed blocks already cover.
+RETURN_FREED = "glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=65536"
+TARGETS = {"preprocess": "preprocess.service:Preprocess", "classify": "service:Classify"}
+
+
+@pytest.fixture(scope="module", params=sorted(TARGETS))
+def served(request, bentoml_home, tmp_path_factory):
+    """Each service that decodes what it is sent: preprocess (uploads) and classify (stored
+    objects, as the bucket paths read them; its mode is a setting: resize, the default)."""
+    tmp = tmp_path_factory.mktemp(f"bounds-{request.param}")
+    storage = tmp / "storage"
+    env = service_env(bentoml_home, {"STORAGE_DIR": str(storage)}, GLIBC_TUNABLES=RETURN_FREED)
+    log = tmp / f"{request.param}.log"
+    server = Server(TARGETS[request.param], env, log).start()
     try:
-        yield server.wait_ready()
+        yield request.param, server.wait_ready(), storage
     finally:
         server.stop()
 
 
+def _send(client: httpx.Client, service: str, url: str, storage: Path, data: bytes, mode: str):
+    if service == "preprocess":
+        return client.post(f"{url}/preprocess", files={"image": ("x", data)}, data={"mode": mode})
+    stored = storage / "uploads" / "worst.img"
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(data)
+    return client.post(f"{url}/classify", json={"gcs_path": stored.as_uri()})
+
+
 def test_each_worst_input_stays_inside_the_stated_memory_and_cpu_bounds(
-    preprocess, worst_inputs, photos
+    served, worst_inputs, photos
 ):
+    service, server, storage = served
     if not Path(f"/proc/{os.getpid()}/clear_refs").exists():
         pytest.skip("no /proc clear_refs: the peak RSS cannot be reset on this kernel")
-    worker = serving_process(preprocess)
-    url = f"{preprocess.url}/preprocess"
+    worker = serving_process(server)
     limits = Settings()
+    modes = ("resize", "center-crop") if service == "preprocess" else ("resize",)
     figures: dict[str, dict[str, float]] = {}
     with httpx.Client(timeout=120) as client:
-        assert client.post(url, files={"image": photos["cat"]}).status_code == 200  # warm
+        warm = _send(client, service, server.url, storage, photos["cat"], "resize")
+        assert warm.status_code == 200, warm.text
         for name, data in worst_inputs.items():
             admitted = admitted_pixels(open_image(data, limits.max_image_pixels))
             row = {"bytes": len(data), "admitted_pixels": admitted}
-            for mode in ("resize", "center-crop"):
+            for mode in modes:
                 before_kib = _status_kib(worker.pid, "VmRSS")
                 _reset_peak(worker.pid)
                 cpu_before = _cpu_s(worker)
-                answer = client.post(url, files={"image": ("x", data)}, data={"mode": mode})
+                answer = _send(client, service, server.url, storage, data, mode)
                 cpu = _cpu_s(worker) - cpu_before
                 growth = (_status_kib(worker.pid, "VmHWM") - before_kib) / 1024
                 assert answer.status_code == 200, (name, mode, answer.text)
                 row[f"peak_growth_mib_{mode}"] = round(growth, 1)
                 row[f"cpu_s_{mode}"] = round(cpu, 3)
             figures[name] = row
-    write_figures(figures)
+    write_figures(service, figures)
     for name, row in figures.items():
         bound_mib = (BYTES_PER_PIXEL * row["admitted_pixels"] + 2 * row["bytes"]) / MIB
-        peak = max(row["peak_growth_mib_resize"], row["peak_growth_mib_center-crop"])
-        cpu = max(row["cpu_s_resize"], row["cpu_s_center-crop"])
+        peak, cpu = peak_mib(row), cpu_s(row)
         assert peak <= MEMORY_MARGIN * bound_mib, f"{name}: {peak:.0f} MiB, bound {bound_mib:.0f}"
         assert cpu <= CPU_BOUND_S, f"{name}: {cpu:.2f} CPU-s, bound {CPU_BOUND_S}"
