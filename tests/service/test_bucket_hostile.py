@@ -20,6 +20,7 @@ from conftest import REPO, TEST_BUCKET, free_port, service_env
 from fault_proxy import FaultProxy
 from google.api_core.exceptions import NotFound
 from helpers import EXPECTED_LABELS, Emulator
+from hostile import gif_js_polyglot, heic_lying_grid, png_bad_ancillary_crc
 from PIL import Image
 
 from common.results import ClassificationResult
@@ -273,3 +274,26 @@ def test_the_command_line_contract_a_usage_error_is_2_with_a_message(tmp_path, b
         assert process.returncode == EXIT_USAGE, (name, err)
         assert "Traceback" not in err and err.strip(), (name, err)
     assert not (folder / "results").exists()  # none of them touched the folder
+
+
+def test_hostile_files_in_a_bucket_get_error_results_never_retries(place, photos):
+    """The upload path's hostile classes, met in a bucket: each an error result with its code,
+    exit 0, and a second run that skips them all."""
+    hostile = {
+        "grid.heic": (heic_lying_grid(8192), "too_many_pixels"),  # 67 MP of tiles, 64x64 canvas
+        "crc.png": (png_bad_ancillary_crc(), "corrupt_image"),
+        "polyglot.gif": (gif_js_polyglot(), "corrupt_image"),
+        "notes.jpg": (b"a shopping list", "not_an_image"),
+    }
+    for name, (data, _) in hostile.items():
+        place.put(name, data)
+    place.put("grid-within.heic", heic_lying_grid(2048))  # 4 MP of tiles: classified
+    status, manifest = place.run()
+    assert status == EXIT_DONE and manifest["done"] == 1, manifest
+    assert manifest["failed"] == {"too_many_pixels": 1, "corrupt_image": 2, "not_an_image": 1}
+    for name, (_, code) in hostile.items():
+        result = place.result(name)
+        assert result.answer is None and result.error.code == code, name
+    assert place.result("grid-within.heic").answer is not None
+    status, manifest = place.run()
+    assert status == EXIT_DONE and manifest["skipped"] == 5 and manifest["done"] == 0, manifest
