@@ -266,9 +266,11 @@ def test_any_event_body_is_a_400_and_the_service_still_classifies(stack, photos,
     """Whatever the body (any JSON type where an object belongs, any depth): a JSON 400, which
     Eventarc does not redeliver, never a 500, which it redelivers for a day."""
     server, bucket, _ = stack
+    before = {blob.name for blob in bucket.list_blobs(prefix="results/")}
     answer = httpx.post(server.url + EVENTS, headers=headers, content=body, timeout=30)
     assert answer.status_code == 400, answer.text
     assert answer.json()["code"] == "malformed_event"
+    assert {blob.name for blob in bucket.list_blobs(prefix="results/")} == before  # nothing
     good = _upload(
         bucket, f"uploads/after-hostile/{len(body)}-{abs(hash(body))}.jpg", photos["cat"]
     )
