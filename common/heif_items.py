@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from common.av1_sequence import max_frame_size
 from common.errors import CorruptImage, TooComplex
 
 # Tiles an iPhone grid has: 48 MP in 512x512 tiles is 192. libheif's own default limit is far
@@ -26,6 +27,7 @@ from common.errors import CorruptImage, TooComplex
 MAX_HEIF_TILES = 1024
 MAX_DERIVATION_DEPTH = 4  # a grid of tiles, an identity or overlay over it: 1-2 in real files
 MAX_HEIF_ITEMS = 10_000
+AV1_HEAD_BYTES = 4096  # of an AV1 item's data: its sequence header comes first
 DERIVED_TYPES = frozenset({b"grid", b"iden", b"iovl", b"tmap"})
 ALPHA_AUX_TYPES = frozenset(
     {b"urn:mpeg:hevc:2015:auxid:1", b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha"}
@@ -40,6 +42,8 @@ class Items:
     auxiliaries: dict[int, list[int]] = field(default_factory=dict)  # auxl: master -> aux
     sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # ispe
     aux_types: dict[int, bytes] = field(default_factory=dict)  # auxC
+    av1_configs: dict[int, bytes] = field(default_factory=dict)  # av1C's configOBUs
+    data: dict[int, bytes] = field(default_factory=dict)  # each item's first bytes (iloc)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ def decode_plan(data: bytes) -> DecodePlan:
         width, height = items.sizes.get(item, (0, 0))
         if not width or not height:
             raise CorruptImage("the HEIF/AVIF file has an image item without a size (ispe)")
+        if items.types[item] == b"av01":
+            _check_av1_size(items, item, width, height)
         pixels += width * height
     return DecodePlan(pixels, coded)
 
@@ -86,6 +92,21 @@ def _decoded(items: Items, item: int, depth: int) -> Iterator[int]:
             yield from _decoded(items, auxiliary, depth + 1)
 
 
+def _check_av1_size(items: Items, item: int, width: int, height: int) -> None:
+    """Refuse an AV1 item whose stream codes frames larger than its declared size: libavif
+    would decode them at the coded size (libheif refuses the same lie in a HEIC itself)."""
+    try:
+        coded = max_frame_size(items.av1_configs.get(item, b"")) or max_frame_size(
+            items.data.get(item, b"")
+        )
+    except ValueError as exc:
+        raise CorruptImage(f"the AVIF's image data is corrupt: {exc}") from exc
+    if coded is not None and (coded[0] > width or coded[1] > height):
+        raise CorruptImage(
+            f"the AVIF declares a {width}x{height} image whose data codes {coded[0]}x{coded[1]}"
+        )
+
+
 def _items(data: memoryview) -> Items:
     meta = next((body for kind, body in _boxes(data) if kind == b"meta"), None)
     if meta is None:
@@ -93,8 +114,14 @@ def _items(data: memoryview) -> Items:
     items = Items()
     properties: list[tuple[bytes, memoryview]] = []
     associations: list[tuple[int, list[int]]] = []
+    locations: memoryview | None = None
+    item_data = memoryview(b"")
     for kind, body in _boxes(meta[4:]):  # meta is a full box: version and flags first
-        if kind == b"pitm":
+        if kind == b"iloc":
+            locations = body
+        elif kind == b"idat":
+            item_data = body
+        elif kind == b"pitm":
             items.primary = _uint(body, 4, 2 if _uint(body, 0, 1) == 0 else 4)
         elif kind == b"iinf":
             _read_item_infos(body, items)
@@ -115,7 +142,47 @@ def _items(data: memoryview) -> Items:
                 items.sizes[item] = (_uint(body, 4, 4), _uint(body, 8, 4))
             elif kind == b"auxC":
                 items.aux_types[item] = bytes(body[4:]).split(b"\0", 1)[0]
+            elif kind == b"av1C":
+                items.av1_configs[item] = bytes(body[4:])
+    if locations is not None:
+        av1_items = {item for item, kind in items.types.items() if kind == b"av01"}
+        for item, start, length, in_idat in _locations(locations):
+            if item in av1_items:
+                source = item_data if in_idat else data
+                items.data[item] = bytes(source[start : start + min(length, AV1_HEAD_BYTES)])
     return items
+
+
+def _locations(body: memoryview) -> Iterator[tuple[int, int, int, bool]]:
+    """(item, offset, length, in idat) of each item's first extent (iloc, ISO 14496-12 8.11.3)."""
+    version = _uint(body, 0, 1)
+    sizes = _uint(body, 4, 2)
+    offset_size, length_size = sizes >> 12, (sizes >> 8) & 0x0F
+    base_size, index_size = (sizes >> 4) & 0x0F, (sizes & 0x0F) if version in (1, 2) else 0
+    id_size = 2 if version < 2 else 4
+    count = _uint(body, 6, id_size)
+    at = 6 + id_size
+    for _ in range(min(count, MAX_HEIF_ITEMS)):
+        item = _uint(body, at, id_size)
+        at += id_size
+        method = 0
+        if version in (1, 2):
+            method = _uint(body, at, 2) & 0x0F
+            at += 2
+        at += 2  # data_reference_index
+        base = _uint(body, at, base_size) if base_size else 0
+        at += base_size
+        extents = _uint(body, at, 2)
+        at += 2
+        first = None
+        for _ in range(extents):
+            at += index_size
+            offset = _uint(body, at, offset_size) if offset_size else 0
+            length = _uint(body, at + offset_size, length_size) if length_size else 0
+            at += offset_size + length_size
+            first = first or (base + offset, length)
+        if first is not None and method in (0, 1):
+            yield item, first[0], first[1], method == 1
 
 
 def _read_item_infos(body: memoryview, items: Items) -> None:

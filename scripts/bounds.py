@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def readme_block(measured: dict[str, Any] | None = None) -> str:
         for service, figures in sorted(measured["services"].items())
         for name, row in figures.items()
     }
+
     def bound_mib(pixels: float, upload: int) -> float:
         return (16 * pixels + 2 * upload) / MIB
 
@@ -68,32 +70,40 @@ def readme_block(measured: dict[str, Any] | None = None) -> str:
         name: peak_mib(row) / bound_mib(row["admitted_pixels"], row["bytes"])
         for name, row in rows.items()
     }
-    hungriest = max(shares, key=shares.__getitem__)
+    biggest = max(rows, key=lambda name: peak_mib(rows[name]))
     slowest = max(rows, key=lambda name: cpu_s(rows[name]))
-    return TEMPLATE.format(
+    figures = dict(
         webp=DECODER_COST["WEBP"],
         photo=bound_mib(pixels, limits.max_upload_bytes),
         webp_mib=bound_mib(pixels * DECODER_COST["WEBP"], limits.max_upload_bytes),
-        share=shares[hungriest],
-        hungriest=hungriest,
-        hungriest_mib=peak_mib(rows[hungriest]),
+        share=max(shares.values()),
+        biggest=biggest,
+        biggest_mib=peak_mib(rows[biggest]),
+        biggest_bound=bound_mib(rows[biggest]["admitted_pixels"], rows[biggest]["bytes"]),
         cpu_bound=measured["cpu_bound_s"],
         least=min(cpu_s(row) for row in rows.values()),
         most=cpu_s(rows[slowest]),
         slowest=slowest,
         machine=measured["cpu"],
-    ).strip()
+    )
+    return "\n".join(
+        textwrap.fill(text.format(**figures), 95, initial_indent="- ", subsequent_indent="  ")
+        for text in (MEMORY, CPU)
+    )
 
 
-TEMPLATE = """
-- **Memory per request** ≤ 16 bytes x the pixels it is admitted as (a side under 64 counts as
-  64; a HEIC/AVIF's tiles and alpha count, whatever canvas it declares; a WebP pixel counts
-  {webp}) + twice the upload: ≤ {photo:.0f} MiB at the defaults ({webp_mib:.0f} for WebP). The
-  peak RSS of preprocess and classify during the worst accepted input of each format at the
-  limits: at most {share:.2f} of that ({hungriest}: {hungriest_mib:.0f} MiB).
-- **CPU per request** ≤ {cpu_bound} CPU-seconds: the same inputs cost {least:.2f}-{most:.2f} s
-  (the most: {slowest}; {machine}; `tests/deploy/test_request_bounds.py`).
-"""
+MEMORY = (
+    "**Memory per request** ≤ 16 bytes x its admitted pixels (a side under 64 counts as 64; a "
+    "HEIC/AVIF's tiles and alpha count, whatever canvas it declares; a WebP pixel counts "
+    "{webp}) + twice the upload: ≤ {photo:.0f} MiB at the defaults ({webp_mib:.0f} for WebP). "
+    "The peak RSS of preprocess and classify for the worst accepted input of each format at "
+    "the limits: at most {share:.2f} of that (the largest: {biggest}, {biggest_mib:.0f} of "
+    "{biggest_bound:.0f} MiB)."
+)
+CPU = (
+    "**CPU per request** ≤ {cpu_bound} CPU-seconds: the same inputs cost {least:.2f}-{most:.2f} "
+    "s (the most: {slowest}; {machine}; `tests/deploy/test_request_bounds.py`)."
+)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,17 @@ def heic_lying_grid(side: int, canvas: int = 64, tile: int = 512) -> bytes:
     return bytes(data)
 
 
+def avif_declaring_less(coded: int, declared: int = 64) -> bytes:
+    """A real AVIF coding a `coded` x `coded` frame whose `ispe` declares `declared` x
+    `declared`: libavif decodes the coded size (a flat colour: under a kilobyte)."""
+    data = bytearray(_save(Image.new("RGB", (coded, coded), (10, 100, 200)), "AVIF", quality=10))
+    at = data.find(b"ispe")
+    while at >= 0:
+        data[at + 8 : at + 16] = struct.pack(">II", declared, declared)
+        at = data.find(b"ispe", at + 4)
+    return bytes(data)
+
+
 def exif_oriented(orientation: int) -> bytes:
     image = Image.new("RGB", (64, 32), (255, 0, 0))
     image.paste((0, 0, 255), (32, 0, 64, 32))
@@ -198,6 +209,8 @@ def corpus() -> dict[str, tuple[bytes, int, str | None]]:
         # a 64x64 canvas over 67 MP of tiles: what the decoder allocates is what counts
         "heic grid declaring less than its tiles": (heic_lying_grid(8192), 413, "too_many_pixels"),
         "png with a bad text-chunk crc": (png_bad_ancillary_crc(), 422, "corrupt_image"),
+        # 64x64 declared, 8192x8192 coded: libavif would decode the coded size
+        "avif coding more than it declares": (avif_declaring_less(8192), 422, "corrupt_image"),
     }
     accepted = {
         "png/zip polyglot": (png_zip_polyglot(), 200, None),

@@ -7,12 +7,13 @@ import io
 import struct
 
 import pytest
-from hostile import heic_grid, heic_lying_grid
+from hostile import avif_declaring_less, heic_grid, heic_lying_grid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from common import errors
+from common.av1_sequence import max_frame_size
 from common.decode_budget import DecodeBudget
 from common.heif_items import MAX_HEIF_TILES, DecodePlan, decode_plan
 from common.images import admitted_pixels, load_model_image, open_image
@@ -168,3 +169,52 @@ def test_any_mutation_of_the_item_boxes_is_a_plan_or_a_refusal(data):
     except (errors.CorruptImage, errors.TooComplex):
         return
     assert plan.pixels >= 0 and 0 < plan.coded_items <= MAX_HEIF_TILES
+
+
+def test_an_avif_whose_stream_codes_more_than_it_declares_is_refused():
+    """libavif decodes the AV1 frame at its coded size whatever `ispe` declares."""
+    with pytest.raises(errors.CorruptImage, match="declares a 64x64 image whose data codes 4096"):
+        decode_plan(avif_declaring_less(4096))
+    with pytest.raises(errors.CorruptImage):
+        load_model_image(avif_declaring_less(4096), 40_000_000, ResizeMode.resize)
+    honest = io.BytesIO()
+    Image.new("RGB", (4000, 3000)).save(honest, "AVIF")
+    assert decode_plan(honest.getvalue()) == DecodePlan(12_000_000, 1)
+
+
+class _BitWriter:
+    def __init__(self) -> None:
+        self.bits: list[int] = []
+
+    def put(self, value: int, count: int) -> _BitWriter:
+        self.bits += [(value >> (count - 1 - i)) & 1 for i in range(count)]
+        return self
+
+    def obu(self) -> bytes:
+        padded = self.bits + [0] * (-len(self.bits) % 8)
+        payload = bytes(
+            int("".join(map(str, padded[i : i + 8])), 2) for i in range(0, len(padded), 8)
+        )
+        return bytes([(1 << 3) | 0x02, len(payload)]) + payload  # a sized sequence header
+
+
+def test_sequence_headers_of_every_shape_give_their_frame_size():
+    reduced = _BitWriter().put(0, 3).put(1, 1).put(1, 1).put(8, 5).put(12, 4).put(11, 4)
+    reduced.put(4999, 13).put(2999, 12)
+    assert max_frame_size(reduced.obu()) == (5000, 3000)
+    full = _BitWriter().put(0, 3).put(0, 1).put(0, 1)
+    full.put(1, 1).put(1, 32).put(30, 32).put(1, 1).put(0b00101, 5)  # timing; uvlc(4)
+    full.put(1, 1).put(3, 5).put(1, 32).put(0, 5).put(0, 5)  # decoder model, delays of 4 bits
+    full.put(1, 1).put(1, 5)  # initial display delays; two operating points
+    for level in (9, 4):  # one with a tier bit, one without
+        full.put(0, 12).put(level, 5)
+        if level > 7:
+            full.put(0, 1)
+        full.put(1, 1).put(5, 4).put(5, 4).put(0, 1)  # its decoder model parameters
+        full.put(1, 1).put(3, 4)  # its initial display delay
+    full.put(15, 4).put(15, 4).put(65535, 16).put(1, 16)
+    temporal_delimiter = bytes([(2 << 3) | 0x02, 0])
+    assert max_frame_size(temporal_delimiter + full.obu()) == (65536, 2)
+    assert max_frame_size(temporal_delimiter) is None
+    with pytest.raises(ValueError):
+        max_frame_size(reduced.obu()[:4])
