@@ -8,7 +8,6 @@ error boundaries (a missing object is `ObjectNotFound`, an outage `StorageUnavai
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import stat
@@ -20,14 +19,10 @@ from pathlib import Path
 from typing import Protocol
 
 from common.errors import (
-    AccessDenied,
-    InvalidPath,
     ObjectNotFound,
-    StorageUnavailable,
     UploadTooLarge,
 )
 from common.storage import (
-    STORAGE_RETRY_AFTER_S,
     GCSStorage,
     LocalStorage,
     check_key,
@@ -246,7 +241,7 @@ class LocalObjects:
         self, key: str, data: bytes, metadata: dict[str, str], replaces: ObjectInfo | None
     ) -> bool:
         target = self.root / check_key(key)
-        with _writing(self.uri_for(key)):
+        with local_errors(self.uri_for(key), writing=True):
             target.parent.mkdir(parents=True, exist_ok=True)
             if replaces is None:
                 return create_complete(target, data)
@@ -278,29 +273,6 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield from _walk(Path(entry.path))
         elif entry.is_file(follow_symlinks=False):
             yield Path(entry.path)
-
-
-@contextmanager
-def _writing(uri: str) -> Iterator[None]:
-    """A local write's error boundary: a name the folder cannot hold (a file where a folder
-    must be, a name too long) is InvalidPath, forever; access refused (modes, a read-only
-    mount) is AccessDenied, which an operator can fix; anything else a retry may cure."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in _CANNOT_HOLD:
-            raise InvalidPath(f"{uri} cannot be written here: {exc.strerror}") from exc
-        if exc.errno in _DENIED:
-            raise AccessDenied(f"{uri} is not writable by this process: {exc.strerror}") from exc
-        raise StorageUnavailable(
-            f"writing {uri} failed: {exc.strerror}", retry_after_s=STORAGE_RETRY_AFTER_S
-        ) from exc
-
-
-_CANNOT_HOLD = frozenset(
-    {errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
-)
-_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 @contextmanager

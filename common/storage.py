@@ -166,29 +166,50 @@ _NOT_FOUND = frozenset({errno.ENOENT, errno.ENOTDIR})
 _BAD_PATH = frozenset({errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL, errno.EISDIR})
 _SPECIAL = frozenset({errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP})
 _REFUSED = frozenset({errno.EACCES, errno.EPERM})
+_CANNOT_HOLD = frozenset(
+    {errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL}
+)
 
 
 @contextmanager
-def local_errors(uri: str, access: str = "readable") -> Iterator[None]:
-    """The local backend's one error boundary: every OS error a read (or a write: `access`
-    "writable") can meet maps to a code."""
+def local_errors(uri: str, writing: bool = False) -> Iterator[None]:
+    """The local backend's one error boundary: every OS error a read can meet maps to a code.
+    `writing`: a name the folder cannot hold (a file where a folder must be, a name too long)
+    is InvalidPath for good; access refused (modes, a read-only mount) AccessDenied, which an
+    operator can fix; anything else a retry may cure."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in _NOT_FOUND:
-            raise ObjectNotFound(f"no stored object at {uri}") from exc
-        if exc.errno in _SPECIAL:
-            raise _not_a_file() from exc  # a socket, or a device with no driver behind it
-        if exc.errno in _BAD_PATH:
-            raise InvalidPath(f"the path cannot name a stored object: {exc.strerror}") from exc
-        if exc.errno in _REFUSED:
-            raise AccessDenied(f"{uri} is not {access} by this service") from exc
-        raise StorageUnavailable(
-            f"local storage failed: {exc.strerror}", retry_after_s=STORAGE_RETRY_AFTER_S
-        ) from exc
+        raise (_write_error if writing else _read_error)(uri, exc) from exc
     except (ValueError, RuntimeError, UnicodeError) as exc:
         # a NUL byte, undecodable percent-escapes, a symlink loop (RuntimeError in pathlib)
         raise InvalidPath(f"the path cannot name a stored object: {exc}") from exc
+
+
+def _read_error(uri: str, exc: OSError) -> ServiceError:
+    if exc.errno in _NOT_FOUND:
+        return ObjectNotFound(f"no stored object at {uri}")
+    if exc.errno in _SPECIAL:
+        return _not_a_file()  # a socket, or a device with no driver behind it
+    if exc.errno in _BAD_PATH:
+        return InvalidPath(f"the path cannot name a stored object: {exc.strerror}")
+    if exc.errno in _REFUSED:
+        return AccessDenied(f"{uri} is not readable by this service")
+    return _unavailable(exc)
+
+
+def _write_error(uri: str, exc: OSError) -> ServiceError:
+    if exc.errno in _CANNOT_HOLD:
+        return InvalidPath(f"{uri} cannot be written here: {exc.strerror}")
+    if exc.errno in _REFUSED | {errno.EROFS}:
+        return AccessDenied(f"{uri} is not writable by this process: {exc.strerror}")
+    return _unavailable(exc)
+
+
+def _unavailable(exc: OSError) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"local storage failed: {exc.strerror}", retry_after_s=STORAGE_RETRY_AFTER_S
+    )
 
 
 def _not_a_file() -> InvalidPath:
