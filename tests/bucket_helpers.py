@@ -37,6 +37,18 @@ def task(
     )
 
 
+def collect(target: str, env: dict[str, str], out: Path) -> subprocess.CompletedProcess:
+    """`classify-bucket TARGET --collect OUT`, finished."""
+    return subprocess.run(
+        [sys.executable, "-m", "bulk", target, "--collect", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def manifest_of(process: subprocess.Popen) -> tuple[int, dict]:
     _, err = process.communicate(timeout=300)
     lines = err.strip().splitlines()

@@ -12,10 +12,16 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from bucket_helpers import AS_AN_ORDINARY_READER, GcsBucket, LocalFolder, manifest_of, task
+from bucket_helpers import (
+    AS_AN_ORDINARY_READER,
+    GcsBucket,
+    LocalFolder,
+    collect,
+    manifest_of,
+    task,
+)
 from conftest import REPO, TEST_BUCKET, free_port, service_env
 from fault_proxy import FaultProxy
 from google.api_core.exceptions import NotFound
@@ -91,7 +97,9 @@ def place(request, bentoml_home, tmp_path, emulator):
     proxy.failing_path = None
 
 
-def test_results_this_code_did_not_write_are_redone_and_counted_never_fatal(place, photos):
+def test_results_this_code_did_not_write_are_redone_and_counted_never_fatal(
+    place, photos, tmp_path
+):
     for name in ("bird", "cat", "parrot"):
         place.put(f"{name}.jpg", photos[name])
     bad = {
@@ -115,23 +123,13 @@ def test_results_this_code_did_not_write_are_redone_and_counted_never_fatal(plac
 
     # --collect with one corrupt result among valid ones: the rest, and a count of the bad
     place.where.put(f"results/{place.prefix}orphan.jpg.json", b"\x00\xff not json")
-    out = Path(place.env.get("TMPDIR", "/tmp")) / f"collect-{os.getpid()}-{place.kind}.jsonl"
-    collected = subprocess.run(
-        [sys.executable, "-m", "bulk", place.target, "--collect", str(out)],
-        cwd=REPO,
-        env=place.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    try:
-        assert collected.returncode == EXIT_DONE, collected.stderr
-        assert "Traceback" not in collected.stderr and "invalid results skipped" in collected.stderr
-        lines = out.read_text().splitlines()
-        assert all(ClassificationResult.model_validate_json(line) for line in lines)
-        assert any(place.prefix + "parrot.jpg" in line for line in lines)
-    finally:
-        out.unlink(missing_ok=True)
+    out = tmp_path / "all.jsonl"
+    collected = collect(place.target, place.env, out)
+    assert collected.returncode == EXIT_DONE, collected.stderr
+    assert "Traceback" not in collected.stderr and "invalid results skipped" in collected.stderr
+    lines = out.read_text().splitlines()
+    assert all(ClassificationResult.model_validate_json(line) for line in lines)
+    assert any(place.prefix + "parrot.jpg" in line for line in lines)
 
 
 def test_a_results_location_that_cannot_be_written_stops_the_task_before_any_photo(place, photos):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pillow_heif
 import pytest
-from bucket_helpers import GcsBucket, LocalFolder, manifest_of, task
+from bucket_helpers import GcsBucket, LocalFolder, collect, manifest_of, task
 from conftest import REPO, TEST_BUCKET, Server, free_port, service_env, wait_until
 from helpers import Emulator, classify
 from PIL import Image, ImageOps
@@ -187,27 +187,14 @@ def test_sigterm_stops_a_task_cleanly_with_what_is_finished_kept(store, photos):
 
 def test_collect_merges_the_results(store, tmp_path):
     out = tmp_path / "results.jsonl"
-    process = subprocess.run(
-        [sys.executable, "-m", "bulk", store.target, "--collect", str(out)],
-        cwd=REPO,
-        env=store.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    process = collect(store.target, store.env, out)
     assert process.returncode == 0, process.stderr
     lines = [
         ClassificationResult.model_validate_json(line) for line in out.read_text().splitlines()
     ]
     assert len(lines) == len(store.where.results())
     csv_out = tmp_path / "results.csv"
-    subprocess.run(
-        [sys.executable, "-m", "bulk", store.target, "--collect", str(csv_out)],
-        cwd=REPO,
-        env=store.env,
-        check=True,
-        timeout=120,
-    )
+    assert collect(store.target, store.env, csv_out).returncode == 0
     rows = csv_out.read_text().splitlines()
     assert rows[0].startswith("source,generation,size") and len(rows) == len(lines) + 1
 
