@@ -218,3 +218,23 @@ def test_sequence_headers_of_every_shape_give_their_frame_size():
     assert max_frame_size(temporal_delimiter) is None
     with pytest.raises(ValueError):
         max_frame_size(reduced.obu()[:4])
+
+
+def test_a_heic_or_webp_whose_data_codes_more_than_it_declares_is_refused_by_its_decoder():
+    """The same lie in the other formats with two sizes: libheif holds a HEIC's coded size to
+    its `ispe`, libwebp a still WebP's frame to its canvas; both end as corrupt_image."""
+    out = io.BytesIO()
+    Image.new("RGB", (4096, 4096), (10, 100, 200)).save(out, "HEIF", quality=10)
+    heic = bytearray(out.getvalue())
+    at = heic.find(b"ispe")
+    while at >= 0:
+        heic[at + 8 : at + 16] = struct.pack(">II", 64, 64)
+        at = heic.find(b"ispe", at + 4)
+    out = io.BytesIO()
+    Image.new("RGBA", (4000, 4000), (10, 100, 200, 128)).save(out, "WEBP", quality=10)
+    webp = bytearray(out.getvalue())
+    canvas = webp.index(b"VP8X") + 12
+    webp[canvas : canvas + 6] = (63).to_bytes(3, "little") * 2  # a 64x64 canvas
+    for data in (bytes(heic), bytes(webp)):
+        with pytest.raises(errors.CorruptImage):
+            load_model_image(data, 40_000_000, ResizeMode.resize)
