@@ -25,10 +25,10 @@ from common.bucket_objects import bucket_objects
 from common.config import Settings, SettingsError, settings
 from common.errors import InvalidPath, ServiceError
 from common.images import set_pixel_limit
+from common.schemas import MAX_TOP_K
 from common.storage import GCSStorage, LocalStorage
 
 EXIT_DONE, EXIT_RETRY, EXIT_USAGE = 0, 1, 2
-MAX_TOP_K = 1000  # the model's classes
 USAGE = """classify-bucket gs://BUCKET/PREFIX | FOLDER [options]
 
 Classify every photo under a bucket prefix (or in a local folder) into the results layout

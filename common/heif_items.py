@@ -3,11 +3,12 @@ file's item boxes without decoding anything.
 
 A HEIF file's primary item may be derived: a grid whose tiles are other coded items (how phones
 store photos), possibly nested through other derivations, with an alpha plane in an auxiliary
-item. The decoder decodes every tile referenced, as often as it is referenced, and the alpha
-item, while the file declares only the canvas. So a few kilobytes can declare a 64x64 canvas
-and reference one large tile a thousand times. The pixels that decoding really produces are the
-sum of the referenced coded items' sizes (their `ispe` properties); that figure, not the
-canvas, is what the pixel limit, the decode budget and the CPU bound count.
+item, while the file declares only the canvas: a few kilobytes can declare a 64x64 canvas and
+reference one large tile a thousand times. The most that decoding can produce is the sum of the
+referenced coded items' sizes (their `ispe` properties), each reference counted; that figure,
+not the canvas, is what the pixel limit and the decode budget count. It is an upper bound:
+libheif 1.23 decoded a 64x64 canvas over 37.7 MP of flat tiles in ~5 MiB and 0.2 s
+(benchmarks/request_bounds.json).
 
 ISO/IEC 14496-12 (boxes) and 23008-12 (HEIF items): `meta` holds `pitm` (the primary item),
 `iinf` (each item's type), `iref` (`dimg`: a derived item's inputs; `auxl`: an auxiliary
