@@ -73,7 +73,7 @@ PRICES = {
 }
 PRICES_READ = "2026-12-04"
 # What scripts/deploy gives each (vCPU, GiB): the job and classify 2 vCPU and classify's
-# measured memory (2 GiB), preprocess 1 vCPU and 2 GiB (benchmarks/sizing.json).
+# measured memory (2 GiB), preprocess 1 vCPU and 2 GiB (scripts/sizing.json).
 SHAPES = {"job": (2, 2.0), "classify": (2, 2.0), "preprocess": (1, 2.0)}
 TARGET_HTTP_RATIO = 2.0  # 1 MP: the job's photos/s over the HTTP path's
 TARGET_LIMIT_SHARE = 0.85  # 1 MP: the job's photos/s over the in-process limit
@@ -95,13 +95,13 @@ def in_process_limit(photos: list[bytes]) -> dict[str, float]:
     threads), measured alone in this process; and the photos/s the cores allow at that cost."""
     import numpy as np
 
-    from bulk.job import Model
-    from common.config import Settings
-    from common.images import set_pixel_limit, to_model_pixels
+    from classify.model import Classifier
+    from classify.settings import ClassifySettings
+    from common.images.decode import set_pixel_limit, to_model_pixels
 
-    settings = Settings.from_env({})
+    settings = ClassifySettings.from_env({})
     set_pixel_limit(settings.max_image_pixels)
-    model = Model(settings)
+    model = Classifier.load(settings)
     model.answers([np.zeros((224, 224, 3), np.uint8)] * BATCH_SIZE, 5)  # warm
     started = time.process_time()
     pixels = [to_model_pixels(p, settings.max_image_pixels, settings.resize_mode) for p in photos]
@@ -241,7 +241,7 @@ def run_http(folder: Path, servers: dict[str, ServerUnderTest], storage: Path, o
 
 def agreement(folder: Path, http_csv: Path) -> dict:
     """The job's answers against the HTTP path's for the same photos."""
-    from common.results import ClassificationResult
+    from classify.results import ClassificationResult
 
     served = {Path(r["file"]).name: r for r in csv.DictReader(http_csv.open())}
     same_label, worst = 0, 0.0

@@ -55,14 +55,14 @@ from benchmarks.harness import (
 )
 from benchmarks.heldout import labelled_views, top1_accuracy
 from benchmarks.report import stamp
-from common.images import (
+from classify.runtime_table import REDUCED_PRECISION_RUNTIMES
+from common.images.decode import (
     STORED_CONTENT_TYPE,
     STORED_SUFFIX,
     encode_stored,
     normalize,
     to_model_pixels,
 )
-from common.runtime_table import REDUCED_PRECISION_RUNTIMES
 from common.schemas import ResizeMode
 from common.storage import LocalStorage
 
@@ -173,12 +173,14 @@ def raw_benchmark(
     load-adaptive threading as the service runs it (OpenVINO: one single-threaded stream per
     core, so side-by-side calls run on separate cores).
     """
-    from runtimes import load_runtime, stored_model_dir
+    from classify.model import stored_model_dir
+    from classify.runtime_table import spec
+    from classify.runtimes import load_runtime
 
     model_dir = stored_model_dir(runtime_name)
     started = time.perf_counter()
     fixed = os.cpu_count() if threads is None else threads or None
-    runtime = load_runtime(runtime_name, model_dir, fixed)
+    runtime = load_runtime(spec(runtime_name), model_dir, fixed)
     runtime.predict(np.zeros((1, 224, 224, 3), np.uint8))
     load_s = time.perf_counter() - started
     rng = np.random.default_rng(0)
@@ -618,7 +620,9 @@ def reduced_precision_accuracy(
 
     FP32 is ONNX Runtime, which tests/service/test_runtimes.py holds within 1e-4 of Keras.
     """
-    from runtimes import class_names, load_runtime, stored_model_dir
+    from classify.model import stored_model_dir
+    from classify.runtime_table import spec
+    from classify.runtimes import class_names, load_runtime
 
     names = class_names(stored_model_dir("onnxruntime"))
     views, labels = labelled_views(ASSETS / "images", views_per_photo)
@@ -628,10 +632,10 @@ def reduced_precision_accuracy(
             [runtime.predict(views[i : i + 32]) for i in range(0, len(views), 32)]
         )
 
-    fp32 = predict(load_runtime("onnxruntime", stored_model_dir("onnxruntime")))
+    fp32 = predict(load_runtime(spec("onnxruntime"), stored_model_dir("onnxruntime")))
     accuracy = {}
     for name in runtime_names:
-        runtime = load_runtime(name, stored_model_dir(name))
+        runtime = load_runtime(spec(name), stored_model_dir(name))
         reduced = predict(runtime)
         accuracy[name] = {
             "runtime": name,

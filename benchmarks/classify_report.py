@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from benchmarks.report import cpu_line, row, write
-from common.runtime_table import (
+from classify.runtime_table import (
     ALL_RUNTIMES,
     BATCHED_BY_DEFAULT,
     DEFAULT_RUNTIME,

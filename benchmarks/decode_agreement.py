@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from common.images import decode_image, encode_stored, normalize
+from common.images.decode import decode_image, encode_stored, normalize
 from common.schemas import ResizeMode
 from common.storage import Storage
 

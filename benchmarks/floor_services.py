@@ -26,10 +26,10 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
-from common.runtime_table import TABLE
+from classify.model import Classifier
+from classify.runtime_table import TABLE
 from common.schemas import ClassifyRequest, ClassifyResponse, Prediction
 from common.threads import name_thread
-from runtimes import class_names, load_runtime, rank
 
 # Model calls at once in ModelBento: the shipped service's default (calls_per_core per core).
 MODEL_CALLS = TABLE["onnxruntime"].calls_per_core * (os.cpu_count() or 1)
@@ -77,8 +77,7 @@ class ModelBento:
 
     def __init__(self) -> None:
         folder = Path(self.model_ref.path)
-        self.runtime = load_runtime("onnxruntime", folder, threads=1)
-        self.labels = class_names(folder)
+        self.classifier = Classifier(TABLE["onnxruntime"], folder, "floor", threads=1)
         self.named = threading.local()
 
     @bentoml.api(route="/classify", input_spec=ClassifyRequest, output_spec=ClassifyResponse)
@@ -87,8 +86,8 @@ class ModelBento:
             name_thread(threading.get_native_id(), "classify-model")
             self.named.done = True
         image = Image.open(io.BytesIO(read_stored(gcs_path))).convert("RGB")
-        probabilities = self.runtime.predict(np.asarray(image)[np.newaxis])[0]
-        return rank(probabilities, self.labels, top_k, "floor", self.runtime.name)
+        probabilities = self.classifier.predict(np.asarray(image)[np.newaxis])[0]
+        return self.classifier.rank(probabilities, top_k)
 
 
 def fastapi_app() -> FastAPI:

@@ -1,4 +1,4 @@
-"""The shipped classify service with its HTTP middleware stack taken off (`common/http_stack.py`:
+"""The shipped classify service with its HTTP middleware stack taken off (`common/http/stack.py`:
 docs alias, error shape, auth, load shedding, body guard): beside the shipped one in
 `benchmarks/request_floor.py`, what that stack costs a request. A measurement only: never
 serve this.

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common.runtime_table import ALL_RUNTIMES
+from classify.runtime_table import ALL_RUNTIMES
 
 REPO = Path(__file__).resolve().parents[1]
 

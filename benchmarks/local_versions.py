@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import REPO, cpu
-from common.bucket_objects import LocalObjects
 from common.storage import LocalStorage
 
 HERE = REPO / "benchmarks"
@@ -49,11 +48,11 @@ def _timed(work) -> dict[str, float]:
     }
 
 
-def _stat_versions(objects: LocalObjects) -> int:
+def _stat_versions(objects: LocalStorage) -> int:
     return sum(1 for _ in objects.list(""))
 
 
-def _hashed_versions(objects: LocalObjects) -> int:
+def _hashed_versions(objects: LocalStorage) -> int:
     count = 0
     for info in objects.list(""):
         with open(objects.root / info.key, "rb") as file:
@@ -80,7 +79,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="local-versions-") as tmp:
         root = Path(tmp)
         _make(root, args.files, args.kib)
-        objects = LocalObjects(LocalStorage(root))
+        objects = LocalStorage(root)
         _stat_versions(objects)  # the directory entries warm, for both
         runs = {"stat, warm": _timed(lambda: _stat_versions(objects))}
         runs["sha-256, warm"] = _timed(lambda: _hashed_versions(objects))

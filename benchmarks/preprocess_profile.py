@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from PIL import Image, ImageOps
 
-from common.images import encode_stored, normalize, open_image, reduced_size
+from common.images.decode import encode_stored, normalize, open_image, reduced_size
 from common.schemas import ResizeMode
 
 MAX_PIXELS = 10**8
@@ -30,7 +30,7 @@ def _timed(steps: dict[str, float], name: str, work: Callable[[], object]) -> ob
 
 
 def ours(data: bytes, steps: dict[str, float]) -> None:
-    """The service's image work, step by step (common/images.py's load_model_image)."""
+    """The service's image work, step by step (common/images/decode.py's load_model_image)."""
     image = _timed(steps, "open (header, allowlist)", lambda: open_image(data, MAX_PIXELS))
     image.draft(None, reduced_size(ResizeMode.resize))  # JPEG: DCT-domain reduction
     _timed(steps, "decode", image.load)

@@ -58,8 +58,8 @@ from benchmarks.harness import (
     threads_cpu_s,
 )
 from benchmarks.report import Figures, cpu_line, row, stamp, write
-from common.images import to_model_pixels
-from common.runtime_table import TABLE
+from classify.runtime_table import TABLE
+from common.images.decode import to_model_pixels
 from common.schemas import ResizeMode
 
 # name -> what `bentoml serve` serves (None: the FastAPI floor, a plain uvicorn process)
@@ -135,9 +135,11 @@ def model_alone(seconds: float, streams: int) -> dict:
 def work_alone(paths: list[str], seconds: float, streams: int) -> dict:
     """Classify's work without a server, in this process: read, decode and the model (the
     runtime as the service loads it), `streams` images at once, for `seconds`."""
-    from runtimes import load_runtime, stored_model_dir
+    from classify.model import stored_model_dir
+    from classify.runtime_table import spec
+    from classify.runtimes import load_runtime
 
-    runtime = load_runtime("onnxruntime", stored_model_dir("onnxruntime"), None)
+    runtime = load_runtime(spec("onnxruntime"), stored_model_dir("onnxruntime"), None)
     files = [Path(path.removeprefix("file://")) for path in paths]
 
     def classify(number: int) -> None:

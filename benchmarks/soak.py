@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 
 from benchmarks.harness import ASSETS, BENTOML, REPO
 from benchmarks.report import stamp, write
-from common.images import decode_image
+from common.images.decode import decode_image
 
 RSS_GROWTH_LIMIT_MB = 64  # after warm-up; allocator noise stays well under this
 SAMPLE_EVERY = 10  # compare every 10th answer with an in-process run
@@ -125,10 +125,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from common.runtime_table import DEFAULT_RUNTIME
-    from runtimes import load_runtime, stored_model_dir
+    from classify.model import stored_model_dir
+    from classify.runtime_table import DEFAULT_RUNTIME, spec
+    from classify.runtimes import load_runtime
 
-    runtime = load_runtime(DEFAULT_RUNTIME, stored_model_dir(DEFAULT_RUNTIME), 1)
+    runtime = load_runtime(spec(DEFAULT_RUNTIME), stored_model_dir(DEFAULT_RUNTIME), 1)
     with tempfile.TemporaryDirectory(prefix="soak-") as storage:
         env = {**os.environ, "STORAGE_DIR": storage, "TF_CPP_MIN_LOG_LEVEL": "3"}
         pre_process, pre = start("preprocess.service:Preprocess", env)

@@ -23,8 +23,8 @@ from pathlib import Path
 from PIL import Image
 
 from common.config import Settings
-from common.image_checks import MAX_BMP_RLE_BYTES, MAX_JPEG_SCANS, MAX_JPEG_SEGMENT_BYTES
-from common.images import load_model_image, set_pixel_limit
+from common.images.checks import MAX_BMP_RLE_BYTES, MAX_JPEG_SCANS, MAX_JPEG_SEGMENT_BYTES
+from common.images.decode import load_model_image, set_pixel_limit
 from common.schemas import ResizeMode
 
 OUT = Path(__file__).with_name("worst_case_decode.json")

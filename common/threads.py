@@ -5,11 +5,16 @@ after the process.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _TASKS = "/proc/self/task"
 
@@ -49,3 +54,8 @@ def name_runtime_threads(name: str) -> Iterator[None]:
     yield
     for tid in thread_ids() - before:
         name_thread(tid, name)
+
+
+async def run_in(pool: ThreadPoolExecutor, work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` on a thread of `pool`, in the caller's context (a request's deadline)."""
+    return await asyncio.wrap_future(pool.submit(contextvars.copy_context().run, work, *args))

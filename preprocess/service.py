@@ -12,12 +12,12 @@ import time
 import bentoml
 from starlette.responses import JSONResponse
 
-from common import http_stack
 from common.bento_image import BUILD_ENVS, service_image
 from common.config import observability_config, settings
-from common.deadline import REQUEST_TIMEOUT_S
 from common.errors import EmptyUpload, ServiceError, UploadTooLarge, error_response
-from common.images import (
+from common.http import stack as http_stack
+from common.http.deadline import REQUEST_TIMEOUT_S
+from common.images.decode import (
     STORED_CONTENT_TYPE,
     STORED_SUFFIX,
     encode_stored,

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import ServiceError, UploadTooLarge, error_response
-from common.http_guards import media_type, replay_body
+from common.http.guards import media_type, replay_body
 from common.schemas import ResizeMode
 from preprocess.form_parser import FormPart, MalformedForm, StreamingForm
 

@@ -60,7 +60,7 @@ def cpu_s(row: dict[str, float]) -> float:
 def readme_block(measured: dict[str, Any] | None = None) -> str:
     """The README's two limits, with the figures of the measured run."""
     from common.config import Settings
-    from common.images import DECODER_COST
+    from common.images.decode import DECODER_COST
 
     measured = measured or json.loads(MEASURED.read_text())
     rows = {

@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common.runtime_table import STORED_MODELS
-from runtimes import CLASS_INDEX_FILE, INT8_FILE, KERAS_FILE, ONNX_FILE
+from classify.runtime_table import STORED_MODELS
+from classify.runtimes import CLASS_INDEX_FILE, INT8_FILE, KERAS_FILE, ONNX_FILE
 from scripts.quantize_int8 import quantize_int8
 
 LAYOUT = 4  # bump when the stored files change, so older imports are not reused
@@ -72,7 +72,7 @@ def export_onnx(model, path: Path) -> None:  # model: a keras.Model
     import tensorflow as tf
     import tf2onnx
 
-    from runtimes import scale_pixels_tf
+    from classify.runtimes import scale_pixels_tf
 
     signature = (tf.TensorSpec((None, 224, 224, 3), tf.uint8, name="pixels"),)
 

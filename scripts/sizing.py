@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cloud Run sizing derived from measurements: `--memory` and the startup probe of each service.
 
-The measurements live in benchmarks/sizing.json. The tests that take them write them there when
+The measurements live in scripts/sizing.json. The tests that take them write them there when
 asked (`scripts/measure-sizing`): tests/deploy/test_memory.py the peak RSS of each service under the
 worst case the limits allow, tests/deploy/test_containers.py each image's size and cold start
 (`podman run` to the first correct answer). `scripts/deploy` reads its numbers from here, and
@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.runtime_table import ALL_RUNTIMES, IMAGE_RUNTIMES
-from common.runtime_table import spec as runtime_spec
+from classify.runtime_table import ALL_RUNTIMES, IMAGE_RUNTIMES
+from classify.runtime_table import spec as runtime_spec
 
-MEASURED = Path(__file__).resolve().parents[1] / "benchmarks" / "sizing.json"
+MEASURED = Path(__file__).resolve().parent / "sizing.json"
 MIB = 1024**2
 # --memory is the measured worst-case peak over this fraction, in steps of 256 MiB: the memory
 # test fails at 85% of the limit, so a re-measured peak up to ~20% above the committed one

@@ -12,7 +12,7 @@ from conftest import REPO, TEST_BUCKET
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 
-from common.results import ClassificationResult
+from classify.results import ClassificationResult
 
 # Root reads every file whatever its mode; without these two capabilities it is refused as any
 # user is (file modes apply), while keeping its own files (the repository, the model store).

@@ -36,7 +36,7 @@ from fuzzing import (
 )
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from common.decode_budget import BYTES_PER_PIXEL
+from common.images.decode_budget import BYTES_PER_PIXEL
 from common.schemas import ResizeMode
 
 MIB = 1024 * 1024

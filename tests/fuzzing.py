@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from common.errors import ServiceError
-from common.image_checks import PNG_SIGNATURE
-from common.images import load_model_image, set_pixel_limit
+from common.images.checks import PNG_SIGNATURE
+from common.images.decode import load_model_image, set_pixel_limit
 from common.schemas import ResizeMode
 from preprocess.form_parser import MalformedForm, StreamingForm
 

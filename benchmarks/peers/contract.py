@@ -182,7 +182,7 @@ def preprocess(data: bytes, root: Path) -> dict:
     }
 
 
-# EXIF orientation -> transpose, as common/images.py has it (this file runs outside its venv).
+# EXIF orientation -> transpose, as common/images/decode.py has it (this runs outside its venv).
 _UPRIGHT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,

@@ -17,7 +17,7 @@ from helpers import smoke_study
 
 from benchmarks.classify import SMOKE_RAW_RUNTIMES
 from benchmarks.classify_report import COMPARED, round_ceiling, targets
-from common.runtime_table import REDUCED_PRECISION_RUNTIMES
+from classify.runtime_table import REDUCED_PRECISION_RUNTIMES
 
 pytestmark = pytest.mark.slow
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,12 @@ def test_classify_bento_carries_the_model_and_onnxruntime_but_no_tensorflow(buil
     assert requirements["bentoml"] == "1.4.40"
     assert not any(name.startswith(("tensorflow", "keras", "tf2onnx")) for name in requirements)
     sources = {str(p.relative_to(folder / "src")) for p in (folder / "src").rglob("*.py")}
-    expected = {"service.py", "runtimes.py", "batcher.py", "common/storage.py", "common/images.py"}
+    expected = {
+        "service.py",
+        "classify/model.py",
+        "classify/bucket/job.py",
+        "common/storage/base.py",
+    }
     assert expected <= sources
     assert not any(s.startswith(("client/", "tests/", "benchmarks/")) for s in sources)
 
@@ -83,16 +89,17 @@ def test_preprocess_bento_has_shared_code_but_no_tensorflow(built):
     assert not any(name.startswith(("tensorflow", "keras", "tf-")) for name in requirements)
     assert requirements["pillow"] == "13.0.0"
     sources = {str(p.relative_to(folder / "src")) for p in (folder / "src").rglob("*.py")}
-    assert {"preprocess/service.py", "preprocess/uploads.py", "common/storage.py"} <= sources
+    assert {"preprocess/service.py", "preprocess/uploads.py", "common/storage/gcs.py"} <= sources
     assert "service.py" not in sources
+    assert not any(source.startswith("classify/") for source in sources)
 
 
 def _built_for(built: dict[str, str], name: str) -> str:
     """The runtime a classify Bento was built for: its `runtime` build argument, which BentoML
-    restores wherever the Bento is served, and the CLASSIFY_RUNTIME its container sets."""
+    restores wherever the Bento is served; the one channel (no CLASSIFY_RUNTIME in the image)."""
     manifest = yaml.safe_load((_bento_dir(built, name) / "bento.yaml").read_text())
-    envs = {env["name"]: env["value"] for env in manifest.get("envs") or []}
-    assert manifest["args"]["runtime"] == envs["CLASSIFY_RUNTIME"]
+    envs = {env["name"] for env in manifest.get("envs") or []}
+    assert "CLASSIFY_RUNTIME" not in envs
     return manifest["args"]["runtime"]
 
 
@@ -161,3 +168,29 @@ def test_bentoml_cli_lists_all_four(built):
     listed = {bento["tag"] for bento in json.loads(out.stdout)}
     names = ("classify", "preprocess", "tensorflow", "openvino")
     assert {built[name] for name in names} <= listed
+
+
+def test_classify_bucket_in_a_bento_runs_the_runtime_it_was_built_for(
+    built, bentoml_home, photos, tmp_path
+):
+    """`classify-bucket` runs in the Bento's image without `bentoml serve`: it reads the build
+    argument from the Bento it runs in (`$BENTO_PATH`, as in the container), with no
+    CLASSIFY_RUNTIME anywhere, and loads the model the Bento packs."""
+    bento = _bento_dir(built, "tensorflow")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "parrot.jpg").write_bytes(photos["parrot"])
+    env = service_env(bentoml_home, {}, BENTO_PATH=str(bento), PYTHONPATH=str(bento / "src"))
+    env.pop("CLASSIFY_RUNTIME", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "classify.bucket", str(folder)],
+        env=env,
+        cwd=tmp_path,  # not the repository: the Bento's own source is imported
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((folder / "results" / "parrot.jpg.json").read_text())
+    assert result["answer"]["runtime"] == "tensorflow"
+    assert result["answer"]["model"].startswith("mobilenet_v2_keras:")

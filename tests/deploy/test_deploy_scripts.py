@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from common.runtime_table import ALL_RUNTIMES
-from common.runtime_table import spec as runtime_spec
+from classify.runtime_table import ALL_RUNTIMES
+from classify.runtime_table import spec as runtime_spec
 from scripts.sizing import (
     PROBE_PERIOD_S,
     measured,
@@ -164,7 +164,7 @@ def test_deploy_runs_exactly_what_its_dry_run_prints(stubs, bentoml_home):
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)
 def test_each_runtime_deploys_its_bento_sized_from_measurements(stubs, runtime):
     """The classify Bento is built for the runtime; --memory and the startup probe of both
-    services come from benchmarks/sizing.json (the measurement of the runtime's image)."""
+    services come from scripts/sizing.json (the measurement of the runtime's image)."""
     bento = runtime_spec(runtime).image
     result = run_script({**stubs, "CLASSIFY_RUNTIME": runtime}, "deploy", "--dry-run")
     assert result.returncode == 0, result.stderr

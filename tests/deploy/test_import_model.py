@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import REPO, WEIGHTS
 
-from common.runtime_table import STORED_MODELS
+from classify.runtime_table import STORED_MODELS
 
 
 def _bentoml_models(home) -> list[dict]:

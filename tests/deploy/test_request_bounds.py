@@ -28,7 +28,7 @@ from hostile import heic_lying_grid
 
 from benchmarks.worst_case_decode import inputs
 from common.config import Settings
-from common.images import admitted_pixels, open_image
+from common.images.decode import admitted_pixels, open_image
 from scripts.bounds import CPU_BOUND_S, MEMORY_MARGIN, bound_mib, cpu_s, peak_mib, write_figures
 
 pytestmark = pytest.mark.slow

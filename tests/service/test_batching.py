@@ -20,8 +20,8 @@ from conftest import REPO, Server, service_env
 from helpers import EXPECTED_LABELS, batch_histogram, encode, pixels_of, upload
 from PIL import Image, ImageOps
 
-from common.config import Settings
-from common.runtime_table import BATCHED_BY_DEFAULT, Runtime
+from classify.runtime_table import BATCHED_BY_DEFAULT, Runtime
+from classify.settings import ClassifySettings
 
 CONCURRENT_REQUESTS = 32
 local_storage_only = pytest.mark.parametrize("backend", ["local"], indirect=True)
@@ -92,8 +92,8 @@ def classify_with(services, bentoml_home, tmp_path_factory):
 
 def default_or_started(services, classify_with, runtime: Runtime, batching: bool) -> Server:
     """The default service where it already serves `runtime` that way, else one started so."""
-    default = Settings.from_env({})
-    if default.classify_runtime == runtime and default.batching == batching:
+    default = ClassifySettings.from_env({})
+    if default.runtime.name == runtime and default.batching == batching:
         return services.classify
     return classify_with(CLASSIFY_RUNTIME=runtime, CLASSIFY_BATCHING="on" if batching else "off")
 
@@ -194,9 +194,11 @@ def test_batching_defaults_follow_the_committed_batching_benchmark():
     }
     assert measured == BATCHED_BY_DEFAULT
     for runtime in Runtime:
-        chosen = Settings.from_env({"CLASSIFY_RUNTIME": runtime}).batching
+        chosen = ClassifySettings.from_env({"CLASSIFY_RUNTIME": runtime}).batching
         assert chosen == (runtime in BATCHED_BY_DEFAULT), runtime
         assert (
-            Settings.from_env({"CLASSIFY_RUNTIME": runtime, "CLASSIFY_BATCHING": "off"}).batching
+            ClassifySettings.from_env(
+                {"CLASSIFY_RUNTIME": runtime, "CLASSIFY_BATCHING": "off"}
+            ).batching
             is False
         )

@@ -29,7 +29,7 @@ from helpers import EXPECTED_LABELS, Emulator
 from hostile import gif_js_polyglot, heic_lying_grid, png_bad_ancillary_crc
 from PIL import Image
 
-from common.results import ClassificationResult
+from classify.results import ClassificationResult
 
 pytestmark = pytest.mark.slow
 EXIT_DONE, EXIT_RETRY, EXIT_USAGE = 0, 1, 2

@@ -19,8 +19,8 @@ from conftest import REPO, TEST_BUCKET, Server, free_port, service_env, wait_unt
 from helpers import Emulator, classify
 from PIL import Image, ImageOps
 
-from bulk.tasks import TaskShare
-from common.results import ClassificationResult
+from classify.bucket.tasks import TaskShare
+from classify.results import ClassificationResult
 
 pytestmark = pytest.mark.slow
 pillow_heif.register_heif_opener()

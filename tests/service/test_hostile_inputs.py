@@ -38,7 +38,7 @@ def test_hostile_file_gets_its_documented_outcome(services, photos, rss_before, 
     assert elapsed < MAX_SECONDS, f"{name} took {elapsed:.1f} s"
     body = response.json()
     if code is None:
-        stored = services.backend.storage.read(body["gcs_path"], 10**7)
+        stored = services.backend.storage.read_uri(body["gcs_path"], 10**7)
         assert stored.startswith(b"BM") and b"PK\x03\x04" not in stored  # re-encoded as BMP
         answer = classify(services.classify.url, body["gcs_path"])
         assert answer.status_code == 200, answer.text

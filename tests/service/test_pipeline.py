@@ -22,7 +22,7 @@ def test_photos_get_reference_labels_and_keras_confidences(services, photos, ker
         scheme = "gs://test-bucket/" if services.backend.name == "gcs" else "file:///"
         assert body["gcs_path"].startswith(scheme)
         assert (body["width"], body["height"]) == (224, 224)
-        stored_bytes = services.backend.storage.read(body["gcs_path"], 10**7)
+        stored_bytes = services.backend.storage.read_uri(body["gcs_path"], 10**7)
         assert hashlib.sha256(stored_bytes).hexdigest() == body["sha256"]
         assert body["gcs_path"].endswith(f"preprocessed/{body['sha256']}.bmp")
         assert Image.open(io.BytesIO(stored_bytes)).format == "BMP"

@@ -19,11 +19,11 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from benchmarks.heldout import labelled_views, top1_accuracy
-from common.images import decode_image, normalize
-from common.runtime_table import FP32_RUNTIMES as RUNTIMES
-from common.runtime_table import REDUCED_PRECISION_RUNTIMES
+from classify.runtime_table import FP32_RUNTIMES as RUNTIMES
+from classify.runtime_table import REDUCED_PRECISION_RUNTIMES, spec
+from classify.runtimes import class_names, load_runtime
+from common.images.decode import decode_image, normalize
 from common.schemas import ResizeMode
-from runtimes import class_names, load_runtime, stored_model
 
 TOLERANCE = 1e-4
 
@@ -60,7 +60,7 @@ def model_dir(bentoml_home: Path):
     """The folder of the stored model a runtime loads, in the tests' BentoML store."""
 
     def folder(runtime_name: str) -> Path:
-        name = stored_model(runtime_name).split(":")[0]
+        name = spec(runtime_name).stored_model
         (version,) = [p for p in (bentoml_home / "models" / name).iterdir() if p.is_dir()]
         return version
 
@@ -100,7 +100,9 @@ def test_runtime_agrees_with_keras(runtime_spec, sample, model_dir, keras_on, ph
 
     pixels = photo_batch(photos) if sample == "photos" else held_out_sample(photos)
     expected = keras_on(sample, pixels)
-    runtime = load_runtime(runtime_name, model_dir(runtime_name), int(threads) if threads else None)
+    runtime = load_runtime(
+        spec(runtime_name), model_dir(runtime_name), int(threads) if threads else None
+    )
     # batch sizes the batcher forms, not just one
     actual = np.concatenate(
         [runtime.predict(pixels[i : i + 16]) for i in range(0, len(pixels), 16)]
@@ -112,7 +114,7 @@ def test_runtime_agrees_with_keras(runtime_spec, sample, model_dir, keras_on, ph
 
 def test_unknown_runtime_is_refused(model_dir):
     with pytest.raises(ValueError, match="unknown runtime"):
-        load_runtime("caffe", model_dir("onnxruntime"))
+        load_runtime(spec("caffe"), model_dir("onnxruntime"))
 
 
 def _in_batches(runtime, pixels: np.ndarray, size: int = 32) -> np.ndarray:
@@ -134,7 +136,7 @@ def _keras_probabilities(keras_model, pixels: np.ndarray) -> np.ndarray:
 def test_reduced_precision_keeps_top1_within_one_point_of_fp32(
     runtime_name, model_dir, keras_on, model_assets, photos
 ):
-    runtime = load_runtime(runtime_name, model_dir(runtime_name))
+    runtime = load_runtime(spec(runtime_name), model_dir(runtime_name))
     import openvino as ov
 
     layers = runtime.layer_precisions()  # really reduced, not a silent FP32 fallback
@@ -150,7 +152,7 @@ def test_reduced_precision_keeps_top1_within_one_point_of_fp32(
     reduced = _in_batches(runtime, views)
     # FP32 is ONNX Runtime here: the test above holds it within 1e-4 of Keras, at a tenth of
     # Keras' time on these 600 views
-    fp32 = _in_batches(load_runtime("onnxruntime", model_dir("onnxruntime")), views)
+    fp32 = _in_batches(load_runtime(spec("onnxruntime"), model_dir("onnxruntime")), views)
     assert len(views) == 600
     assert abs(top1_accuracy(reduced, labels, names) - top1_accuracy(fp32, labels, names)) <= 0.01
 
@@ -168,7 +170,7 @@ def test_overlapping_calls_each_get_their_own_answer(runtime_name, model_dir, ph
     mixed; OpenVINO: one infer request per thread) give every caller the probabilities of its
     own image, equal to a lone call's."""
     pixels = held_out_sample(photos, count=8)
-    runtime = load_runtime(runtime_name, model_dir(runtime_name))
+    runtime = load_runtime(spec(runtime_name), model_dir(runtime_name))
     alone = [runtime.predict(pixels[i : i + 1])[0] for i in range(len(pixels))]
 
     def predict_repeatedly(index: int) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from google.cloud import storage as gcs
 from helpers import EXPECTED_LABELS, Emulator, classify
 from hostile import HOSTILE_EVENTS
 
-from common.results import ClassificationResult
+from classify.results import ClassificationResult
 
 pytestmark = pytest.mark.slow
 FINALIZED = "google.cloud.storage.object.v1.finalized"

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from id_token_signer import AUDIENCE, KEY_ID, _key_and_cert, token
 from starlette.datastructures import Headers
 
-from common.auth import Unauthorized, bearer_token
-from common.id_tokens import IdTokenVerifier, InvalidIdToken
+from common.http.auth import Unauthorized, bearer_token
+from common.http.id_tokens import IdTokenVerifier, InvalidIdToken
 
 PRIVATE, CERT = _key_and_cert()
 CERTS = {KEY_ID: CERT.decode()}

@@ -17,13 +17,11 @@ from hostile import HOSTILE_EVENTS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bulk.collect import collect
-from bulk.progress import JsonProgress
-from bulk.tasks import TaskShare
-from common.bucket_objects import LocalObjects, ObjectInfo, Version
-from common.config import Settings
-from common.errors import AccessDenied, CorruptImage, ObjectNotFound, StorageUnavailable
-from common.results import (
+from classify.bucket.collect import collect
+from classify.bucket.progress import JsonProgress
+from classify.bucket.tasks import TaskShare
+from classify.events import FINALIZED, MalformedEvent, parse_event
+from classify.results import (
     ClassificationResult,
     Outcome,
     has_storable_result,
@@ -35,9 +33,10 @@ from common.results import (
     source_key,
     store_result,
 )
+from classify.settings import ClassifySettings
+from common.errors import AccessDenied, CorruptImage, ObjectNotFound, StorageUnavailable
 from common.schemas import ClassifyResponse, Prediction, ResizeMode
-from common.storage import LocalStorage
-from events import FINALIZED, MalformedEvent, parse_event
+from common.storage import LocalStorage, ObjectInfo, Version
 
 
 @given(st.lists(st.text(min_size=1, max_size=40), max_size=50), st.integers(1, 9))
@@ -83,10 +82,10 @@ def test_a_vanished_object_access_refused_or_a_5xx_is_not_permanent():
 
 
 def test_results_prefix_must_be_a_folder():
-    assert Settings.from_env({"RESULTS_PREFIX": "labels/"}).results_prefix == "labels/"
+    assert ClassifySettings.from_env({"RESULTS_PREFIX": "labels/"}).results_prefix == "labels/"
     for bad in ("results", "/results/"):
         with pytest.raises(ValueError):
-            Settings.from_env({"RESULTS_PREFIX": bad})
+            ClassifySettings.from_env({"RESULTS_PREFIX": bad})
 
 
 def _answer(label: str) -> ClassifyResponse:
@@ -96,14 +95,14 @@ def _answer(label: str) -> ClassifyResponse:
     )
 
 
-def _result(objects: LocalObjects, key: str, label: str) -> ClassificationResult:
+def _result(objects: LocalStorage, key: str, label: str) -> ClassificationResult:
     info = objects.head(key)
     uri = objects.uri_for(key)
     return new_result(uri, info, False, ResizeMode.resize, "job", answer=_answer(label))
 
 
 def test_a_newer_version_replaces_a_result_and_an_older_one_never_does(tmp_path):
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     (tmp_path / "a.jpg").write_bytes(b"old")
     old = _result(objects, "a.jpg", "old")
     time.sleep(0.02)  # past the file system's timestamp granularity: a later change time
@@ -122,7 +121,7 @@ def test_a_newer_version_replaces_a_result_and_an_older_one_never_does(tmp_path)
 
 
 def test_racing_writers_of_one_result_leave_the_newest(tmp_path):
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     results = []
     for stamp in range(1, 17):
         info = ObjectInfo("a.jpg", Version(stamp * 1_000, 3, (stamp, 1)))
@@ -196,7 +195,7 @@ def test_json_progress_lines_are_structured_log_entries(capsys):
 
 
 def test_collect_writes_jsonl_and_csv_whole(tmp_path):
-    objects = LocalObjects(LocalStorage(tmp_path / "photos"))
+    objects = LocalStorage(tmp_path / "photos")
     for i in range(3):
         info = ObjectInfo(f"p{i}.jpg", Version(i, 1, (i, i)))
         result = new_result(
@@ -215,7 +214,7 @@ def test_collect_writes_jsonl_and_csv_whole(tmp_path):
 
 
 def test_names_no_result_can_be_stored_for_are_recognised(tmp_path):
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     assert has_storable_result(objects, "results/", "uploads/IMG_0001.jpg")
     assert not has_storable_result(objects, "results/", "uploads/../x.jpg")  # legal in GCS
     assert not has_storable_result(objects, "results/", "bad\udcffname.jpg")  # undecodable
@@ -228,17 +227,17 @@ def test_names_no_result_can_be_stored_for_are_recognised(tmp_path):
 def test_the_job_plans_around_unstorable_names_instead_of_retrying_them(tmp_path):
     import threading as _threading
 
-    from bulk.job import Options, Run, Target
+    from classify.bucket.job import Options, Run, Target
 
     (tmp_path / "good.jpg").write_bytes(b"x")
     (tmp_path / os.fsdecode(b"bad\xff.jpg")).write_bytes(b"x")
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     target = Target(objects, "", False, "results/", ("results/", "preprocessed/"))
     run = Run(
         target,
         TaskShare(),
         None,
-        Settings.from_env({}),
+        ClassifySettings.from_env({}),
         Options(),
         JsonProgress("t"),
         _threading.Event(),
@@ -251,10 +250,12 @@ def test_the_job_plans_around_unstorable_names_instead_of_retrying_them(tmp_path
 def test_an_event_for_an_unstorable_name_is_acknowledged_and_skipped(tmp_path):
     import asyncio
 
-    from events import EventClassifier, StorageEvent, StorageObjectData
+    from classify.events import EventClassifier, StorageEvent, StorageObjectData
+    from classify.photos import Photos
 
+    settings = ClassifySettings.from_env({"BUCKET": "b"})
     classifier = EventClassifier(
-        LocalObjects(LocalStorage(tmp_path)), "b", Settings.from_env({}), None, None, None
+        Photos(LocalStorage(tmp_path), settings), None, None, settings, None
     )
     event = StorageEvent(
         id="1",
@@ -267,7 +268,7 @@ def test_an_event_for_an_unstorable_name_is_acknowledged_and_skipped(tmp_path):
 
 def test_a_file_replaced_by_one_with_an_older_mtime_is_a_new_version(tmp_path):
     """`cp -p` or a restore from backup: same size, the old modification time, new content."""
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"first")
     os.utime(photo, ns=(1_000_000, 1_000_000))
@@ -293,7 +294,7 @@ def test_a_version_token_this_code_did_not_write_is_no_version(token):
 
 
 def test_result_objects_this_code_did_not_write_are_redone_not_fatal(tmp_path):
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     for name in ("good", "corrupt", "huge", "schema", "empty"):
         (tmp_path / "uploads").mkdir(exist_ok=True)
         (tmp_path / "uploads" / f"{name}.jpg").write_bytes(name.encode())
@@ -325,7 +326,7 @@ def test_result_objects_this_code_did_not_write_are_redone_not_fatal(tmp_path):
 def test_a_result_the_folder_cannot_hold_is_an_invalid_path_not_an_outage(tmp_path):
     from common.errors import InvalidPath
 
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     (tmp_path / "results").write_bytes(b"a file where the results folder should be")
     with pytest.raises(InvalidPath):
         objects.write("results/a.jpg.json", b"{}", {}, None)
@@ -344,7 +345,7 @@ def test_a_result_the_folder_cannot_hold_is_an_invalid_path_not_an_outage(tmp_pa
 def test_unicode_names_gcs_allows_are_names(tmp_path, name):
     from common.storage import check_key
 
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     assert check_key(name) == name
     assert has_storable_result(objects, "results/", name)
 
@@ -354,7 +355,7 @@ def test_unicode_names_gcs_allows_are_names(tmp_path, name):
     ["a\nb.jpg", "a\rb.jpg", "a\x00b.jpg", "a\x7fb.jpg", "a\x85b.jpg", "a/./b.jpg", "../b.jpg"],
 )
 def test_names_gcs_or_a_file_system_refuses_are_not(tmp_path, name):
-    objects = LocalObjects(LocalStorage(tmp_path))
+    objects = LocalStorage(tmp_path)
     assert not has_storable_result(objects, "results/", name)
 
 

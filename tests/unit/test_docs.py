@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from common.config import Settings, settings_table
+from classify.settings import ClassifySettings
+from common.config import settings_table
 from scripts.bounds import readme_block
 from scripts.sizing import tables
 
@@ -62,17 +63,21 @@ def between(document: Path, marker: str) -> str:
 
 
 def test_settings_table_is_the_settings_model():
-    """Regenerate with `.venv/bin/python -m common.config` if this fails."""
-    assert between(REPO / "docs" / "settings.md", "settings-table") == settings_table()
+    """Regenerate with `.venv/bin/python -m classify.settings` if this fails."""
+    assert between(REPO / "docs" / "settings.md", "settings-table") == settings_table(
+        ClassifySettings
+    )
 
 
 def test_tuning_table_is_the_settings_model():
-    """Regenerate with `.venv/bin/python -m common.config --tuning` if this fails."""
-    assert between(REPO / "docs" / "performance.md", "tuning-table") == settings_table(True)
+    """Regenerate with `.venv/bin/python -m classify.settings --tuning` if this fails."""
+    assert between(REPO / "docs" / "performance.md", "tuning-table") == settings_table(
+        ClassifySettings, True
+    )
 
 
 def test_every_setting_is_described():
-    for name, field in Settings.model_fields.items():
+    for name, field in ClassifySettings.model_fields.items():
         assert field.description, f"{name} has no description for the docs"
 
 

@@ -1,4 +1,4 @@
-"""What a HEIC/AVIF decode will cost, read from its item boxes (common/heif_items.py): real
+"""What a HEIC/AVIF decode will cost, read from its item boxes (common/images/heif_items.py): real
 files from libheif's and libavif's encoders, item structures built box by box, and any bytes."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from common import errors
-from common.av1_sequence import max_frame_size
-from common.decode_budget import DecodeBudget
-from common.heif_items import MAX_HEIF_TILES, DecodePlan, decode_plan
-from common.images import admitted_pixels, load_model_image, open_image
+from common.images.av1_sequence import max_frame_size
+from common.images.decode import admitted_pixels, load_model_image, open_image
+from common.images.decode_budget import DecodeBudget
+from common.images.heif_items import MAX_HEIF_TILES, DecodePlan, decode_plan
 from common.schemas import ResizeMode
 
 ALPHA = b"urn:mpeg:mpegB:cicp:systems:auxiliary:alpha"

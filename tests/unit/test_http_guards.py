@@ -7,7 +7,7 @@ import httpx
 import pytest
 from starlette.responses import JSONResponse, PlainTextResponse
 
-from common.http_guards import ErrorShape
+from common.http.guards import ErrorShape
 
 pytestmark = pytest.mark.anyio
 

@@ -13,14 +13,14 @@ from helpers import encode
 from PIL import Image
 
 from common import errors
-from common.decode_budget import DecodeBudget
-from common.images import (
+from common.images.decode import (
     decode_image,
     encode_stored,
     load_model_image,
     normalize,
     to_model_pixels,
 )
+from common.images.decode_budget import DecodeBudget
 from common.schemas import ResizeMode
 
 PHOTOS_FORMATS = ("PNG", "GIF", "BMP", "WEBP", "JPEG")
@@ -251,8 +251,8 @@ def test_an_image_over_the_whole_budget_runs_alone():
 
 
 def test_a_decode_whose_request_has_timed_out_never_starts():
-    from common.deadline import request_deadline
-    from common.decode_budget import DecodeBudget
+    from common.http.deadline import request_deadline
+    from common.images.decode_budget import DecodeBudget
 
     budget = DecodeBudget(pixels=10**6, wait_s=5)
     data = encode(Image.new("RGB", (64, 64)), "PNG")

@@ -77,7 +77,7 @@ def local_root(tmp_path_factory) -> Path:
 
 def _read(store: storage.Storage, uri: str) -> bytes | None:
     try:
-        return store.read(uri, MAX)
+        return store.read_uri(uri, MAX)
     except DOCUMENTED:
         return None
 
@@ -118,13 +118,13 @@ def test_any_text_is_a_documented_answer_locally(local_root, uri):
 )
 def test_hostile_local_paths_get_their_code(local_root, name, error):
     with pytest.raises(error):
-        storage.LocalStorage(local_root).read(f"file://{local_root}/{name}", MAX)
+        storage.LocalStorage(local_root).read_uri(f"file://{local_root}/{name}", MAX)
 
 
 @pytest.mark.parametrize("uri", ["file://[::1/x", "gs://[bad/x", "file://a:99999999/x", "\x00"])
 def test_uris_urlsplit_refuses_are_invalid_paths(local_root, uri):
     with pytest.raises((errors.InvalidPath, errors.ForbiddenLocation)):
-        storage.LocalStorage(local_root).read(uri, MAX)
+        storage.LocalStorage(local_root).read_uri(uri, MAX)
 
 
 def test_refused_reads_release_their_descriptors(local_root):
@@ -150,7 +150,7 @@ def gcs_store(gcs_emulator, tmp_path_factory):
 def test_gcs_reads_stay_in_the_bucket_and_answer_a_code(gcs_store, scheme, pieces, noise):
     uri = scheme + "/".join(pieces) + noise
     try:
-        data = gcs_store.read(uri, MAX)
+        data = gcs_store.read_uri(uri, MAX)
     except DOCUMENTED:  # (an emulator that is down fails here: StorageUnavailable is no answer)
         return
     assert uri.startswith(f"gs://{gcs_store.bucket_name}/")

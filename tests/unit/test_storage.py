@@ -9,6 +9,7 @@ import pytest
 from conftest import make_backend
 
 from common import errors, storage
+from common.storage import files
 
 MAX = 1_000_000
 
@@ -30,7 +31,7 @@ def test_create_only_writes_once_and_reads_back(store):
     assert created
     again, created_again = store.storage.put_if_absent(key, b"second", "image/png")
     assert (again, created_again) == (uri, False)
-    assert store.storage.read(uri, MAX) == b"first"
+    assert store.storage.read_uri(uri, MAX) == b"first"
 
 
 @pytest.mark.parametrize("unnamed_files", [True, False], ids=["O_TMPFILE", "temporary name"])
@@ -39,17 +40,17 @@ def test_local_writes_are_whole_private_and_leave_nothing_behind(
 ):
     """Both ways the local backend creates a file (unnamed then linked where Linux allows it,
     a temporary name elsewhere): new folders made, no leftovers, only the owner can read it."""
-    if unnamed_files and not storage.UNNAMED_FILES:
+    if unnamed_files and not files.UNNAMED_FILES:
         pytest.skip("this filesystem or OS has no O_TMPFILE")
-    monkeypatch.setattr(storage, "UNNAMED_FILES", unnamed_files)
+    monkeypatch.setattr(files, "UNNAMED_FILES", unnamed_files)
     local = storage.LocalStorage(tmp_path)
     data = os.urandom(300_000)
     uri, created = local.put_if_absent("new/folder/object.bmp", data, "image/bmp")
-    assert created and local.read(uri, MAX) == data
+    assert created and local.read_uri(uri, MAX) == data
     assert local.put_if_absent("new/folder/object.bmp", b"other", "image/bmp") == (uri, False)
     # a write racing another to the same name: the link fails, the first file stays
     target = tmp_path / "new" / "folder" / "object.bmp"
-    assert storage.create_complete(target, b"other") is False
+    assert files.create_complete(target, b"other") is False
     assert os.listdir(tmp_path / "new" / "folder") == ["object.bmp"]
     assert target.read_bytes() == data
     assert target.stat().st_mode & 0o777 == 0o600
@@ -58,19 +59,19 @@ def test_local_writes_are_whole_private_and_leave_nothing_behind(
 def test_missing_object_is_not_found(store):
     uri, _ = store.storage.put_if_absent("preprocessed/a.png", b"x", "image/png")
     with pytest.raises(errors.ObjectNotFound):
-        store.storage.read(uri.replace("a.png", "b.png"), MAX)
+        store.storage.read_uri(uri.replace("a.png", "b.png"), MAX)
 
 
 def test_objects_over_the_read_limit_are_refused(store):
     uri, _ = store.storage.put_if_absent("preprocessed/big.png", b"x" * 100, "image/png")
     with pytest.raises(errors.UploadTooLarge):
-        store.storage.read(uri, 99)
-    assert store.storage.read(uri, 100) == b"x" * 100  # exactly at the limit: read whole
+        store.storage.read_uri(uri, 99)
+    assert store.storage.read_uri(uri, 100) == b"x" * 100  # exactly at the limit: read whole
 
 
 def test_an_empty_object_reads_as_no_bytes(store):
     uri, _ = store.storage.put_if_absent("preprocessed/empty.png", b"", "image/png")
-    assert store.storage.read(uri, MAX) == b""
+    assert store.storage.read_uri(uri, MAX) == b""
 
 
 @pytest.mark.parametrize(
@@ -97,12 +98,12 @@ def test_malformed_paths_are_refused_before_any_read(store, path):
     else:
         expected = (errors.InvalidPath, errors.ForbiddenLocation)
     with pytest.raises(expected):
-        store.storage.read(path, MAX)
+        store.storage.read_uri(path, MAX)
 
 
 def test_other_buckets_are_forbidden(store):
     with pytest.raises(errors.ForbiddenLocation):
-        store.storage.read("gs://another-bucket/preprocessed/x.png", MAX)
+        store.storage.read_uri("gs://another-bucket/preprocessed/x.png", MAX)
 
 
 def test_local_paths_outside_the_folder_are_forbidden(tmp_path):
@@ -119,7 +120,7 @@ def test_local_paths_outside_the_folder_are_forbidden(tmp_path):
         "file://evil.example" + str(root / "x.png"),
     ):
         with pytest.raises((errors.ForbiddenLocation, errors.InvalidPath)):
-            backend.storage.read(uri, MAX)
+            backend.storage.read_uri(uri, MAX)
 
 
 def test_local_writes_leave_no_temporary_files(tmp_path):
@@ -148,7 +149,7 @@ def test_local_special_files_are_refused_without_blocking(tmp_path, kind, monkey
         listener.bind(special.name)
     started = time.monotonic()
     with pytest.raises(errors.ServiceError) as refused:
-        backend.storage.read(special.resolve().as_uri(), MAX)
+        backend.storage.read_uri(special.resolve().as_uri(), MAX)
     assert refused.value.status < 500 and time.monotonic() - started < 1
     assert not isinstance(refused.value, errors.ObjectNotFound)
 
@@ -173,4 +174,4 @@ def test_a_path_a_parser_would_normalise_is_refused_not_read(store, path):
     uri, _ = store.storage.put_if_absent("ab.png", b"another file", "image/png")
     root = uri.removeprefix("file:///").removesuffix("/ab.png")
     with pytest.raises(errors.InvalidPath, match="control characters"):
-        store.storage.read(path.format(root=root), MAX)
+        store.storage.read_uri(path.format(root=root), MAX)

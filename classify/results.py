@@ -17,7 +17,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from common.bucket_objects import SOURCE_VERSION_KEY, BucketObjects, ObjectInfo, Version
 from common.errors import (
     AccessDenied,
     InvalidPath,
@@ -26,7 +25,7 @@ from common.errors import (
     StorageUnavailable,
 )
 from common.schemas import ClassifyResponse, ErrorResponse, ResizeMode
-from common.storage import STORAGE_RETRY_AFTER_S, check_key
+from common.storage import STORAGE_RETRY_AFTER_S, ObjectInfo, Storage, Version, check_key
 
 LOG = logging.getLogger(__name__)
 
@@ -36,6 +35,9 @@ MANIFEST_FOLDER = "_tasks/"
 MANIFEST_SUFFIX = ".manifest"
 CAS_ATTEMPTS = 5
 MAX_RESULT_BYTES = 1024 * 1024  # a result is ~1 KB (top-1000 at most: ~100 KB)
+# Custom metadata on a result object: the version of the source it classified, so that one
+# listing of the results tells which sources are up to date (no read per result).
+SOURCE_VERSION_KEY = "source-version"
 
 
 class Outcome(StrEnum):
@@ -78,7 +80,7 @@ def result_key(results_prefix: str, source_key: str) -> str:
     return f"{results_prefix}{source_key}{RESULT_SUFFIX}"
 
 
-def has_storable_result(objects: BucketObjects, results_prefix: str, key: str) -> bool:
+def has_storable_result(objects: Storage, results_prefix: str, key: str) -> bool:
     """Whether an object and its result can be named here: GCS allows names these services
     refuse (`..` segments, control characters), and a result's name is longer than its
     photo's (a file system's segment limit too). Such an object is skipped, never retried."""
@@ -130,7 +132,7 @@ def new_result(
     )
 
 
-def result_version(objects: BucketObjects, result: ObjectInfo) -> Version | None:
+def result_version(objects: Storage, result: ObjectInfo) -> Version | None:
     """The source version a stored result classified: from its metadata (GCS), or its body.
     None for anything this code did not write (a corrupt or oversized object, a metadata value
     that does not parse, a result gone meanwhile): no valid result, so the photo is done again
@@ -147,7 +149,7 @@ def result_version(objects: BucketObjects, result: ObjectInfo) -> Version | None
         return None
 
 
-def store_result(objects: BucketObjects, key: str, result: ClassificationResult) -> Outcome:
+def store_result(objects: Storage, key: str, result: ClassificationResult) -> Outcome:
     """Write `result` unless a result for its source's version, or a newer one, exists."""
     source = result.version.comparable()
     data = result.model_dump_json().encode()
@@ -174,7 +176,7 @@ class ResultsIndex:
     invalid: int
 
 
-def index_results(objects: BucketObjects, results_prefix: str) -> ResultsIndex:
+def index_results(objects: Storage, results_prefix: str) -> ResultsIndex:
     done, invalid = {}, 0
     for info in objects.list(results_prefix):
         key = source_key(results_prefix, info.key)

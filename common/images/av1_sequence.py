@@ -4,7 +4,7 @@ without decoding.
 An AVIF declares its image size in an `ispe` box; libavif decodes the AV1 frame at the size the
 stream codes, whatever `ispe` says (libheif refuses such a HEIC; libavif does not). So a file of
 a few hundred bytes can declare 64x64 and decode 16384x16384. `max_frame_size` is the bound the
-stream itself sets, for common/heif_items.py to hold against the declared size.
+stream itself sets, for common/images/heif_items.py to hold against the declared size.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
-from common.auth import BearerAuth
 from common.config import Settings
 from common.docs import DocsAlias
-from common.http_guards import ErrorShape
-from common.shedding import LoadShedder
+from common.http.auth import BearerAuth
+from common.http.guards import ErrorShape
+from common.http.shedding import LoadShedder
 
 
 def install(

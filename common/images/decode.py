@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import pillow_heif
 from PIL import Image, ImageFile, PngImagePlugin, UnidentifiedImageError
 
-from common.decode_budget import DecodeBudget
 from common.errors import (
     CorruptImage,
     NotAnImage,
@@ -25,8 +24,9 @@ from common.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
-from common.heif_items import decode_plan
-from common.image_checks import SIGNATURE_BYTES, check_structure, claimed_format
+from common.images.checks import SIGNATURE_BYTES, check_structure, claimed_format
+from common.images.decode_budget import DecodeBudget
+from common.images.heif_items import decode_plan
 from common.schemas import MODEL_SIZE, ResizeMode
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 def admitted_pixels(image: Image.Image) -> int:
     """What a decode of `image` is admitted as: its counted pixels, or more where the file's
-    items decode more than its canvas (a HEIF grid's tiles: common/heif_items.py), times its
+    items decode more than its canvas (a HEIF grid's tiles: common/images/heif_items.py), times its
     decoder's cost where that passes 16 bytes a pixel (WebP)."""
     pixels = max(image.info.get(COUNTED_PIXELS, 0), counted_pixels(*image.size))
     return int(pixels * DECODER_COST.get(image.format or "", 1.0))

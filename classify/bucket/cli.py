@@ -1,4 +1,4 @@
-"""The `classify-bucket` command (also `python -m bulk`, and in the classify image).
+"""The `classify-bucket` command (also `python -m classify.bucket`, and in the classify image).
 
 Its exit status is its contract with Cloud Run Jobs and scripts: 0 done, 1 a retry can help
 (storage unavailable, stopped, photos left for a retry), 2 a usage or configuration error that
@@ -18,13 +18,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bulk.job import Model, Options, ResultsNotWritable, Run, Target, excluded_prefixes
-from bulk.progress import progress_for
-from bulk.tasks import TaskShare
-from common.bucket_objects import bucket_objects
-from common.config import Settings, SettingsError, settings
+from classify.bucket.job import Options, ResultsNotWritable, Run, Target, excluded_prefixes
+from classify.bucket.progress import progress_for
+from classify.bucket.tasks import TaskShare
+from classify.settings import ClassifySettings, classify_settings
+from common.config import SettingsError
 from common.errors import InvalidPath, ServiceError
-from common.images import set_pixel_limit
+from common.images.decode import set_pixel_limit
 from common.schemas import MAX_TOP_K
 from common.storage import GCSStorage, LocalStorage
 
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_target(spec: str, config: Settings) -> Target:
+def open_target(spec: str, config: ClassifySettings) -> Target:
     if spec.startswith("gs://"):
         bucket, _, prefix = spec.removeprefix("gs://").partition("/")
         if not bucket:
@@ -95,9 +95,7 @@ def open_target(spec: str, config: Settings) -> Target:
         if not folder.is_dir():
             raise UsageError(f"{spec}: not a folder (or a gs://bucket/prefix)")
         storage, prefix, gcs = LocalStorage(folder), "", False
-    return Target(
-        bucket_objects(storage), prefix, gcs, config.results_prefix, excluded_prefixes(config)
-    )
+    return Target(storage, prefix, gcs, config.results_prefix, excluded_prefixes(config))
 
 
 def share_of(args: argparse.Namespace) -> TaskShare:
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = settings()
+        config = classify_settings()
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
     share = share_of(args)
@@ -143,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     set_pixel_limit(config.max_image_pixels)
     options = Options(batch_size=args.batch_size, read_threads=args.read_threads, top_k=args.top_k)
     description = f"task {share.index + 1}/{share.count}"
-    job = Run(target, share, Model(config), config, options, progress_for(description), stop)
+    from classify.model import Classifier  # here: `--collect` needs no model runtime
+
+    classifier = Classifier.load(config)
+    job = Run(target, share, classifier, config, options, progress_for(description), stop)
     try:
         manifest = job.execute()
     except ResultsNotWritable as exc:
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def collect_into(target: Target, out: Path) -> int:
-    from bulk.collect import collect
+    from classify.bucket.collect import collect
 
     if out.is_dir() or not out.parent.is_dir():
         raise UsageError(f"{out}: not a file in an existing folder")

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from common.av1_sequence import max_frame_size
 from common.errors import CorruptImage, TooComplex
+from common.images.av1_sequence import max_frame_size
 
 # Tiles an iPhone grid has: 48 MP in 512x512 tiles is 192. libheif's own default limit is far
 # above anything real; a decoder instance per tile is the cost this bounds.

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from common.deadline import remaining_s
 from common.errors import Overloaded
+from common.http.deadline import remaining_s
 
 # Peak bytes per decoded pixel, the sizing rule's factor (docs/deploy.md, "Memory"; the worst
 # case is held to it by tests/deploy/test_memory.py).

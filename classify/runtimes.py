@@ -11,13 +11,14 @@ import json
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from common.runtime_table import spec
-from common.schemas import MODEL_SIZE, NUM_CLASSES, ClassifyResponse, Prediction
+from classify.runtime_table import RuntimeSpec
+from common.schemas import MODEL_SIZE, NUM_CLASSES
 
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
@@ -42,11 +43,10 @@ class TensorFlowRuntime:
     gigabytes; one traced graph for every batch size does not.
     """
 
-    name = "tensorflow"
-
-    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, spec: RuntimeSpec, model_dir: Path, threads: int | None = None) -> None:
         import tensorflow as tf
 
+        self.name = spec.name
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
         model = tf.keras.models.load_model(model_dir / KERAS_FILE, compile=False)
@@ -68,11 +68,10 @@ class OnnxRuntime:
     latency for a lone image and the most images/s under load (benchmarks/decisions.md, D3).
     """
 
-    name = "onnxruntime"
-
-    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, spec: RuntimeSpec, model_dir: Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        self.name = spec.name
         path = str(model_dir / ONNX_FILE)
         cores = os.cpu_count() or 1
         self._narrow = _onnx_session(ort, path, threads or 1)
@@ -108,13 +107,10 @@ class OpenVinoRuntime:
     but move probabilities further than FP32 runtimes do (benchmarks/decisions.md, D11, D12).
     """
 
-    def __init__(
-        self, model_dir: Path, threads: int | None = None, precision: str = "fp32"
-    ) -> None:
+    def __init__(self, spec: RuntimeSpec, model_dir: Path, threads: int | None = None) -> None:
         import openvino as ov
 
-        if precision not in ("fp32", "bf16", "int8"):
-            raise ValueError(f"precision must be fp32, bf16 or int8, not {precision!r}")
+        precision = spec.precision
         core = ov.Core()
         has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         floating = "bf16" if precision == "bf16" and has_bf16 else "f32"
@@ -128,7 +124,7 @@ class OpenVinoRuntime:
         model_file = INT8_FILE if precision == "int8" else ONNX_FILE
         self._model = core.compile_model(str(model_dir / model_file), "CPU", config)
         self.precision = "int8" if precision == "int8" else floating
-        self.name = "openvino" if precision == "fp32" else f"openvino-{precision}"
+        self.name = spec.name
         self._requests = threading.local()  # an infer request is not safe to share
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
@@ -172,61 +168,14 @@ def scale_pixels_tf(pixels):  # a tf.Tensor in and out
     return tf.cast(pixels, tf.float32) / 127.5 - 1.0
 
 
-def stored_model(runtime: str) -> str:
-    """The tag of the stored model `runtime` loads by default (its family's latest import)."""
-    return f"{spec(runtime).stored_model}:latest"
-
-
-def stored_model_dir(runtime: str) -> Path:
-    """The folder of the stored model `runtime` loads, in the BentoML store (BENTOML_HOME)."""
-    import bentoml
-
-    return Path(bentoml.models.get(stored_model(runtime)).path)
-
-
-def find_model(tag: str):  # -> bentoml.Model
-    """A stored model by tag, outside `bentoml serve` too: inside a classify container the
-    Bento's own model store (`$BENTO_PATH/models`, where `bentoml serve` finds it), else the
-    BentoML store (BENTOML_HOME)."""
-    import bentoml
-    from bentoml._internal.models import ModelStore
-
-    packed = Path(os.environ.get("BENTO_PATH", "/nonexistent")) / "models"
-    if packed.is_dir():
-        return bentoml.models.get(tag, _model_store=ModelStore(packed))
-    return bentoml.models.get(tag)
-
-
-def rank(
-    probabilities: np.ndarray, labels: list[str], top_k: int, model: str, runtime: str
-) -> ClassifyResponse:
-    """`/classify`'s answer from one image's softmax: the top class and the ranked top-k."""
-    top = np.argpartition(probabilities, -top_k)[-top_k:]  # unordered top-k, O(n)
-    ranked = top[np.argsort(probabilities[top])[::-1]]
-    predictions = [
-        Prediction(label=labels[i], index=int(i), confidence=float(probabilities[i]))
-        for i in ranked
-    ]
-    best = predictions[0]
-    return ClassifyResponse(
-        label=best.label,
-        confidence=best.confidence,
-        index=best.index,
-        top_k=predictions,
-        model=model,
-        runtime=runtime,
-    )
-
-
-# One loader per model family: (model folder, threads, precision) -> runtime.
-LOADERS = {
-    "keras": lambda folder, threads, precision: TensorFlowRuntime(folder, threads),
-    "onnx": lambda folder, threads, precision: OnnxRuntime(folder, threads),
-    "openvino": lambda folder, threads, precision: OpenVinoRuntime(folder, threads, precision),
+# One loader per model family (the stored model's files), each given the runtime's record.
+LOADERS: dict[str, Callable[[RuntimeSpec, Path, int | None], Runtime]] = {
+    "keras": TensorFlowRuntime,
+    "onnx": OnnxRuntime,
+    "openvino": OpenVinoRuntime,
 }
 
 
-def load_runtime(name: str, model_dir: Path, threads: int | None = None) -> Runtime:
-    """The runtime called `name` (common/runtime_table.py), loaded from a stored model folder."""
-    record = spec(name)
-    return LOADERS[record.family](model_dir, threads, record.precision)
+def load_runtime(runtime: RuntimeSpec, model_dir: Path, threads: int | None = None) -> Runtime:
+    """`runtime` (a record of classify/runtime_table.py) loaded from a stored model folder."""
+    return LOADERS[runtime.family](runtime, model_dir, threads)

@@ -7,7 +7,7 @@ tokens for that audience (defence in depth on Cloud Run).
 
 The header is parsed as RFC 9110 and RFC 6750 say (the scheme case-insensitive, one or more
 spaces, a b64token); anything else is a 401 that says what is wrong. Nothing here blocks the
-event loop: certificates for ID tokens are fetched asynchronously (common/id_tokens.py).
+event loop: certificates for ID tokens are fetched asynchronously (common/http/id_tokens.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.config import Settings
 from common.errors import ServiceError, error_response
-from common.id_tokens import IdTokenVerifier, InvalidIdToken
+from common.http.id_tokens import IdTokenVerifier, InvalidIdToken
 
 # Probes must work without credentials; the docs describe the API but run nothing, and the
 # Swagger UI page loads its scripts and styles from BentoML's static folder.

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.bucket_objects import BucketObjects
+from classify.results import MAX_RESULT_BYTES, ClassificationResult, source_key
 from common.errors import ServiceError, StorageUnavailable
-from common.results import MAX_RESULT_BYTES, ClassificationResult, source_key
+from common.storage import Storage
 
 LOG = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Collected:
     invalid: int = 0  # result objects that do not hold a result this code wrote: left out
 
 
-def collect(objects: BucketObjects, results_prefix: str, out: Path) -> Collected:
+def collect(objects: Storage, results_prefix: str, out: Path) -> Collected:
     """Write the results to `out` (.jsonl or .csv by its suffix), leaving out (and counting)
     objects under the prefix that are not valid results."""
     as_csv = out.suffix.lower() == ".csv"
@@ -87,7 +87,7 @@ def _row(result: ClassificationResult) -> dict[str, object]:
 
 
 def iter_results(
-    objects: BucketObjects, results_prefix: str, counted: Collected
+    objects: Storage, results_prefix: str, counted: Collected
 ) -> Iterator[ClassificationResult]:
     """Every valid result under the prefix (manifests aside), in listing order; an object that
     is too large, gone or not a result is counted in `counted.invalid` and left out."""

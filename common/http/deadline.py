@@ -25,7 +25,7 @@ def remaining_s() -> float | None:
 def request_deadline(timeout_s: float = REQUEST_TIMEOUT_S) -> Iterator[None]:
     """The deadline of the request running inside the block, for everything it runs: its
     worker threads too (anyio copies the context into them; `contextvars.copy_context` for the
-    services' own pools). Set where requests are admitted (common/shedding.py)."""
+    services' own pools). Set where requests are admitted (common/http/shedding.py)."""
     token = _deadline.set(time.monotonic() + timeout_s)
     try:
         yield

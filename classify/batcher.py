@@ -27,7 +27,7 @@ except ImportError:  # a BentoML release that moved its batcher
     CorkDispatcher = NonBlockSema = None
 
 from common.errors import Overloaded
-from common.shedding import RETRY_AFTER_S
+from common.http.shedding import RETRY_AFTER_S
 
 BATCH_SIZE = bentoml.metrics.Histogram(
     name="classify_batch_size",

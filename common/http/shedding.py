@@ -10,9 +10,9 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from common.auth import is_open
-from common.deadline import request_deadline
 from common.errors import Overloaded, error_response
+from common.http.auth import is_open
+from common.http.deadline import request_deadline
 
 RETRY_AFTER_S = 1
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -28,10 +27,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from common.bucket_objects import BucketObjects, ObjectInfo, Version
-from common.config import Settings
-from common.errors import ObjectNotFound, ServiceError, error_response
-from common.results import (
+from classify.inference import Inference
+from classify.model import Classifier
+from classify.photos import Photos
+from classify.results import (
     ClassificationResult,
     Outcome,
     has_storable_result,
@@ -41,7 +40,10 @@ from common.results import (
     result_version,
     store_result,
 )
-from common.schemas import ClassifyResponse
+from classify.settings import ClassifySettings
+from common.errors import ObjectNotFound, ServiceError, error_response
+from common.storage import ObjectInfo, Version
+from common.threads import run_in
 
 FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_FINALIZE = "OBJECT_FINALIZE"
@@ -189,11 +191,9 @@ async def _storage_event(request: Request) -> Response:
     """The events path's one error boundary: a malformed event is a 400 (nothing to retry), an
     event handled a 200, and anything a retry can help (storage, load, a failure of ours) a
     503 + Retry-After; never a 500, which Eventarc would redeliver as the same failure."""
-    import bentoml
-
     try:
         event = parse_event(dict(request.headers), await _body(request))
-        answer = await bentoml.get_current_service().on_storage_event(event)
+        answer = await request.app.state.handler.handle(event)
     except ServiceError as exc:
         return error_response(exc)
     except Exception as exc:
@@ -214,24 +214,27 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+# The service gives the app its handler when it starts (`app.state.handler`).
 app = Starlette(routes=[Route("/storage", _storage_event, methods=["POST"])])
 
 
 class EventClassifier:
     """What classify does with a storage event: decide, read that generation, decode, classify
-    through the service's own model path, and store the result (compare-and-swap)."""
+    through the service's inference path, and store the result (compare-and-swap). Storage
+    calls and decoding run on `threads`."""
 
     def __init__(
         self,
-        objects: BucketObjects | None,
-        bucket: str | None,
-        settings: Settings,
-        in_pool: Callable[..., Awaitable[Any]],
-        decode: Callable[[bytes], np.ndarray],
-        classify: Callable[[np.ndarray], Awaitable[ClassifyResponse]],
+        photos: Photos,
+        classifier: Classifier,
+        infer: Inference,
+        settings: ClassifySettings,
+        threads: ThreadPoolExecutor,
     ) -> None:
-        self.objects, self.bucket, self.settings = objects, bucket, settings
-        self.in_pool, self.decode, self.classify = in_pool, decode, classify
+        self.photos, self.classifier, self.infer = photos, classifier, infer
+        self.settings, self.threads = settings, threads
+        self.objects = photos.storage if settings.bucket else None
+        self.bucket = settings.bucket
         self.excluded = (settings.results_prefix, settings.storage_prefix)
         watch = settings.watch_prefix
         self.watched = "" if watch == "/" else watch
@@ -251,10 +254,8 @@ class EventClassifier:
         if await self._up_to_date(key, info.version):
             return EventAnswer(status="skipped", reason="up to date", result=key)
         try:
-            data, version = await self.in_pool(
-                self.objects.read, found.name, info.version, self.settings.max_upload_bytes
-            )
-            answer = await self.classify(await self.in_pool(self.decode, data))
+            pixels, version = await run_in(self.threads, self.photos.load, found.name, info.version)
+            answer = self.classifier.rank(await self.infer(pixels), 5)
         except ObjectNotFound:  # deleted, or replaced by a newer generation with its own event
             return EventAnswer(status="skipped", reason="object gone")
         except ServiceError as exc:
@@ -275,10 +276,10 @@ class EventClassifier:
         return await self._store(key, result, "classified")
 
     async def _up_to_date(self, key: str, version: Version) -> bool:
-        existing = await self.in_pool(self.objects.head, key)
+        existing = await run_in(self.threads, self.objects.head, key)
         if existing is None:
             return False
-        stored = await self.in_pool(result_version, self.objects, existing)
+        stored = await run_in(self.threads, result_version, self.objects, existing)
         return stored is not None and stored.covers(version)
 
     async def _store(
@@ -287,7 +288,7 @@ class EventClassifier:
         result: ClassificationResult,
         status: Literal["classified", "error_recorded"],
     ) -> EventAnswer:
-        outcome = await self.in_pool(store_result, self.objects, key, result)
+        outcome = await run_in(self.threads, store_result, self.objects, key, result)
         if outcome is Outcome.up_to_date:
             return EventAnswer(status="skipped", reason="up to date", result=key)
         return EventAnswer(status=status, result=key)

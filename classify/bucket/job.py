@@ -17,18 +17,15 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
-from bulk.progress import Progress
-from bulk.tasks import TaskShare
-from common.bucket_objects import BucketObjects, ObjectInfo
-from common.config import Settings
-from common.errors import AccessDenied, InvalidPath, ServiceError
-from common.images import to_model_pixels
-from common.results import (
+from classify.bucket.progress import Progress
+from classify.bucket.tasks import TaskShare
+from classify.model import Classifier
+from classify.photos import Photos
+from classify.results import (
     MANIFEST_FOLDER,
     MANIFEST_SUFFIX,
     ClassificationResult,
@@ -40,8 +37,10 @@ from common.results import (
     result_key,
     store_result,
 )
-from common.runtime_table import spec
+from classify.settings import ClassifySettings
+from common.errors import AccessDenied, InvalidPath, ServiceError
 from common.schemas import ClassifyResponse, ResizeMode
+from common.storage import ObjectInfo, Storage
 
 LOG = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ LOG = logging.getLogger(__name__)
 class Target:
     """What to classify: a bucket (or folder), a prefix in it, and the prefixes never read."""
 
-    objects: BucketObjects
+    objects: Storage
     prefix: str
     gcs: bool
     results_prefix: str
@@ -58,26 +57,6 @@ class Target:
 
     def is_source(self, key: str) -> bool:
         return key.startswith(self.prefix) and not key.startswith(self.excluded)
-
-
-class Model:
-    """The classify model in-process: the runtime, its class names, and `/classify`'s ranking."""
-
-    def __init__(self, settings: Settings) -> None:
-        # imported here: `--collect` and the tests of the plan need no model runtime
-        from runtimes import class_names, find_model, load_runtime
-
-        runtime = spec(settings.classify_runtime)
-        stored = find_model(settings.classify_model or f"{runtime.stored_model}:latest")
-        self.tag = str(stored.tag)
-        self.labels = class_names(Path(stored.path))
-        self.runtime = load_runtime(runtime.name, Path(stored.path), settings.model_threads)
-
-    def answers(self, batch: list[np.ndarray], top_k: int) -> list[ClassifyResponse]:
-        from runtimes import rank  # (with the runtime: see __init__)
-
-        probabilities = self.runtime.predict(np.stack(batch))
-        return [rank(row, self.labels, top_k, self.tag, self.runtime.name) for row in probabilities]
 
 
 class Manifest(BaseModel):
@@ -132,16 +111,16 @@ class Run:
         self,
         target: Target,
         share: TaskShare,
-        model: Model,
-        settings: Settings,
+        classifier: Classifier,
+        settings: ClassifySettings,
         options: Options,
         progress: Progress,
         stop: threading.Event,
     ) -> None:
-        self.target, self.share, self.model = target, share, model
+        self.target, self.share, self.classifier = target, share, classifier
         self.settings, self.options, self.progress, self.stop = settings, options, progress, stop
+        self.photos = Photos(target.objects, settings)
         self.mode: ResizeMode = settings.resize_mode
-        self.budget = settings.decode_budget()
         self.counts: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
 
@@ -170,8 +149,8 @@ class Run:
             task_index=self.share.index,
             task_count=self.share.count,
             attempt=self.share.attempt,
-            runtime=self.model.runtime.name,
-            model=self.model.tag,
+            runtime=self.classifier.runtime.name,
+            model=self.classifier.tag,
             started_at=started_at,
             duration_s=round(duration, 3),
             photos=todo + self.counts["skipped"],
@@ -242,12 +221,8 @@ class Run:
     def _load(self, info: ObjectInfo) -> tuple[ObjectInfo, np.ndarray | None, Exception | None]:
         """Read and decode one photo on a reading thread; an error is returned, not raised."""
         try:
-            data, version = self.target.objects.read(
-                info.key, info.version, self.settings.max_upload_bytes
-            )
-            info = ObjectInfo(info.key, version, info.metadata)
-            pixels = to_model_pixels(data, self.settings.max_image_pixels, self.mode, self.budget)
-            return info, pixels, None
+            pixels, version = self.photos.load(info.key, info.version)
+            return ObjectInfo(info.key, version, info.metadata), pixels, None
         except ServiceError as exc:
             return info, None, exc
         except Exception as exc:  # a bug: log it, and leave the photo to a retry
@@ -258,7 +233,7 @@ class Run:
         self, batch: list[tuple[ObjectInfo, np.ndarray]], writers: ThreadPoolExecutor
     ) -> list[Future]:
         try:
-            answers = self.model.answers([pixels for _, pixels in batch], self.options.top_k)
+            answers = self.classifier.answers([pixels for _, pixels in batch], self.options.top_k)
         except Exception:  # the runtime failed: none of these is the photo's fault
             LOG.exception("a model call failed; its %d photos are left for a retry", len(batch))
             for _ in batch:
@@ -359,6 +334,6 @@ def is_configuration(error: ServiceError) -> bool:
     return refused or isinstance(error, AccessDenied | InvalidPath)
 
 
-def excluded_prefixes(settings: Settings) -> tuple[str, ...]:
+def excluded_prefixes(settings: ClassifySettings) -> tuple[str, ...]:
     """Never photos to classify: the results (no loops) and preprocess's normalized copies."""
     return (settings.results_prefix, settings.storage_prefix)

@@ -2,7 +2,7 @@
 
 Settings validation (the `Runtime` names), batching defaults, model calls per core, the stored
 model each loads, the reduced-precision set and the container image that serves each are all
-read from here; `runtimes.py` holds one loader per family. Pure data: no runtime library is
+read from here; `classify/runtimes.py` holds one loader per family. Pure data: no runtime library is
 imported (the settings of preprocess read this module too).
 """
 
@@ -16,8 +16,8 @@ from enum import StrEnum
 class RuntimeSpec:
     name: str
     # The stored model family it loads (scripts/import_model.py writes one model per family,
-    # with only that family's files), its loader in runtimes.py, and the pyproject.toml extra
-    # holding the packages a Bento of that family installs.
+    # with only that family's files), its loader in classify/runtimes.py, and the
+    # pyproject.toml extra holding the packages a Bento of that family installs.
     family: str
     precision: str  # "fp32", or an opt-in reduced one: "bf16", "int8"
     # Concurrent requests share model calls by default: where the batching benchmark measured

@@ -1,5 +1,0 @@
-import sys
-
-from bulk.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from classify.bucket.cli import main
+
+sys.exit(main())

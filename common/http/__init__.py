@@ -1,0 +1,1 @@
+"""HTTP for both services: the middleware stack (auth, load shedding, body guards) and its parts."""
