@@ -49,7 +49,7 @@ from benchmarks.report import cpu_line, row, stamp, write
 
 KINDS = {"1 MP": 1.0, "12 MP": 12.0}
 BATCH_SIZE = 16
-JOB = (sys.executable, "-m", "bulk", "--batch-size", str(BATCH_SIZE))
+JOB = (sys.executable, "-m", "classify.bucket", "--batch-size", str(BATCH_SIZE))
 HTTP_CONCURRENCY = 16  # the deployed concurrency
 BUCKET = "bench-photos"
 EMULATOR = (

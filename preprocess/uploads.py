@@ -10,10 +10,13 @@ up.
 
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
-from typing import Annotated, Any, ClassVar
+from pathlib import Path
+from typing import Annotated, Any
 
 import bentoml
+from bentoml.validators import ContentType
 from pydantic import Field
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -46,18 +49,23 @@ class NotMultipart(ServiceError):
 
 
 class PreprocessForm(bentoml.IODescriptor):
-    """The multipart form of `/preprocess` (its schema in `/docs`); `UploadGuard` parses it."""
+    """The multipart form of `/preprocess`; `UploadGuard` parses it.
+
+    `image` is declared as BentoML declares a file (a `Path` with its content types), so that
+    the schema says `type: file` and BentoML's clients (`SyncHTTPClient`, `AsyncHTTPClient`,
+    `bentoml.depends`) send multipart. The guard hands the API the file's bytes, which it
+    received in memory: never a temporary file (`model_construct`, see `_checked`).
+    """
 
     image: Annotated[
-        bytes,
+        Path,
+        ContentType("image/*"),
         Field(description="The image file: JPEG, PNG, WebP, BMP, GIF, HEIC/HEIF or AVIF."),
     ]
     mode: Annotated[
         ResizeMode | None,
         Field(description="`resize` (whole image) or `center-crop`; default from config."),
     ] = None
-
-    multipart_fields: ClassVar[list[str]]
 
     @classmethod
     async def from_http_request(cls, request: Request, serde: Any) -> PreprocessForm:
@@ -67,9 +75,13 @@ class PreprocessForm(bentoml.IODescriptor):
             raise UnexpectedForm("the upload was not parsed (UploadGuard missing)") from None
 
 
-# BentoML documents multipart inputs through `multipart_fields`, which it derives from
-# Path/PIL annotations only; the file arrives here as bytes.
-PreprocessForm.multipart_fields = [FILE_FIELD]
+def form_value(text: str) -> object:
+    """A text field as BentoML reads one: JSON if it parses (its clients send each value
+    JSON-encoded: `"resize"`, `null`), else the text itself (`resize` from curl)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class UploadGuard:
@@ -144,8 +156,9 @@ class UploadGuard:
         modes = [part for part in parts if part.name == "mode"]
         if len(modes) > 1 or any(part.is_file for part in modes):
             raise UnexpectedForm("field 'mode' must be one text value, not a file")
+        value = form_value(modes[0].text()) if modes else None
         try:
-            mode = ResizeMode(modes[0].text()) if modes else None
+            mode = None if value is None else ResizeMode(value)
         except ValueError:
             raise InvalidMode(
                 f"mode must be one of {[m.value for m in ResizeMode]}, not {modes[0].text()!r}"

@@ -26,7 +26,16 @@ def task(
     wrapper: tuple[str, ...] = (),
     **task_env: str,
 ) -> subprocess.Popen:
-    command = [*wrapper, sys.executable, "-m", "bulk", target, "--batch-size", "4", *args]
+    command = [
+        *wrapper,
+        sys.executable,
+        "-m",
+        "classify.bucket",
+        target,
+        "--batch-size",
+        "4",
+        *args,
+    ]
     return subprocess.Popen(
         command,
         cwd=REPO,
@@ -40,7 +49,7 @@ def task(
 def collect(target: str, env: dict[str, str], out: Path) -> subprocess.CompletedProcess:
     """`classify-bucket TARGET --collect OUT`, finished."""
     return subprocess.run(
-        [sys.executable, "-m", "bulk", target, "--collect", str(out)],
+        [sys.executable, "-m", "classify.bucket", target, "--collect", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -258,7 +258,7 @@ def test_the_command_line_contract_a_usage_error_is_2_with_a_message(tmp_path, b
     )
     running = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "bulk", *args],
+            [sys.executable, "-m", "classify.bucket", *args],
             cwd=REPO,
             env={**env, **extra},
             stdout=subprocess.PIPE,

@@ -201,7 +201,7 @@ def test_collect_merges_the_results(store, tmp_path):
 
 def test_a_bad_task_count_is_a_usage_error(store):
     status = subprocess.run(
-        [sys.executable, "-m", "bulk", store.target],
+        [sys.executable, "-m", "classify.bucket", store.target],
         cwd=REPO,
         env={**store.env, "CLOUD_RUN_TASK_INDEX": "3", "CLOUD_RUN_TASK_COUNT": "3"},
         capture_output=True,
