@@ -45,7 +45,7 @@ from benchmarks.harness import (
     tree_rss_mb,
 )
 from benchmarks.pipeline import photo_variants
-from benchmarks.report import cpu_line, row, stamp, write
+from benchmarks.report import cpu_line, stamp, table, write
 
 KINDS = {"1 MP": 1.0, "12 MP": 12.0}
 BATCH_SIZE = 16
@@ -408,7 +408,12 @@ def steady_ms(figures: dict, run: dict) -> float:
 
 
 def render(figures: dict) -> str:
-    lines = [
+    sections = (_targets_section, _where_time_goes, _throughput_section, _cost_section)
+    return "\n".join(line for section in sections for line in section(figures)) + "\n"
+
+
+def _targets_section(figures: dict) -> list[str]:
+    return [
         "# Photos in a bucket: the job against the HTTP path",
         "",
         f"Measured {figures['date']}, {figures['cores']} cores; everything on the same cores "
@@ -417,15 +422,17 @@ def render(figures: dict) -> str:
         "",
         "## Targets",
         "",
-        row("what", "measured", "target", "met"),
-        row("---", "---", "---", "---"),
+        *table(
+            ("what", "measured", "target", "met"),
+            ((w, m, t, "yes" if met else "**no**") for w, m, t, met in targets(figures)),
+        ),
     ]
-    for what, measured, target, met in targets(figures):
-        lines.append(row(what, measured, target, "yes" if met else "**no**"))
-    kind = "1 MP"
+
+
+def _where_time_goes(figures: dict, kind: str = "1 MP") -> list[str]:
     http, limit = figures["http"][kind], figures["limit"][kind]
     limit_ms = limit["decode_cpu_ms"] + limit["model_cpu_ms"]
-    lines += [
+    return [
         "",
         f"Where the time goes ({kind}): the HTTP path spends {http['core_ms_per_photo']:.1f} "
         f"core-ms per photo, the in-process limit {limit_ms:.1f} (decode "
@@ -437,7 +444,65 @@ def render(figures: dict) -> str:
         "the HTTP path's photos/s, whatever it does around the model; the job's own cost above "
         "the limit is the 'without the start' column minus the limit's.",
     ]
-    lines += [
+
+
+THROUGHPUT_COLUMNS = (
+    "path",
+    "photos",
+    "photos/s",
+    "photos/s, wall",
+    "core-ms/photo",
+    "without the start",
+    "peak RSS MB",
+    "errors",
+)
+JOB_RUNS = (("job_local", "job, local folder"), ("job_gcs", "job, GCS emulator"))
+
+
+def _throughput_rows(figures: dict, kind: str) -> list[tuple]:
+    limit, http = figures["limit"][kind], figures["http"][kind]
+    limit_ms = limit["decode_cpu_ms"] + limit["model_cpu_ms"]
+    rows: list[tuple] = [
+        (
+            f"{kind}: in-process limit (decode {limit['decode_cpu_ms']:.1f} + model "
+            f"{limit['model_cpu_ms']:.1f} CPU-ms)",
+            "",
+            f"{limit['photos_per_s']:.1f}",
+            "",
+            f"{limit_ms:.1f}",
+            *[""] * 3,
+        )
+    ]
+    for where, label in JOB_RUNS:
+        for tasks, r in figures[where][kind].items():
+            rows.append(
+                (
+                    f"{kind}: {label}, {tasks} task{'s' if tasks != '1' else ''}",
+                    r["photos"],
+                    *(f"{value:.1f}" for value in (r["photos_per_s"], r["photos_per_s_wall"])),
+                    f"{r['core_ms_per_photo']:.1f}",
+                    f"{steady_ms(figures, r):.1f}",
+                    f"{r['peak_rss_mb']:.0f}",
+                    r["errors"],
+                )
+            )
+    rows.append(
+        (
+            f"{kind}: HTTP path (client, preprocess, classify)",
+            http["photos"],
+            f"{http['photos_per_s']:.1f}",
+            "",
+            f"{http['core_ms_per_photo']:.1f} (client {http['client_core_ms_per_photo']:.1f})",
+            "",
+            f"{http['peak_rss_mb']:.0f}",
+            http["errors"],
+        )
+    )
+    return rows
+
+
+def _throughput_section(figures: dict) -> list[str]:
+    return [
         "",
         "## Photos/s and CPU per photo",
         "",
@@ -447,61 +512,16 @@ def render(figures: dict) -> str:
         f"imports, model load) is {figures['startup_cpu_s']:.2f} CPU-s per task, and the "
         "column after it spreads that out of the figure (what a long run converges to).",
         "",
-        row(
-            "path",
-            "photos",
-            "photos/s",
-            "photos/s, wall",
-            "core-ms/photo",
-            "without the start",
-            "peak RSS MB",
-            "errors",
+        *table(
+            THROUGHPUT_COLUMNS,
+            (cells for kind in figures["limit"] for cells in _throughput_rows(figures, kind)),
         ),
-        row(*["---"] * 8),
     ]
-    for kind in figures["limit"]:
-        limit = figures["limit"][kind]
-        lines.append(
-            row(
-                f"{kind}: in-process limit (decode {limit['decode_cpu_ms']:.1f} + model "
-                f"{limit['model_cpu_ms']:.1f} CPU-ms)",
-                "",
-                f"{limit['photos_per_s']:.1f}",
-                "",
-                f"{limit['decode_cpu_ms'] + limit['model_cpu_ms']:.1f}",
-                "",
-                "",
-                "",
-            )
-        )
-        for where, label in (("job_local", "job, local folder"), ("job_gcs", "job, GCS emulator")):
-            for tasks, r in figures[where][kind].items():
-                lines.append(
-                    row(
-                        f"{kind}: {label}, {tasks} task{'s' if tasks != '1' else ''}",
-                        r["photos"],
-                        f"{r['photos_per_s']:.1f}",
-                        f"{r['photos_per_s_wall']:.1f}",
-                        f"{r['core_ms_per_photo']:.1f}",
-                        f"{steady_ms(figures, r):.1f}",
-                        f"{r['peak_rss_mb']:.0f}",
-                        r["errors"],
-                    )
-                )
-        http = figures["http"][kind]
-        lines.append(
-            row(
-                f"{kind}: HTTP path (client, preprocess, classify)",
-                http["photos"],
-                f"{http['photos_per_s']:.1f}",
-                "",
-                f"{http['core_ms_per_photo']:.1f} (client {http['client_core_ms_per_photo']:.1f})",
-                "",
-                f"{http['peak_rss_mb']:.0f}",
-                http["errors"],
-            )
-        )
-    lines += [
+
+
+def _cost_section(figures: dict) -> list[str]:
+    costs = ((kind, figures["cost"][kind]) for kind in figures["limit"])
+    return [
         "",
         "## Cost per million photos on Cloud Run",
         "",
@@ -512,20 +532,14 @@ def render(figures: dict) -> str:
         f"and ${PRICES['per_request'] * 1e6:.2f} per million requests, priced on the CPU both "
         "services spent per photo (the client's CPU excluded). Free tiers ignored.",
         "",
-        row("photos", "job (best local)", "HTTP path", "HTTP / job"),
-        row("---", "---", "---", "---"),
+        *table(
+            ("photos", "job (best local)", "HTTP path", "HTTP / job"),
+            (
+                (kind, f"${c['job']:.2f}", f"${c['http']:.2f}", f"{c['http'] / c['job']:.1f}x")
+                for kind, c in costs
+            ),
+        ),
     ]
-    for kind in figures["limit"]:
-        cost = figures["cost"][kind]
-        lines.append(
-            row(
-                kind,
-                f"${cost['job']:.2f}",
-                f"${cost['http']:.2f}",
-                f"{cost['http'] / cost['job']:.1f}x",
-            )
-        )
-    return "\n".join(lines) + "\n"
 
 
 def main() -> int:

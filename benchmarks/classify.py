@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -53,7 +52,7 @@ from benchmarks.harness import (
     tree_cpu_s,
     versions,
 )
-from benchmarks.heldout import labelled_views, top1_accuracy
+from benchmarks.load import closed_loop, post_json, post_upload
 from benchmarks.report import stamp
 from classify.runtime_table import REDUCED_PRECISION_RUNTIMES
 from common.images.decode import (
@@ -65,6 +64,7 @@ from common.images.decode import (
 )
 from common.schemas import ResizeMode
 from common.storage import LocalStorage
+from scripts.heldout import labelled_views, top1_accuracy
 
 CONCURRENCY = (1, 4, 16, 32, 64)
 # The stages of /classify as its `stage_duration_seconds` histogram names them.
@@ -307,64 +307,16 @@ async def load(
     server: ServerUnderTest,
     rate: float | None = None,
 ) -> dict:
-    """`concurrency` clients each sending requests back to back; bounded in count and time.
+    """`/classify` on the stored images in turn, through the load generator (benchmarks/load.py),
+    sampling the server's RSS as it runs."""
 
-    With `rate`, request number n leaves no earlier than n / rate seconds after the start: a
-    paced load of `rate` requests/s for as long as the server keeps up.
-    """
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    sent = 0
-    deadline = time.monotonic() + limit_s
+    async def send(http: aiohttp.ClientSession, number: int) -> None:
+        await post_json(http, f"{url}/classify", {"gcs_path": paths[number % len(paths)]})
 
-    async def client(http: aiohttp.ClientSession, worker: int) -> None:
-        nonlocal sent
-        while sent < requests and time.monotonic() < deadline:
-            number = sent
-            path = paths[(sent + worker) % len(paths)]
-            sent += 1
-            if rate:
-                await asyncio.sleep(begun + number / rate - time.perf_counter())
-            started = time.perf_counter()
-            try:
-                async with http.post(f"{url}/classify", json={"gcs_path": path}) as response:
-                    await response.read()
-                    status = str(response.status)
-            except aiohttp.ClientError as exc:
-                status = type(exc).__name__
-            if status == "200":
-                latencies.append(time.perf_counter() - started)
-            else:
-                errors[status] = errors.get(status, 0) + 1
-
-    async def sampler() -> None:
-        while time.monotonic() < deadline and sent < requests:
-            server.sample()
-            await asyncio.sleep(0.5)
-
-    # aiohttp, not httpx: it spends a tenth of httpx's CPU per request, and the load generator
-    # shares the server's cores (benchmarks/decisions.md, D20)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-        sampling = asyncio.create_task(sampler())
-        begun = time.perf_counter()
-        await asyncio.gather(*(client(http, i) for i in range(concurrency)))
-        wall = time.perf_counter() - begun  # to the last answer, not the sampler's next tick
-        sampling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampling
-    done = len(latencies)
-    ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {
-        "requests": done + sum(errors.values()),
-        "throughput": done / wall,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "errors": errors,
-        "wall_s": wall,
-    }
+    measured = await closed_loop(
+        send, concurrency, requests, limit_s, rate, every_half_second=server.sample
+    )
+    return measured.summary()
 
 
 def served_benchmark(
@@ -530,33 +482,16 @@ def preprocess_benchmark(storage_dir: Path, scale: Scale) -> dict:
 async def _upload_load(
     url: str, data: bytes, concurrency: int, requests: int, limit_s: float
 ) -> dict:
-    latencies: list[float] = []
-    errors = 0
-    sent = 0
-    deadline = time.monotonic() + limit_s
+    async def send(http: aiohttp.ClientSession, number: int) -> None:
+        # a distinct image each time (the JPEG's last bytes differ) so every upload is
+        # decoded, normalized and stored
+        await post_upload(http, f"{url}/preprocess", data + str(number).encode(), "x.jpg")
 
-    async def client(http: httpx.AsyncClient, worker: int) -> None:
-        nonlocal sent, errors
-        while sent < requests and time.monotonic() < deadline:
-            sent += 1
-            # a distinct image each time (last bytes of a JPEG comment differ) so every upload
-            # is decoded, normalized and stored
-            body = data + f"{worker}-{sent}".encode()
-            started = time.perf_counter()
-            response = await http.post(f"{url}/preprocess", files={"image": ("x.jpg", body)})
-            if response.status_code == 200:
-                latencies.append(time.perf_counter() - started)
-            else:
-                errors += 1
-
-    async with httpx.AsyncClient(timeout=60) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http, i) for i in range(concurrency)))
-        wall = time.perf_counter() - started
+    measured = await closed_loop(send, concurrency, requests, limit_s)
     return {
-        "throughput": len(latencies) / wall,
-        "p50_ms": 1000 * float(np.median(latencies)),
-        "errors": errors,
+        "throughput": measured.throughput,
+        "p50_ms": measured.percentile_ms(50),
+        "errors": sum(measured.errors.values()),
         "bytes": len(data),
     }
 
@@ -649,6 +584,17 @@ def reduced_precision_accuracy(
     return accuracy
 
 
+def raw_only(args: argparse.Namespace) -> int:
+    """One raw runtime shape (`runtime:T` or `runtime:TxS`) in this process, as JSON."""
+    runtime, _, shape = args.raw_only.partition(":")
+    threads, _, streams = shape.partition("x")
+    batches = tuple(int(b) for b in args.raw_batches.split(",") if b) or BATCH_SIZES
+    threads_or_none = int(threads) if threads else None
+    measured = raw_benchmark(runtime, args.raw_seconds, threads_or_none, int(streams or 1), batches)
+    print(json.dumps(measured))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
@@ -662,18 +608,7 @@ def main() -> int:
     parser.add_argument("--raw-batches", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_only:
-        runtime, _, shape = args.raw_only.partition(":")
-        threads, _, streams = shape.partition("x")
-        batches = tuple(int(b) for b in args.raw_batches.split(",") if b) or BATCH_SIZES
-        measured = raw_benchmark(
-            runtime,
-            args.raw_seconds,
-            int(threads) if threads else None,
-            int(streams or 1),
-            batches,
-        )
-        print(json.dumps(measured))
-        return 0
+        return raw_only(args)
     scale = SCALES["smoke" if args.smoke else "quick" if args.quick else "full"]
     from benchmarks.classify_report import COMPARED
 

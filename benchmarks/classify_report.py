@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.report import cpu_line, row, write
+from benchmarks.report import cpu_line, row, table, write
 from classify.runtime_table import (
     ALL_RUNTIMES,
     BATCHED_BY_DEFAULT,
@@ -115,38 +115,36 @@ def _raw_ratio_cell(report: dict, ratios: list[float], config: str, best: float)
     )
 
 
-def targets(report: dict) -> list[tuple[str, str, str, bool]]:
+Target = tuple[str, str, str, bool]  # (target, measured, goal, met)
+
+
+def targets(report: dict) -> list[Target]:
     """(target, measured, goal, met) rows, all ratios from this one run.
 
     Throughput ratios are the median of the interleaved rounds at c=32 (`target_rounds`); the
     cell also gives the rounds' range and the ratio in the single pass over every concurrency.
     """
-    served = _served(report)
-    naive32 = _level(served[NAIVE], 32)["throughput"]
+    return [*_throughput_targets(report), *_service_targets(report), *_reduced_targets(report)]
 
-    def one_pass(config: str) -> float:
-        return _level(served[config], 32)["throughput"]
 
-    default = served[DEFAULT]
+def _one_pass(report: dict, config: str) -> float:
+    """`config`'s req/s at c=32 in the pass over every concurrency."""
+    return _level(_served(report)[config], 32)["throughput"]
+
+
+def _throughput_targets(report: dict) -> list[Target]:
     vs_naive = round_ratios(report, DEFAULT, NAIVE)
     ort_raw = _raw_best(report, "onnxruntime")
     vs_raw = raw_round_ratios(report, DEFAULT, ORT_CEILING, ort_raw)
     tf_raw = _raw_best(report, "tensorflow", batched=True)
     tf_vs_raw = raw_round_ratios(report, TF_ON, TF_CEILING, tf_raw)
     tf_on_off = round_ratios(report, TF_ON, TF_OFF)
-    c1 = _level(default, 1)["p50_ms"]
-    raw1 = _raw(report, "onnxruntime", 1)["latency_ms"]
     overhead = overhead_ms(report, DEFAULT, 32) or float("nan")
-    errors = sum(
-        sum(level["errors"].values())
-        for entry in report["served"]
-        if not entry["config"]["naive"]
-        for level in entry["levels"].values()
-    )
-    rows = [
+    one_pass_vs_naive = _one_pass(report, DEFAULT) / _one_pass(report, NAIVE)
+    return [
         (
             "default runtime at c=32 vs naive baseline",
-            _ratio_cell(vs_naive, one_pass(DEFAULT) / naive32, "x"),
+            _ratio_cell(vs_naive, one_pass_vs_naive, "x"),
             ">= 2.5x (floor 2x)",
             median(vs_naive) >= 2.5,
         ),
@@ -170,10 +168,24 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
         ),
         (
             "TensorFlow batching on vs off at c=32",
-            _ratio_cell(tf_on_off, one_pass(TF_ON) / one_pass(TF_OFF), "x"),
+            _ratio_cell(tf_on_off, _one_pass(report, TF_ON) / _one_pass(report, TF_OFF), "x"),
             "> 1",
             median(tf_on_off) > 1,
         ),
+    ]
+
+
+def _service_targets(report: dict) -> list[Target]:
+    default = _served(report)[DEFAULT]
+    c1 = _level(default, 1)["p50_ms"]
+    raw1 = _raw(report, "onnxruntime", 1)["latency_ms"]
+    errors = sum(
+        sum(level["errors"].values())
+        for entry in report["served"]
+        if not entry["config"]["naive"]
+        for level in entry["levels"].values()
+    )
+    return [
         ("p50 at c=1 minus raw batch-1 latency", f"{c1 - raw1:.1f} ms", "<= 5 ms", c1 - raw1 <= 5),
         (
             "errors at every concurrency up to 64 (all served configs)",
@@ -194,6 +206,11 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
             default["ready_s"] <= 5,
         ),
     ]
+
+
+def _reduced_targets(report: dict) -> list[Target]:
+    rows: list[Target] = []
+    naive32 = _one_pass(report, NAIVE)
     for runtime, config in REDUCED.items():
         reduced_vs_naive = round_ratios(report, config, NAIVE)
         precision = report["reduced_precision"][runtime]
@@ -201,7 +218,7 @@ def targets(report: dict) -> list[tuple[str, str, str, bool]]:
         rows += [
             (
                 f"opt-in {runtime} at c=32 vs naive baseline",
-                _ratio_cell(reduced_vs_naive, one_pass(config) / naive32, "x"),
+                _ratio_cell(reduced_vs_naive, _one_pass(report, config) / naive32, "x"),
                 ">= 4x",
                 median(reduced_vs_naive) >= 4,
             ),
@@ -314,7 +331,12 @@ def write_report(report: dict, out: Path) -> None:
 
 
 def render(report: dict) -> str:
-    lines = [
+    sections = (_header, _targets, _rounds, _raw_section, _served_table, _reduced, _preprocess)
+    return "\n".join(line for section in sections for line in section(report))
+
+
+def _header(report: dict) -> list[str]:
+    return [
         "# Benchmark results",
         "",
         f"Measured {report['date']} on {report['machine']}; load generator on the same cores.",
@@ -338,41 +360,43 @@ def render(report: dict) -> str:
         "| target | measured | goal | met |",
         "| --- | --- | --- | --- |",
     ]
-    lines += [
-        f"| {t} | {m} | {g} | {'yes' if ok else '**no**'} |" for t, m, g, ok in targets(report)
-    ]
+
+
+def _targets(report: dict) -> list[str]:
+    return [f"| {t} | {m} | {g} | {'yes' if ok else '**no**'} |" for t, m, g, ok in targets(report)]
+
+
+def _rounds(report: dict) -> list[str]:
     rounds = report["target_rounds"]
     count = len(next(iter(rounds.values())))
-    lines += [
+    lines = [
         "",
         "Throughput ratios are the median of interleaved rounds: after the pass over every",
         "concurrency below, the compared configs ran again at c=32, back to back, in each round.",
-        *(
-            [
-                "Each round then measured the raw ceilings again: every raw shape of ONNX Runtime",
-                "and of TensorFlow at the batch size that was its best in the first raw pass",
-                "(TensorFlow's at 2 or more), keeping the round's best. The ratios to raw divide",
-                "within a round.",
-            ]
-            if "round_ceilings" in report
-            else []
-        ),
-        "",
-        "| config (req/s at c=32) | "
-        + " | ".join(f"round {n}" for n in range(1, count + 1))
-        + " | median |",
-        "| --- |" + " --- |" * (count + 1),
     ]
-    for name, figures in rounds.items():
-        lines.append(row(name, *(f"{f:.1f}" for f in figures), f"{median(figures):.1f}"))
+    if "round_ceilings" in report:
+        lines += [
+            "Each round then measured the raw ceilings again: every raw shape of ONNX Runtime",
+            "and of TensorFlow at the batch size that was its best in the first raw pass",
+            "(TensorFlow's at 2 or more), keeping the round's best. The ratios to raw divide",
+            "within a round.",
+        ]
+    measured = dict(rounds)
     for ceiling_name, ceiling in report.get("round_ceilings", {}).items():
         for shape, figures in ceiling["by_shape"].items():
-            name = f"raw {shape}, batch {ceiling['shapes'][shape]} (images/s)"
-            lines.append(row(name, *(f"{f:.1f}" for f in figures), f"{median(figures):.1f}"))
-        figures = round_ceiling(ceiling)
-        name = f"**raw {ceiling_name}: the round's best** (images/s)"
-        lines.append(row(name, *(f"{f:.1f}" for f in figures), f"{median(figures):.1f}"))
-    lines += [
+            measured[f"raw {shape}, batch {ceiling['shapes'][shape]} (images/s)"] = figures
+        measured[f"**raw {ceiling_name}: the round's best** (images/s)"] = round_ceiling(ceiling)
+    header = ("config (req/s at c=32)", *(f"round {n}" for n in range(1, count + 1)), "median")
+    cells = [
+        (name, *(f"{f:.1f}" for f in figures), f"{median(figures):.1f}")
+        for name, figures in measured.items()
+    ]
+    return [*lines, "", *table(header, cells)]
+
+
+def _raw_section(report: dict) -> list[str]:
+    raw = report["raw"]
+    return [
         "",
         "## Raw model, in-process",
         "",
@@ -380,118 +404,136 @@ def render(report: dict) -> str:
         "load-adaptive threading, as the service runs it); `runtime:TxS` runs S such calls side "
         "by side. A runtime's ceiling is its best figure in any of these.",
         "",
-        "| runtime | batch | images/s | latency (ms) | CPU ms/image |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for runtime, entry in report["raw"].items():
-        for batch, b in entry["batches"].items():
-            lines.append(
-                row(
-                    runtime,
-                    batch,
-                    f"{b['images_per_s']:.1f}",
-                    f"{b['latency_ms']:.1f}",
-                    f"{b['cpu_ms_per_image']:.1f}",
-                )
-            )
-    lines += ["", "| runtime | load + first call (s) | peak RSS (MB) |", "| --- | --- | --- |"]
-    for runtime, entry in report["raw"].items():
-        lines.append(f"| {runtime} | {entry['load_s']:.2f} | {entry['peak_rss_mb']:.0f} |")
-    lines += [
+        *table(
+            ("runtime", "batch", "images/s", "latency (ms)", "CPU ms/image"),
+            (
+                (runtime, batch, *(f"{b[key]:.1f}" for key in RAW_KEYS))
+                for runtime, entry in raw.items()
+                for batch, b in entry["batches"].items()
+            ),
+        ),
+        "",
+        *table(
+            ("runtime", "load + first call (s)", "peak RSS (MB)"),
+            ((name, f"{e['load_s']:.2f}", f"{e['peak_rss_mb']:.0f}") for name, e in raw.items()),
+        ),
         "",
         "Reading + decoding a stored 224x224 image (BMP, as preprocess stores it): "
         f"{report['decode_cpu_ms']:.2f} CPU-ms/request.",
+    ]
+
+
+RAW_KEYS = ("images_per_s", "latency_ms", "cpu_ms_per_image")
+SERVED_COLUMNS = (
+    "config",
+    "concurrency",
+    "req/s",
+    "p50",
+    "p95",
+    "p99 (ms)",
+    "errors",
+    "mean batch",
+    "server CPU ms/req",
+    "of which outside model + decode",
+    "client CPU share",
+)
+
+
+def _served_level(report: dict, name: str, concurrency: str, lv: dict) -> tuple:
+    return (
+        name,
+        concurrency,
+        f"{lv['throughput']:.1f}",
+        f"{lv['p50_ms']:.0f}",
+        f"{lv['p95_ms']:.0f}",
+        f"{lv['p99_ms']:.0f}",
+        sum(lv["errors"].values()),
+        f"{lv['mean_batch']:.1f}" if lv.get("mean_batch") else "-",
+        f"{lv['server_cpu_ms_per_request']:.1f}",
+        _or_dash(overhead_ms(report, name, int(concurrency))),
+        f"{lv['client_cpu_share']:.2f}",
+    )
+
+
+def _served_table(report: dict) -> list[str]:
+    served = report["served"]
+    return [
         "",
         "## Served /classify (local storage, 32 distinct stored images)",
         "",
-        row(
-            "config",
-            "concurrency",
-            "req/s",
-            "p50",
-            "p95",
-            "p99 (ms)",
-            "errors",
-            "mean batch",
-            "server CPU ms/req",
-            "of which outside model + decode",
-            "client CPU share",
+        *table(
+            SERVED_COLUMNS,
+            (
+                _served_level(report, entry["config"]["name"], concurrency, lv)
+                for entry in served
+                for concurrency, lv in entry["levels"].items()
+            ),
         ),
-        row(*["---"] * 11),
+        "",
+        *table(
+            ("config", "start -> /readyz (s)", "peak RSS (MB)"),
+            (
+                (e["config"]["name"], f"{e['ready_s']:.1f}", f"{e['peak_rss_mb']:.0f}")
+                for e in served
+            ),
+        ),
+        *thread_table(report, 32),
     ]
-    for entry in report["served"]:
-        for concurrency, lv in entry["levels"].items():
-            batch = f"{lv['mean_batch']:.1f}" if lv.get("mean_batch") else "-"
-            errors = sum(lv["errors"].values())
-            lines.append(
-                row(
-                    entry["config"]["name"],
-                    concurrency,
-                    f"{lv['throughput']:.1f}",
-                    f"{lv['p50_ms']:.0f}",
-                    f"{lv['p95_ms']:.0f}",
-                    f"{lv['p99_ms']:.0f}",
-                    errors,
-                    batch,
-                    f"{lv['server_cpu_ms_per_request']:.1f}",
-                    _or_dash(overhead_ms(report, entry["config"]["name"], int(concurrency))),
-                    f"{lv['client_cpu_share']:.2f}",
-                )
-            )
-    lines += ["", "| config | start -> /readyz (s) | peak RSS (MB) |", "| --- | --- | --- |"]
-    for entry in report["served"]:
-        lines.append(
-            f"| {entry['config']['name']} | {entry['ready_s']:.1f} | {entry['peak_rss_mb']:.0f} |"
+
+
+def _reduced(report: dict) -> list[str]:
+    header = (
+        "runtime",
+        "runs in",
+        "views",
+        "FP32 top-1",
+        "reduced top-1",
+        "top-1 agreement",
+        "largest probability change",
+    )
+    cells = (
+        (
+            p["runtime"],
+            p["precision"],
+            str(p["images"]),
+            *(f"{100 * p[key]:.1f}%" for key in ("fp32_top1", "reduced_top1", "top1_agreement")),
+            f"{p['max_probability_change']:.3f}",
         )
-    lines += thread_table(report, 32)
-    lines += [
+        for p in report["reduced_precision"].values()
+    )
+    return [
         "",
         "## Reduced precision",
         "",
         "Top-1 accuracy on the labelled held-out sample (seeded views of the six photos,",
-        "benchmarks/heldout.py) against FP32 (ONNX Runtime), and how far each runtime moves from it.",  # noqa: E501
+        "scripts/heldout.py) against FP32 (ONNX Runtime), and how far each runtime moves from it.",
         "",
-        "| runtime | runs in | views | FP32 top-1 | reduced top-1 | top-1 agreement | "
-        "largest probability change |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        *table(header, cells),
     ]
-    for p in report["reduced_precision"].values():
-        lines.append(
-            row(
-                p["runtime"],
-                p["precision"],
-                str(p["images"]),
-                f"{100 * p['fp32_top1']:.1f}%",
-                f"{100 * p['reduced_top1']:.1f}%",
-                f"{100 * p['top1_agreement']:.1f}%",
-                f"{p['max_probability_change']:.3f}",
-            )
-        )
+
+
+def _preprocess(report: dict) -> list[str]:
     pre = report["preprocess"]
-    lines += [
+    cells = (
+        (
+            f"{mp} MP",
+            f"{lv['bytes']:,}",
+            f"{lv['throughput']:.1f}",
+            f"{lv['p50_ms']:.0f}",
+            lv["errors"],
+        )
+        for mp, lv in pre["levels"].items()
+    )
+    return [
         "",
         "## Preprocess (uploads at concurrency 16)",
         "",
-        "| JPEG | bytes | uploads/s | p50 (ms) | errors |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for megapixels, lv in pre["levels"].items():
-        lines.append(
-            row(
-                f"{megapixels} MP",
-                f"{lv['bytes']:,}",
-                f"{lv['throughput']:.1f}",
-                f"{lv['p50_ms']:.0f}",
-                lv["errors"],
-            )
-        )
-    lines += [
+        *table(("JPEG", "bytes", "uploads/s", "p50 (ms)", "errors"), cells),
         "",
         f"Preprocess: start -> /readyz {pre['ready_s']:.1f} s, "
         f"peak RSS {pre['peak_rss_mb']:.0f} MB.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def plot_throughput(report: dict, path: Path) -> None:

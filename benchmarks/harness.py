@@ -1,8 +1,10 @@
 """What every benchmark study shares: servers under test, free ports, private BentoML homes,
-CPU and RSS of a process tree and its threads, and the machine's description.
+CPU and RSS of a process tree and its threads, the machine's own load (an idle machine to start
+from, the CPU others took during a window), and the machine's description. The load generator
+is `load.py`, the report writer `report.py`.
 
-Studies import it (`benchmarks.classify`, `benchmarks.pipeline`, `benchmarks.batching`, ...);
-the tests use `private_bentoml_home` and the CPU counters too.
+Studies import it (`benchmarks.classify`, `benchmarks.pipeline`, `peers/compare.py`, ...); it
+needs only psutil, so the peers' own environments can import it too.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-import httpx
 import psutil
 
 from classify.runtime_table import ALL_RUNTIMES
@@ -119,6 +122,48 @@ def _thread_name(pid: int, tid: int) -> str:
         return "other threads"
 
 
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def system_busy_s() -> float:
+    """CPU seconds every process of the machine has spent (/proc/stat, idle and iowait left out)."""
+    with open("/proc/stat") as stat:
+        values = [int(x) for x in stat.readline().split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / HZ
+
+
+def wait_quiet(limit_s: float = 300, busy_cores: float = 0.2) -> float:
+    """Wait (up to `limit_s`) until the machine is idle for 2 s; the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        busy = system_busy_s()
+        time.sleep(2)
+        if (system_busy_s() - busy) / 2 < busy_cores:
+            break
+    return time.perf_counter() - started
+
+
+class CpuWindow:
+    """Cores used over a window by this process (the load generator), a server's process tree,
+    and everyone else ("foreign": a shared machine's noise)."""
+
+    def __init__(self, server: psutil.Process) -> None:
+        self.server = server
+
+    def __enter__(self) -> CpuWindow:
+        self.started = time.perf_counter()
+        self.busy, self.client_s = system_busy_s(), time.process_time()
+        self.server_s = tree_cpu_s(self.server)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.started
+        self.client = (time.process_time() - self.client_s) / wall
+        self.server_cores = (tree_cpu_s(self.server) - self.server_s) / wall
+        system = (system_busy_s() - self.busy) / wall
+        self.foreign = max(0.0, system - self.client - self.server_cores)
+
+
 def private_bentoml_home(home: Path, shared: Path | None = None) -> Path:
     """A BentoML home for servers of one's own that shares the model and Bento stores of
     `shared` (the current `$BENTOML_HOME` by default). The tests use it too.
@@ -151,9 +196,10 @@ class ServerUnderTest:
         deadline = started + 180
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as ready:
+                    if ready.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
                 pass
             if self.popen.poll() is not None:
                 raise RuntimeError(f"server exited; see {self.log}")

@@ -39,7 +39,7 @@ import pillow_heif
 import psutil
 from PIL import Image
 
-from benchmarks import decode_agreement, preprocess_profile
+from benchmarks import preprocess_profile
 from benchmarks.harness import (
     ASSETS,
     BENTOML,
@@ -51,6 +51,7 @@ from benchmarks.harness import (
     threads_cpu_s,
     tree_cpu_s,
 )
+from benchmarks.load import closed_loop, post_json, post_upload
 from benchmarks.pipeline_report import (
     PRICES,
     SHAPES,
@@ -60,6 +61,7 @@ from benchmarks.pipeline_report import (
 )
 from benchmarks.report import stamp
 from common.storage import LocalStorage
+from tests import decode_agreement  # the photos test measures it too, on a subset
 
 pillow_heif.register_heif_opener()
 
@@ -192,91 +194,48 @@ async def pipeline_load(
     stack: Stack, photos: list[bytes], concurrency: int, count: int, limit_s: float
 ) -> dict:
     """`count` photos (or `limit_s`) through upload -> classify, `concurrency` at a time."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    sent = 0
-    deadline = time.monotonic() + limit_s
+    upload, classify = f"{stack.preprocess.url}/preprocess", f"{stack.classify.url}/classify"
 
-    async def client(http: aiohttp.ClientSession) -> None:
-        nonlocal sent
-        while sent < count and time.monotonic() < deadline:
-            photo = photos[sent % len(photos)]
-            sent += 1
-            started = time.perf_counter()
-            try:
-                stored = await _post_upload(http, stack.preprocess.url, photo)
-                body = {"gcs_path": stored["gcs_path"]}
-                async with http.post(f"{stack.classify.url}/classify", json=body) as answer:
-                    answer.raise_for_status()
-                    await answer.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                errors.append(str(exc)[:200] or type(exc).__name__)
-                continue
-            latencies.append(time.perf_counter() - started)
+    async def send(http: aiohttp.ClientSession, number: int) -> None:
+        stored = await post_upload(http, upload, photos[number % len(photos)])
+        await post_json(http, classify, {"gcs_path": stored["gcs_path"]})
 
     stack.clear_storage()
     cpu_before = _cpu(stack)
-    async with _session() as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
+    measured = await closed_loop(send, concurrency, count, limit_s, timeout_s=120)
     cpu_used = {key: value - cpu_before[key] for key, value in _cpu(stack).items()}
-    done = max(1, len(latencies))
-    ms = 1000 * np.array(latencies or [0.0])
+    done = max(1, measured.done)
     return {
         "concurrency": concurrency,
-        "photos": len(latencies),
-        "photos_per_s": len(latencies) / wall,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "errors": len(errors),
-        "first_error": errors[0] if errors else None,
+        "photos": measured.done,
+        "photos_per_s": measured.throughput,
+        "p50_ms": measured.percentile_ms(50),
+        "p95_ms": measured.percentile_ms(95),
+        "p99_ms": measured.percentile_ms(99),
+        "errors": sum(measured.errors.values()),
+        "first_error": measured.first_error,
         "core_ms_per_photo": {key: 1000 * value / done for key, value in cpu_used.items()},
     }
 
 
-def _session() -> aiohttp.ClientSession:
-    """The load generator's client: aiohttp, as the classify benchmark's (about half httpx's
-    CPU per request here), one connection per concurrent client."""
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-
-
-async def _post_upload(http: aiohttp.ClientSession, url: str, photo: bytes) -> dict:
-    form = aiohttp.FormData()
-    form.add_field("image", photo, filename="photo", content_type="application/octet-stream")
-    async with http.post(f"{url}/preprocess", data=form) as response:
-        response.raise_for_status()
-        return await response.json()
-
-
 async def preprocess_only(stack: Stack, photos: list[bytes], concurrency: int, count: int) -> dict:
     """Uploads/s of /preprocess alone (the preprocess targets)."""
-    done = 0
-    sent = 0
+    url = f"{stack.preprocess.url}/preprocess"
+    warm_up = photos[len(photos) - concurrency :]
 
-    async def client(http: aiohttp.ClientSession) -> None:
-        nonlocal sent, done
-        while sent < count:
-            photo = photos[sent % len(photos)]
-            sent += 1
-            with contextlib.suppress(aiohttp.ClientError):
-                await _post_upload(http, stack.preprocess.url, photo)
-                done += 1
+    async def send(http: aiohttp.ClientSession, number: int) -> None:
+        await post_upload(http, url, photos[number % len(photos)])
 
     stack.clear_storage()
-    async with _session() as http:
-        # unmeasured: one upload per client first (photos the measurement does not send), so
-        # that it starts with the connections open and the server's request threads up
-        warm_up = photos[len(photos) - concurrency :]
-        await asyncio.gather(*(_post_upload(http, stack.preprocess.url, p) for p in warm_up))
-        cpu_before = tree_cpu_s(stack.preprocess.process)
-        threads_before = threads_cpu_s(stack.preprocess.process)
-        image_before = image_cpu_s(stack)
-        load_before = time.process_time()
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
+    # unmeasured: one upload per client first (photos the measurement does not send), so that
+    # it starts with the server's request threads up
+    await closed_loop(lambda http, n: post_upload(http, url, warm_up[n]), concurrency, concurrency)
+    cpu_before = tree_cpu_s(stack.preprocess.process)
+    threads_before = threads_cpu_s(stack.preprocess.process)
+    image_before = image_cpu_s(stack)
+    load_before = time.process_time()
+    measured = await closed_loop(send, concurrency, count, timeout_s=120)
+    done, wall = measured.done, measured.wall_s
     core_ms = 1000 * (tree_cpu_s(stack.preprocess.process) - cpu_before) / max(1, done)
     measured = {
         "uploads_per_s": done / wall,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from benchmarks.report import write
+from benchmarks.report import table, write
 
 # Prices, service shapes and sizes the benchmark measures and this report prices (the
 # benchmark imports them from here: one direction, no cycle).
@@ -202,6 +202,11 @@ def write_pipeline_report(report: dict, out: Path) -> None:
 
 
 def render(report: dict) -> str:
+    sections = (_intro, _preprocess_section, _pipeline_section, _cost_section)
+    return "\n".join(line for section in sections for line in section(report))
+
+
+def _intro(report: dict) -> list[str]:
     cpu = report["cpu"]
     features = ", ".join(cpu.get("features") or []) or "none of those checked"
     lines = [
@@ -220,52 +225,85 @@ def render(report: dict) -> str:
     ]
     if report["scale"] == "smoke":
         lines += ["A `--smoke` run: a handful of photos per level, figures meaningless.", ""]
-    lines += ["## Targets", "", *target_rows(report), ""]
-    share = _load_generator_share(report)
-    lines += [
+    return [*lines, "## Targets", "", *target_rows(report), ""]
+
+
+def _preprocess_section(report: dict) -> list[str]:
+    return [
         f"Ratios are taken within each of {len(report['rounds'])} target rounds at concurrency "
         f"{TARGET_CONCURRENCY}, the stacks measured one after another in each round; preprocess "
         "rows: uploads/s of /preprocess alone; pipeline rows: photos/s through both services; "
         "the server CPU row leaves out the load generator, which took "
-        f"{share:.0%} of all CPU in ours' sweep.",
+        f"{_load_generator_share(report):.0%} of all CPU in ours' sweep.",
         "",
         f"## /preprocess alone (concurrency {TARGET_CONCURRENCY}, the median round)",
         "",
         *preprocess_rows(report),
-    ]
-    lines += [
         "",
         "Core-ms per upload: the preprocess process tree's CPU (BentoML's watcher included) over "
         "the uploads; decode + resize + encode is the service's own per-thread count "
         "(`preprocess_image_cpu_seconds`), so 'around it' is HTTP, the form, hashing and "
         "storage. The load generator runs on the same cores.",
         *thread_rows(report),
+        "",
+        *profile_rows(report),
     ]
-    lines += ["", *profile_rows(report)]
-    lines += ["", "## The pipeline", ""]
-    header = "| photo | c | photos/s | p50 ms | p95 ms | p99 ms | errors | core-ms/photo: "
-    header += "preprocess | classify | load generator |"
+
+
+PIPELINE_COLUMNS = (
+    "photo",
+    "c",
+    "photos/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "errors",
+    "core-ms/photo: preprocess",
+    "classify",
+    "load generator",
+)
+
+
+def _pipeline_level(kind: str, lv: dict) -> tuple:
+    core = lv["core_ms_per_photo"]
+    return (
+        kind,
+        lv["concurrency"],
+        f"{lv['photos_per_s']:.1f}",
+        *(f"{lv[key]:.0f}" for key in ("p50_ms", "p95_ms", "p99_ms")),
+        lv["errors"],
+        *(f"{core[key]:.1f}" for key in ("preprocess", "classify", "load generator")),
+    )
+
+
+def _pipeline_section(report: dict) -> list[str]:
+    lines = ["", "## The pipeline", ""]
     for stack, data in report["stacks"].items():
         rss = data["peak_rss_mb"]
+        levels = ((kind, lv) for kind, levels in data["levels"].items() for lv in levels)
         lines += [
             f"### {stack}",
             "",
             f"Peak RSS: preprocess {rss['preprocess']:.0f} MB, classify {rss['classify']:.0f} MB.",
             "",
-            header,
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *table(PIPELINE_COLUMNS, (_pipeline_level(kind, lv) for kind, lv in levels)),
+            "",
         ]
-        for kind, levels in data["levels"].items():
-            for lv in levels:
-                core = lv["core_ms_per_photo"]
-                lines.append(
-                    f"| {kind} | {lv['concurrency']} | {lv['photos_per_s']:.1f} | "
-                    f"{lv['p50_ms']:.0f} | {lv['p95_ms']:.0f} | {lv['p99_ms']:.0f} | "
-                    f"{lv['errors']} | {core['preprocess']:.1f} | {core['classify']:.1f} | "
-                    f"{core['load generator']:.1f} |"
-                )
-        lines.append("")
-    lines += [
+    return lines
+
+
+def _cost_section(report: dict) -> list[str]:
+    rows = []
+    for kind in [*SIZES, "12 MP HEIC"]:
+        if kind not in report["stacks"]["ours"]["levels"]:
+            continue
+        ours = cost_per_million(_core(report, "ours", kind))["total"]
+        if kind in report["stacks"].get("brief", {}).get("levels", {}):
+            brief = cost_per_million(_core(report, "brief", kind))["total"]
+            rows.append((kind, f"{ours:.2f}", f"{brief:.2f}", f"{brief / ours:.1f}x"))
+        else:
+            rows.append((kind, f"{ours:.2f}", "(refused: no HEIC decoder)", ""))
+    return [
         f"## Cost per million photos (core-ms at concurrency {TARGET_CONCURRENCY})",
         "",
         f"{PRICES_NOTE}. Instances priced as scripts/deploy sizes ours "
@@ -273,21 +311,11 @@ def render(report: dict) -> str:
         "(request-based billing charges instance time while requests run, so idle cores "
         "within a request would cost more).",
         "",
-        "| photo | ours USD | brief USD | brief / ours |",
-        "| --- | --- | --- | --- |",
+        *table(("photo", "ours USD", "brief USD", "brief / ours"), rows),
+        "",
+        "![photos/s against photo size](pipeline_photos_per_s.png)",
+        "",
     ]
-    for kind in [*SIZES, "12 MP HEIC"]:
-        if kind not in report["stacks"]["ours"]["levels"]:
-            continue
-        ours = cost_per_million(_core(report, "ours", kind))["total"]
-        brief_levels = report["stacks"].get("brief", {}).get("levels", {})
-        if kind in brief_levels:
-            brief = cost_per_million(_core(report, "brief", kind))["total"]
-            lines.append(f"| {kind} | {ours:.2f} | {brief:.2f} | {brief / ours:.1f}x |")
-        else:
-            lines.append(f"| {kind} | {ours:.2f} | (refused: no HEIC decoder) | |")
-    lines += ["", "![photos/s against photo size](pipeline_photos_per_s.png)", ""]
-    return "\n".join(lines)
 
 
 def _preprocess_kinds(report: dict) -> list[str]:

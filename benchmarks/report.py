@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,11 @@ def write(
 def row(*cells: object) -> str:
     """One markdown table row."""
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
+def table(header: Sequence[object], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table's lines: the header, its rule, one line a row."""
+    return [row(*header), row(*["---"] * len(header)), *(row(*cells) for cells in rows)]
 
 
 def cpu_line(figures: Figures) -> str:

@@ -57,7 +57,7 @@ from benchmarks.harness import (
     thread_role,
     threads_cpu_s,
 )
-from benchmarks.report import Figures, cpu_line, row, stamp, write
+from benchmarks.report import Figures, cpu_line, row, stamp, table, write
 from classify.runtime_table import TABLE
 from common.images.decode import to_model_pixels
 from common.schemas import ResizeMode
@@ -312,66 +312,94 @@ def _ceiling(figures: Figures, model: dict, client_ms: float) -> tuple[float, fl
 
 
 def render(figures: Figures) -> str:
-    cores = figures["cores"]
-    model, as_served = figures["model"], figures["model_as_served"]
+    lines = [*_servers_section(figures), *_floor_section(figures)]
+    if "uncoupled" in figures:
+        lines += _uncoupled_lines(figures["uncoupled"])
+    if figures.get("profile"):
+        served = _roles(figures["servers"]["classify"])
+        lines += _profile_lines(figures["profile"], figures["uncoupled"], served)
+    return "\n".join(lines) + "\n"
+
+
+def _servers_section(figures: Figures) -> list[str]:
     servers = figures["servers"]
     rate = {name: _median(runs, "requests_per_s") for name, runs in servers.items()}
-    client_ms = _median(servers["classify"], "load_generator_ms_per_request")
-    bare = sum(_roles(servers["bentoml-bare"]).values())
-    lines = [
+    calls = (
+        (figures["model"], "one per core"),
+        (figures["model_as_served"], "as many as classify runs"),
+    )
+    return [
         "# Where a served request's core-milliseconds go, and the floor under them",
         "",
-        f"Measured {figures['date']}, {cores} cores, {figures['rounds']} alternating rounds of "
-        f"{figures['requests']} requests at concurrency {CONCURRENCY} per server "
+        f"Measured {figures['date']}, {figures['cores']} cores, {figures['rounds']} alternating "
+        f"rounds of {figures['requests']} requests at concurrency {CONCURRENCY} per server "
         "(`python -m benchmarks.request_floor`). The load generator is the benchmark's own "
         "process, on the same cores.",
         cpu_line(figures),
         "",
-        "| server | req/s (median) | to classify | server cores | server core-ms per request "
-        "| load generator core-ms | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, runs in servers.items():
-        lines.append(
-            row(
-                name,
-                f"{rate[name]:.0f}",
-                f"{rate[name] / rate['classify']:.2f}",
-                f"{_median(runs, 'cores'):.2f}",
-                f"{sum(_roles(runs).values()):.2f}",
-                f"{_median(runs, 'load_generator_ms_per_request'):.2f}",
-                sum(run["errors"] for run in runs),
-            )
-        )
-    lines += [
+        *table(
+            SERVER_COLUMNS,
+            (
+                (
+                    name,
+                    f"{rate[name]:.0f}",
+                    f"{rate[name] / rate['classify']:.2f}",
+                    f"{_median(runs, 'cores'):.2f}",
+                    f"{sum(_roles(runs).values()):.2f}",
+                    f"{_median(runs, 'load_generator_ms_per_request'):.2f}",
+                    sum(run["errors"] for run in runs),
+                )
+                for name, runs in servers.items()
+            ),
+        ),
         "",
-        "| model alone, in-process, batch 1 | images/s | core-ms per image |",
-        "| --- | --- | --- |",
-    ]
-    for record, how in ((model, "one per core"), (as_served, "as many as classify runs")):
-        lines.append(
-            row(
-                f"{record['streams']} single-threaded calls at once ({how})",
-                f"{record['images_per_s']:.0f}",
-                f"{record['core_ms_per_image']:.2f}",
-            )
-        )
-    lines += [
+        *table(
+            ("model alone, in-process, batch 1", "images/s", "core-ms per image"),
+            (
+                (
+                    f"{record['streams']} single-threaded calls at once ({how})",
+                    f"{record['images_per_s']:.0f}",
+                    f"{record['core_ms_per_image']:.2f}",
+                )
+                for record, how in calls
+            ),
+        ),
         "",
         "## By thread (median core-ms per request)",
         "",
-        "| server | role | core-ms |",
-        "| --- | --- | --- |",
+        *table(
+            ("server", "role", "core-ms"),
+            (
+                (name, role, f"{ms:.2f}")
+                for name, runs in servers.items()
+                for role, ms in _roles(runs).items()
+            ),
+        ),
     ]
-    for name, runs in servers.items():
-        for role, ms in _roles(runs).items():
-            lines.append(row(name, role, f"{ms:.2f}"))
+
+
+SERVER_COLUMNS = (
+    "server",
+    "req/s (median)",
+    "to classify",
+    "server cores",
+    "server core-ms per request",
+    "load generator core-ms",
+    "errors",
+)
+
+
+def _floor_section(figures: Figures) -> list[str]:
+    servers, model, as_served = figures["servers"], figures["model"], figures["model_as_served"]
+    rate = {name: _median(runs, "requests_per_s") for name, runs in servers.items()}
+    client_ms = _median(servers["classify"], "load_generator_ms_per_request")
+    bare = sum(_roles(servers["bentoml-bare"]).values())
     best_ms, best = _ceiling(figures, model, client_ms)
     served_ms, served = _ceiling(figures, as_served, client_ms)
     unguarded = servers["classify-unguarded"]
     stack_ms = sum(_roles(servers["classify"]).values()) - sum(_roles(unguarded).values())
     raw = model["images_per_s"]
-    lines += [
+    return [
         "",
         "## The floor",
         "",
@@ -391,13 +419,6 @@ def render(figures: Figures) -> str:
         f"stack); the leanest classify BentoML serves (a sync API: read, decode, model, rank) "
         f"serves {rate['bentoml-model']:.0f}.",
     ]
-    if "uncoupled" in figures:
-        lines += _uncoupled_lines(figures["uncoupled"])
-    if figures.get("profile"):
-        lines += _profile_lines(
-            figures["profile"], figures["uncoupled"], _roles(servers["classify"])
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _uncoupled_lines(rounds: list[dict]) -> list[str]:

@@ -18,19 +18,17 @@ import io
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 import numpy as np
-import psutil
 from PIL import Image, ImageOps
 
-from benchmarks.harness import ASSETS, BENTOML, REPO
+from benchmarks.harness import ASSETS, BENTOML, ServerUnderTest, free_port, tree_rss_mb
+from benchmarks.load import closed_loop, post_json, post_upload
 from benchmarks.report import stamp, write
 from common.images.decode import decode_image
 
@@ -38,31 +36,10 @@ RSS_GROWTH_LIMIT_MB = 64  # after warm-up; allocator noise stays well under this
 SAMPLE_EVERY = 10  # compare every 10th answer with an in-process run
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    process = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 1e6
-
-
-def start(target: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start(target: str, env: dict[str, str]) -> ServerUnderTest:
     port = free_port()
-    log = open(Path(tempfile.gettempdir()) / f"soak-{target.split(':')[-1]}.log", "wb")  # noqa: SIM115
     command = [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{target} not ready")
+    return ServerUnderTest(command, env, port)
 
 
 def image_source(seed: int):
@@ -83,29 +60,24 @@ def image_source(seed: int):
 
 
 async def run_load(pre: str, cls: str, seconds: float, concurrency: int, runtime) -> dict:
-    stats = {"requests": 0, "failures": [], "checked": 0, "mismatches": [], "paths": []}
-    deadline = time.monotonic() + seconds
+    """Distinct uploads, each then classified, for `seconds`; every SAMPLE_EVERY-th answer
+    checked against the runtime in this process."""
+    stats: dict = {"requests": 0, "checked": 0, "mismatches": [], "paths": []}
+    sources = [image_source(i) for i in range(concurrency)]
 
-    async def worker(index: int, http: httpx.AsyncClient) -> None:
-        source = image_source(index)
-        while time.monotonic() < deadline:
-            data = next(source)
-            try:
-                stored = await http.post(f"{pre}/preprocess", files={"image": ("x.jpg", data)})
-                stored.raise_for_status()
-                path = stored.json()["gcs_path"]
-                answer = await http.post(f"{cls}/classify", json={"gcs_path": path})
-                answer.raise_for_status()
-            except httpx.HTTPError as exc:
-                stats["failures"].append(f"{type(exc).__name__}: {exc}")
-                continue
-            stats["requests"] += 1
-            stats["paths"].append(path)
-            if stats["requests"] % SAMPLE_EVERY == 0:
-                check(path, answer.json(), runtime, stats)
+    async def send(http: aiohttp.ClientSession, number: int) -> None:
+        stored = await post_upload(http, f"{pre}/preprocess", next(sources[number % concurrency]))
+        path = stored["gcs_path"]
+        answer = await post_json(http, f"{cls}/classify", {"gcs_path": path})
+        stats["requests"] += 1
+        stats["paths"].append(path)
+        if stats["requests"] % SAMPLE_EVERY == 0:
+            check(path, answer, runtime, stats)
 
-    async with httpx.AsyncClient(timeout=60) as http:
-        await asyncio.gather(*(worker(i, http) for i in range(concurrency)))
+    measured = await closed_loop(send, concurrency, 10**9, seconds)
+    stats["failures"] = [f"{kind}: {count}" for kind, count in measured.errors.items()]
+    if measured.first_error:
+        stats["failures"].insert(0, measured.first_error)
     return stats
 
 
@@ -116,6 +88,17 @@ def check(path: str, answer: dict, runtime, stats: dict) -> None:
     expected = int(probabilities.argmax())
     if answer["index"] != expected or abs(answer["confidence"] - probabilities[expected]) > 1e-4:
         stats["mismatches"].append({"path": path, "served": answer, "expected": expected})
+
+
+def unreadable_paths(paths: list[str]) -> list[str]:
+    """The stored images that cannot be read back and decoded: each a lost image."""
+    unreadable = []
+    for path in paths:
+        try:
+            decode_image(Path(path.removeprefix("file://")).read_bytes(), 10**8)
+        except Exception as exc:  # any failure to read back is a lost image
+            unreadable.append(f"{path}: {exc}")
+    return unreadable
 
 
 def main() -> int:
@@ -132,25 +115,22 @@ def main() -> int:
     runtime = load_runtime(spec(DEFAULT_RUNTIME), stored_model_dir(DEFAULT_RUNTIME), 1)
     with tempfile.TemporaryDirectory(prefix="soak-") as storage:
         env = {**os.environ, "STORAGE_DIR": storage, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        pre_process, pre = start("preprocess.service:Preprocess", env)
-        cls_process, cls = start("service:Classify", env)
+        servers = {
+            "preprocess": start("preprocess.service:Preprocess", env),
+            "classify": start("service:Classify", env),
+        }
+        pre, cls = servers["preprocess"].url, servers["classify"].url
         try:
             asyncio.run(run_load(pre, cls, min(10, args.seconds / 5), args.concurrency, runtime))
-            rss_start = {"preprocess": rss_mb(pre_process.pid), "classify": rss_mb(cls_process.pid)}
+            rss_start = {name: tree_rss_mb(s.process) for name, s in servers.items()}
             started = time.monotonic()
             stats = asyncio.run(run_load(pre, cls, args.seconds, args.concurrency, runtime))
             duration = time.monotonic() - started
-            rss_end = {"preprocess": rss_mb(pre_process.pid), "classify": rss_mb(cls_process.pid)}
+            rss_end = {name: tree_rss_mb(s.process) for name, s in servers.items()}
         finally:
-            for process in (pre_process, cls_process):
-                process.terminate()
-                process.wait(timeout=30)
-        unreadable = []
-        for path in stats.pop("paths"):
-            try:
-                decode_image(Path(path.removeprefix("file://")).read_bytes(), 10**8)
-            except Exception as exc:  # any failure to read back is a lost image
-                unreadable.append(f"{path}: {exc}")
+            for server in servers.values():
+                server.stop()
+        unreadable = unreadable_paths(stats.pop("paths"))
 
     growth = {name: rss_end[name] - rss_start[name] for name in rss_start}
     result = {

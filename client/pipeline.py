@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from client.results import Outcome, ResultsFile
+from common.threads import in_window
 
 # The allowlisted formats' usual names, the rarer ones included (.jfif from browsers, .hif
 # from Canon and Fujifilm cameras).
@@ -186,27 +187,18 @@ def run_all(
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    pending = iter(files)
     with (
         Progress(*columns, console=console, transient=True, disable=len(files) < 2) as progress,
         ThreadPoolExecutor(concurrency) as pool,
     ):
         task = progress.add_task("classifying", total=len(files))
-        in_flight: set[Future[Outcome]] = set()
-        while True:
-            for file in pending:
-                in_flight.add(pool.submit(client.run, file, mode))
-                if len(in_flight) >= concurrency:
-                    break
-            if not in_flight:
-                return outcomes
-            finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in finished:
-                outcome = future.result()
-                if results:
-                    results.write(outcome)
-                outcomes.append(outcome)
-                progress.advance(task)
+        for future in in_window(pool, lambda file: client.run(file, mode), files, concurrency):
+            outcome = future.result()
+            if results:
+                results.write(outcome)
+            outcomes.append(outcome)
+            progress.advance(task)
+    return outcomes
 
 
 def print_table(console: Console, outcomes: list[Outcome]) -> None:
@@ -219,7 +211,7 @@ def print_table(console: Console, outcomes: list[Outcome]) -> None:
     console.print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog="image-pipeline",
         description=__doc__.splitlines()[0],
@@ -252,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.resume and not args.output:
         parser.error("--resume needs --output")
+    return parser, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, args = parse_args(argv)
 
     files = image_files(args.paths)
     if not files:

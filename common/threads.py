@@ -9,12 +9,13 @@ import asyncio
 import contextvars
 import os
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 _TASKS = "/proc/self/task"
 
@@ -59,3 +60,27 @@ def name_runtime_threads(name: str) -> Iterator[None]:
 async def run_in(pool: ThreadPoolExecutor, work: Callable[..., T], *args: Any) -> T:
     """`work(*args)` on a thread of `pool`, in the caller's context (a request's deadline)."""
     return await asyncio.wrap_future(pool.submit(contextvars.copy_context().run, work, *args))
+
+
+def in_window(
+    pool: ThreadPoolExecutor,
+    work: Callable[[Item], T],
+    items: Iterable[Item],
+    window: int,
+    stop: threading.Event | None = None,
+) -> Iterator[Future[T]]:
+    """`work(item)` for each item on `pool`, each future yielded as it finishes, with at most
+    `window` submitted and unfinished at once: a stop (Ctrl-C, SIGTERM) leaves no queue behind,
+    and what the work holds in memory stays bounded. Once `stop` is set, no item starts."""
+    pending = iter(items)
+    in_flight: set[Future[T]] = set()
+    while True:
+        while len(in_flight) < window and not (stop and stop.is_set()):
+            try:
+                in_flight.add(pool.submit(work, next(pending)))
+            except StopIteration:
+                break
+        if not in_flight:
+            return
+        finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+        yield from finished

@@ -3,7 +3,7 @@
 NNCF (OpenVINO's quantization tool) measures each activation's range on calibration images and
 writes an OpenVINO model whose 52 convolutions and classifier run in INT8. The calibration
 images are scikit-image's bundled sample photos, not the six photos the held-out accuracy
-sample is cut from (benchmarks/heldout.py), so the accuracy check does not see its own
+sample is cut from (scripts/heldout.py), so the accuracy check does not see its own
 calibration data. Quantization needs `nncf` and `scikit-image` at import time only; serving
 needs just OpenVINO.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.heldout import random_view
+from scripts.heldout import random_view
 
 # scikit-image's bundled sample photos (inside its wheel, no download)
 CALIBRATION_PHOTOS = (

@@ -17,7 +17,7 @@ from conftest import REPO, TEST_BUCKET, Backend, wait_until
 from google.cloud import storage as gcs
 from PIL import Image
 
-from benchmarks.heldout import PHOTO_LABELS
+from scripts.heldout import PHOTO_LABELS
 
 # Labels the offline weights give (../shared/models/README.md), per preprocessing mode.
 EXPECTED_LABELS = {

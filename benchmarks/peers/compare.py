@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,9 +40,13 @@ import psutil
 from PIL import Image, ImageOps
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(1, str(HERE.parents[1]))  # the project: its benchmark harness and load generator
+
+from benchmarks.harness import CpuWindow, cpu, free_port, system_busy_s, wait_quiet  # noqa: E402
+from benchmarks.load import Load, closed_loop, post_bytes  # noqa: E402
+from benchmarks.report import row  # noqa: E402
 
 N_IMAGES = 64
-HZ = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG")
 JSON = "application/json"
@@ -140,67 +142,6 @@ def make_images(image_dirs: list[Path], store: Path) -> list[Path]:
     return paths
 
 
-# ---------------------------------------------------------------- CPU accounting
-
-
-def system_busy_ticks() -> int:
-    with open("/proc/stat") as f:
-        values = [int(x) for x in f.readline().split()[1:]]
-    return sum(values[:8]) - values[3] - values[4]
-
-
-def tree_cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def wait_quiet(limit_s: float = 300, busy_cores: float = 0.2) -> float:
-    """Wait (up to `limit_s`) until the machine is idle for 2 s; the seconds waited."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < limit_s:
-        busy0 = system_busy_ticks()
-        time.sleep(2)
-        if (system_busy_ticks() - busy0) / HZ / 2 < busy_cores:
-            break
-    return time.perf_counter() - started
-
-
-def process_tree(root_pid: int) -> list[int]:
-    try:
-        root = psutil.Process(root_pid)
-        return [root_pid] + [child.pid for child in root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-class CpuWindow:
-    """Cores used over a window by this process (the load generator), the server tree, others."""
-
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
-
-    def __enter__(self) -> CpuWindow:
-        self.pids = process_tree(self.server_pid)
-        self.t0 = time.perf_counter()
-        self.busy0 = system_busy_ticks()
-        self.client0 = time.process_time()
-        self.server0 = tree_cpu_seconds(self.pids)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        wall = time.perf_counter() - self.t0
-        self.client = (time.process_time() - self.client0) / wall
-        self.server = (tree_cpu_seconds(self.pids) - self.server0) / wall
-        system = (system_busy_ticks() - self.busy0) / HZ / wall
-        self.foreign = max(0.0, system - self.client - self.server)
-
-
 # ---------------------------------------------------------------- load generator
 
 
@@ -235,45 +176,27 @@ async def drive(
     timeout_s: float = 60,
     content_type: str = JSON,
 ) -> LoadResult:
-    """`n` POSTs with `concurrency` in flight (closed loop), cycling through `bodies`."""
-    counter = itertools.count()
+    """`n` POSTs with `concurrency` in flight (the project's closed loop), cycling through
+    `bodies`; answers checked against `expected` (index, confidence) per body."""
     result = LoadResult(n=n, concurrency=concurrency, wall_s=0.0)
-    headers = {"Content-Type": content_type}
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def worker() -> None:
-            while (i := next(counter)) < n:
-                j = i % len(bodies)
-                started = time.perf_counter()
-                try:
-                    async with session.post(url, data=bodies[j], headers=headers) as response:
-                        payload = await response.read()
-                        status = response.status
-                except (aiohttp.ClientError, TimeoutError):
-                    result.errors += 1
-                    continue
-                elapsed = (time.perf_counter() - started) * 1000
-                if status != 200:
-                    result.errors += 1
-                    continue
-                body = json.loads(payload)
-                if expected is not None:
-                    index, confidence = expected[j]
-                    if body.get("index") != index:
-                        result.wrong += 1
-                    else:
-                        diff = abs(body["confidence"] - confidence)
-                        result.max_conf_diff = max(result.max_conf_diff, diff)
-                result.ok += 1
-                result.latencies_ms.append(elapsed)
-                if keep_answers:
-                    result.answers[j] = body
+    async def send(http: aiohttp.ClientSession, number: int) -> None:
+        j = number % len(bodies)
+        body = json.loads(await post_bytes(http, url, bodies[j], content_type))
+        if expected is not None:
+            index, confidence = expected[j]
+            if body.get("index") != index:
+                result.wrong += 1
+            else:
+                diff = abs(body["confidence"] - confidence)
+                result.max_conf_diff = max(result.max_conf_diff, diff)
+        if keep_answers:
+            result.answers[j] = body
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        result.wall_s = time.perf_counter() - started
+    measured: Load = await closed_loop(send, concurrency, n, timeout_s=timeout_s)
+    result.wall_s, result.ok = measured.wall_s, measured.done
+    result.errors = sum(measured.errors.values())
+    result.latencies_ms = [1000 * s for s in measured.latencies_s]
     return result
 
 
@@ -287,12 +210,12 @@ def measure(
     url, bodies, n, concurrency, server_pid, expected, content_type: str = JSON
 ) -> LoadResult:
     for attempt in range(1, MAX_RETRIES + 2):
-        with CpuWindow(server_pid) as window:
+        with CpuWindow(psutil.Process(server_pid)) as window:
             result = asyncio.run(
                 drive(url, bodies, n, concurrency, expected, content_type=content_type)
             )
         result.client_cores = window.client
-        result.server_cores = window.server
+        result.server_cores = window.server_cores
         result.foreign_cores = window.foreign
         result.attempts = attempt
         if window.foreign <= MAX_FOREIGN_CORES:
@@ -303,12 +226,6 @@ def measure(
 
 
 # ---------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -388,7 +305,10 @@ def stop(server: Server) -> int:
     """SIGTERM the server's leader, then any of its tree still alive, by PID; count leftovers."""
     if server.process is None:
         return 0
-    pids = process_tree(server.process.pid)
+    try:
+        children = [p.pid for p in psutil.Process(server.process.pid).children(recursive=True)]
+    except psutil.Error:
+        children = []
     # LitServe shuts its worker and API-server processes down on Ctrl+C, not on SIGTERM
     leader_signal = signal.SIGINT if server.name == "litserve" else signal.SIGTERM
     try:
@@ -397,7 +317,7 @@ def stop(server: Server) -> int:
     except subprocess.TimeoutExpired:
         pass
     survivors = []
-    for pid in pids[1:]:
+    for pid in children:
         try:
             process = psutil.Process(pid)
             if process.status() != psutil.STATUS_ZOMBIE:
@@ -491,12 +411,12 @@ def raw_ceiling(paths: list[Path], seconds: float = 3.0) -> list[dict]:
         while attempts <= MAX_RETRIES:
             attempts += 1
             with ThreadPoolExecutor(len(sessions)) as pool:
-                cpu0, busy0, t0 = time.process_time(), system_busy_ticks(), time.perf_counter()
+                cpu0, busy0, t0 = time.process_time(), system_busy_s(), time.perf_counter()
                 stop_at = t0 + seconds
                 done = sum(pool.map(lambda s, end=stop_at: run_for(s, batch, end), sessions))
                 wall = time.perf_counter() - t0
             cores = (time.process_time() - cpu0) / wall
-            foreign = max(0.0, (system_busy_ticks() - busy0) / HZ / wall - cores)
+            foreign = max(0.0, (system_busy_s() - busy0) / wall - cores)
             if foreign <= MAX_FOREIGN_CORES:
                 break
             wait_quiet(60)
@@ -518,35 +438,27 @@ def raw_ceiling(paths: list[Path], seconds: float = 3.0) -> list[dict]:
     sessions = [contract.onnx_session(1) for _ in range(CORES)]
     for batch in (1, 2, 4, 8):
         rows.append(timed(f"{len(sessions)} sessions x intra 1, in parallel", sessions, batch))
+    return [*rows, decode_only(paths)]
+
+
+def decode_only(paths: list[Path], passes: int = 10) -> dict:
+    """The contract's decode of the stored BMPs alone, on one thread."""
     data = [p.read_bytes() for p in paths]
-    t0 = time.perf_counter()
-    for _ in range(10):
+    started = time.perf_counter()
+    for _ in range(passes):
         for blob in data:
             contract.decode(blob)
-    rows.append(
-        {
-            "mode": "BMP decode only (1 thread)",
-            "batch": 1,
-            "images_per_s": 10 * len(data) / (time.perf_counter() - t0),
-            "ms_per_call": (time.perf_counter() - t0) / (10 * len(data)) * 1000,
-            "cores": None,
-        }
-    )
-    return rows
+    seconds = time.perf_counter() - started
+    return {
+        "mode": "BMP decode only (1 thread)",
+        "batch": 1,
+        "images_per_s": passes * len(data) / seconds,
+        "ms_per_call": seconds / (passes * len(data)) * 1000,
+        "cores": None,
+    }
 
 
 # ---------------------------------------------------------------- run
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return "unknown"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -587,7 +499,7 @@ def server_env(store: Path) -> dict:
     return env
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--project",
@@ -629,275 +541,274 @@ def main() -> None:
         help="start no new server after this many seconds (keeps a run short)",
     )
     args = parser.parse_args()
-    # `timeout`/`kill` send SIGTERM: unwind through the `finally` that stops the servers
-    signal.signal(signal.SIGTERM, _interrupt)
-    begun = time.perf_counter()
     if not args.images:
         raise SystemExit("give --images DIR ... (or PEERS_IMAGE_DIRS)")
     if not args.raw_only and not args.project:
         raise SystemExit("give --project DIR (or PEERS_PROJECT)")
+    return args
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="peers-"))
-    store = (work / "store").resolve()
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    paths = make_images(args.images, store / "peers")
-    bodies = [json.dumps({"gcs_path": p.as_uri(), "top_k": args.top_k}).encode() for p in paths]
-    model = contract.model_dir()
-    results: dict = {
-        "cpu": cpu_model(),
-        "cores": CORES,
-        "model_tag": f"{model.parent.name}:{model.name}",
-        "images": len(paths),
-        "concurrency": args.concurrency,
-        "n32": args.n32,
-        "n1": args.n1,
-        "warmup": args.warmup,
-        "rounds": args.rounds,
-        "started": time.strftime("%Y-%m-%d %H:%M"),
-        "load_generator": f"asyncio + aiohttp {aiohttp.__version__}, one process, closed loop",
-    }
-    print(f"CPU: {results['cpu']} ({CORES} cores); model {results['model_tag']}", flush=True)
 
-    reference_inproc = inprocess_reference(paths, args.top_k)
-    print(f"waited {wait_quiet():.0f} s for an idle machine", flush=True)
-    if args.raw or args.raw_only:
-        results["raw_ort"] = raw_ceiling(paths)
-        print_raw(results["raw_ort"])
-        if args.raw_only:
-            write(args.out, results)
-            return
+@dataclass
+class Run:
+    """One comparison: its arguments, the stored images as request bodies, the answers every
+    server is held to (the project's first, and the contract's code in this process)."""
 
-    servers = parse_servers(args.servers)
-    env = server_env(store)
-    project = args.project.resolve()
-    rows: dict[str, dict] = {
-        s.label: {"server": s.name, "config": s.config, "rounds": []} for s in servers
-    }
+    args: argparse.Namespace
+    work: Path
+    paths: list[Path]
+    bodies: list[bytes]
+    results: dict
+    in_process: dict[int, dict]
     reference: dict[int, dict] | None = None
     expected: list[tuple[int, float]] | None = None
+
+    @classmethod
+    def prepare(cls, args: argparse.Namespace) -> Run:
+        work = args.work or Path(tempfile.mkdtemp(prefix="peers-"))
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+        paths = make_images(args.images, (work / "store").resolve() / "peers")
+        bodies = [json.dumps({"gcs_path": p.as_uri(), "top_k": args.top_k}).encode() for p in paths]
+        model = contract.model_dir()
+        results = {
+            "cpu": cpu()["model"],
+            "cores": CORES,
+            "model_tag": f"{model.parent.name}:{model.name}",
+            "images": len(paths),
+            **{key: getattr(args, key) for key in ("concurrency", "n32", "n1", "warmup", "rounds")},
+            "started": time.strftime("%Y-%m-%d %H:%M"),
+            "load_generator": f"asyncio + aiohttp {aiohttp.__version__}, one process, closed loop",
+        }
+        print(f"CPU: {results['cpu']} ({CORES} cores); model {results['model_tag']}", flush=True)
+        return cls(args, work, paths, bodies, results, inprocess_reference(paths, args.top_k))
+
+    def check_answers(self, server: Server, entry: dict) -> None:
+        """The server's answers on every image, against the project's and the contract's."""
+        check = asyncio.run(drive(server.url, self.bodies, len(self.bodies), 1, keep_answers=True))
+        if self.reference is None:
+            if server.name != "bentoml":
+                raise RuntimeError("the project's server must answer first")
+            self.reference = check.answers
+            self.expected = [
+                (self.reference[j]["index"], self.reference[j]["confidence"])
+                for j in range(len(self.bodies))
+            ]
+            self.results["bentoml_vs_inprocess"] = compare_answers(self.in_process, check.answers)
+        entry["answers"] = compare_answers(self.reference, check.answers)
+        entry["answers_vs_inprocess"] = compare_answers(self.in_process, check.answers)
+
+    def measure(self, server: Server, entry: dict) -> tuple[LoadResult, LoadResult]:
+        """Warm up, then req/s at the concurrency and latency at 1."""
+        args, bodies, pid = self.args, self.bodies, server.process.pid
+        asyncio.run(drive(server.url, bodies, args.warmup, args.concurrency))
+        asyncio.run(drive(server.url, bodies, 16, 1))
+        hi = measure(server.url, bodies, args.n32, args.concurrency, pid, self.expected)
+        lo = measure(server.url, bodies, args.n1, 1, pid, self.expected)
+        entry.update(
+            rps=hi.rps,
+            errors32=hi.errors,
+            wrong32=hi.wrong,
+            p50_32=pct(hi.latencies_ms, 50),
+            p99_32=pct(hi.latencies_ms, 99),
+            client_cores=hi.client_cores,
+            server_cores=hi.server_cores,
+            foreign_cores=hi.foreign_cores,
+            p50_1=pct(lo.latencies_ms, 50),
+            p99_1=pct(lo.latencies_ms, 99),
+            latencies1=lo.latencies_ms,
+            errors1=lo.errors,
+            wrong1=lo.wrong,
+            rps1=lo.rps,
+            client_cores1=lo.client_cores,
+            foreign_cores1=lo.foreign_cores,
+            attempts=[hi.attempts, lo.attempts],
+            max_conf_diff_under_load=max(hi.max_conf_diff, lo.max_conf_diff),
+        )
+        return hi, lo
+
+    def one_round(self, server: Server, round_no: int) -> dict:
+        """Start `server`, check and measure it, stop it; a failure is reported, not fatal."""
+        entry: dict = {"round": round_no}
+        try:
+            entry["waited_idle_s"] = wait_quiet(120)
+            env = server_env((self.work / "store").resolve())
+            project = self.args.project.resolve()
+            entry["startup_s"] = start(server, project, env, self.work / "logs", self.bodies[0])
+            self.check_answers(server, entry)
+            hi, _ = self.measure(server, entry)
+            print(
+                f"round {round_no} {server.label:28s} start {entry['startup_s']:5.1f}s"
+                f" | c{self.args.concurrency} {hi.rps:7.1f} req/s err {hi.errors + hi.wrong}"
+                f" | c1 p50 {entry['p50_1']:6.2f} ms p99 {entry['p99_1']:6.2f} ms"
+                f" | cores: client {hi.client_cores:.2f} server {hi.server_cores:.2f}"
+                f" foreign {hi.foreign_cores:.2f}"
+                f" | top1 {entry['answers']['top1_equal']}/{len(self.bodies)}",
+                flush=True,
+            )
+        except Exception as exc:  # a server that fails is reported, not fatal
+            entry["failed"] = f"{type(exc).__name__}: {exc}"
+            print(f"round {round_no} {server.label}: FAILED {entry['failed']}", flush=True)
+        finally:
+            entry["leftover_processes"] = stop(server)
+            time.sleep(1.0)
+        return entry
+
+
+def run_rounds(run: Run, servers: list[Server], begun: float) -> dict[str, dict]:
+    """Rounds that alternate the servers (A, B, C, A, B, C, ...), within the time budget."""
+    rows = {s.label: {"server": s.name, "config": s.config, "rounds": []} for s in servers}
     try:
-        for round_no in range(1, args.rounds + 1):
+        for round_no in range(1, run.args.rounds + 1):
             for server in servers:
-                row = rows[server.label]
-                if time.perf_counter() - begun > args.budget_s:
-                    print(
-                        f"budget of {args.budget_s:.0f} s spent: skipping {server.label}"
-                        f" round {round_no}",
-                        flush=True,
-                    )
+                if time.perf_counter() - begun > run.args.budget_s:
+                    print(f"budget spent: skipping {server.label} round {round_no}", flush=True)
                     continue
-                entry: dict = {"round": round_no}
-                try:
-                    entry["waited_idle_s"] = wait_quiet(120)
-                    entry["startup_s"] = start(server, project, env, logs, bodies[0])
-                    check = asyncio.run(
-                        drive(server.url, bodies, len(bodies), 1, keep_answers=True)
-                    )
-                    if reference is None:
-                        if server.name != "bentoml":
-                            raise RuntimeError("the project's server must answer first")
-                        reference = check.answers
-                        expected = [
-                            (reference[j]["index"], reference[j]["confidence"])
-                            for j in range(len(bodies))
-                        ]
-                        results["bentoml_vs_inprocess"] = compare_answers(
-                            reference_inproc, reference
-                        )
-                    entry["answers"] = compare_answers(reference, check.answers)
-                    entry["answers_vs_inprocess"] = compare_answers(reference_inproc, check.answers)
-                    asyncio.run(drive(server.url, bodies, args.warmup, args.concurrency))
-                    asyncio.run(drive(server.url, bodies, 16, 1))
-                    pid = server.process.pid
-                    hi = measure(server.url, bodies, args.n32, args.concurrency, pid, expected)
-                    lo = measure(server.url, bodies, args.n1, 1, pid, expected)
-                    entry.update(
-                        rps=hi.rps,
-                        errors32=hi.errors,
-                        wrong32=hi.wrong,
-                        p50_32=pct(hi.latencies_ms, 50),
-                        p99_32=pct(hi.latencies_ms, 99),
-                        client_cores=hi.client_cores,
-                        server_cores=hi.server_cores,
-                        foreign_cores=hi.foreign_cores,
-                        p50_1=pct(lo.latencies_ms, 50),
-                        p99_1=pct(lo.latencies_ms, 99),
-                        latencies1=lo.latencies_ms,
-                        errors1=lo.errors,
-                        wrong1=lo.wrong,
-                        rps1=lo.rps,
-                        client_cores1=lo.client_cores,
-                        foreign_cores1=lo.foreign_cores,
-                        attempts=[hi.attempts, lo.attempts],
-                        max_conf_diff_under_load=max(hi.max_conf_diff, lo.max_conf_diff),
-                    )
-                    print(
-                        f"round {round_no} {server.label:28s} start {entry['startup_s']:5.1f}s"
-                        f" | c{args.concurrency} {hi.rps:7.1f} req/s err {hi.errors + hi.wrong}"
-                        f" | c1 p50 {pct(lo.latencies_ms, 50):6.2f} ms p99"
-                        f" {pct(lo.latencies_ms, 99):6.2f} ms | client {hi.client_cores:.2f}"
-                        f" server {hi.server_cores:.2f} foreign {hi.foreign_cores:.2f} cores"
-                        f" | top1 {entry['answers']['top1_equal']}/{len(bodies)}",
-                        flush=True,
-                    )
-                except Exception as exc:  # a server that fails is reported, not fatal
-                    entry["failed"] = f"{type(exc).__name__}: {exc}"
-                    print(f"round {round_no} {server.label}: FAILED {entry['failed']}", flush=True)
-                finally:
-                    entry["leftover_processes"] = stop(server)
-                    row["rounds"].append(entry)
-                    time.sleep(1.0)
+                rows[server.label]["rounds"].append(run.one_round(server, round_no))
     finally:
         for server in servers:
             stop(server)
+    return rows
 
-    results["servers"] = summarize(rows, args)
-    print_table(results)
-    write(args.out, results)
+
+def main() -> None:
+    args = parse_args()
+    # `timeout`/`kill` send SIGTERM: unwind through the `finally` that stops the servers
+    signal.signal(signal.SIGTERM, _interrupt)
+    begun = time.perf_counter()
+    run = Run.prepare(args)
+    print(f"waited {wait_quiet():.0f} s for an idle machine", flush=True)
+    if args.raw or args.raw_only:
+        run.results["raw_ort"] = raw_ceiling(run.paths)
+    if not args.raw_only:
+        rows = run_rounds(run, parse_servers(args.servers), begun)
+        run.results["servers"] = summarize(rows)
+    print(markdown_table(run.results))
+    write(args.out, run.results)
 
 
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def summarize(rows: dict[str, dict], args) -> list[dict]:
+def _median(rounds: list[dict], key: str) -> float | None:
+    return statistics.median([e[key] for e in rounds]) if rounds else None
+
+
+def summarize(rows: dict[str, dict]) -> list[dict]:
+    """Per server: the median of its rounds, its ratio to the project's (of the medians, and
+    per round), latency over every round's requests, errors, cores, answers."""
     base_rounds = {e["round"]: e.get("rps") for e in rows["bentoml:default"]["rounds"]}
     base = statistics.median([v for v in base_rounds.values() if v] or [float("nan")])
     summary = []
-    for row in rows.values():
-        ok = [e for e in row["rounds"] if "rps" in e]
+    for entry in rows.values():
+        ok = [e for e in entry["rounds"] if "rps" in e]
         rps = [e["rps"] for e in ok]
-        lat1 = [x for e in ok for x in e["latencies1"]]
-        med = statistics.median(rps) if rps else float("nan")
-        per_round_ratio = [
-            e["rps"] / base_rounds[e["round"]] for e in ok if base_rounds.get(e["round"])
-        ]
-        answers = [e["answers"] for e in row["rounds"] if "answers" in e]
+        latencies = [x for e in ok for x in e["latencies1"]]
+        answers = [e["answers"] for e in entry["rounds"] if "answers" in e]
+        median_rps = statistics.median(rps) if rps else float("nan")
         summary.append(
             {
-                "server": row["server"],
-                "config": row["config"],
-                "rps_median": med,
+                "server": entry["server"],
+                "config": entry["config"],
+                "rps_median": median_rps,
                 "rps_rounds": rps,
-                "ratio_to_bentoml": med / base if base else float("nan"),
-                "ratio_per_round": per_round_ratio,
-                "p50_c1_ms": pct(lat1, 50),
-                "p99_c1_ms": pct(lat1, 99),
-                "p50_c32_ms": statistics.median([e["p50_32"] for e in ok]) if ok else None,
-                "p99_c32_ms": statistics.median([e["p99_32"] for e in ok]) if ok else None,
+                "ratio_to_bentoml": median_rps / base if base else float("nan"),
+                "ratio_per_round": [
+                    e["rps"] / base_rounds[e["round"]] for e in ok if base_rounds.get(e["round"])
+                ],
+                "p50_c1_ms": pct(latencies, 50),
+                "p99_c1_ms": pct(latencies, 99),
+                "p50_c32_ms": _median(ok, "p50_32"),
+                "p99_c32_ms": _median(ok, "p99_32"),
                 "errors": sum(e["errors32"] + e["errors1"] for e in ok),
                 "wrong": sum(e["wrong32"] + e["wrong1"] for e in ok),
-                "failed_rounds": [e.get("failed") for e in row["rounds"] if "failed" in e],
-                "client_cores": statistics.median([e["client_cores"] for e in ok]) if ok else None,
-                "server_cores": statistics.median([e["server_cores"] for e in ok]) if ok else None,
-                "foreign_cores": statistics.median([e["foreign_cores"] for e in ok])
-                if ok
-                else None,
+                "failed_rounds": [e["failed"] for e in entry["rounds"] if "failed" in e],
+                "client_cores": _median(ok, "client_cores"),
+                "server_cores": _median(ok, "server_cores"),
+                "foreign_cores": _median(ok, "foreign_cores"),
                 "foreign_cores_max": max((e["foreign_cores"] for e in ok), default=None),
-                "startup_s": statistics.median([e["startup_s"] for e in ok]) if ok else None,
-                "top1_equal_min": min((a["top1_equal"] for a in answers), default=None),
-                "topk_order_equal_min": min((a["topk_order_equal"] for a in answers), default=None),
-                "max_top1_conf_diff": max((a["max_top1_conf_diff"] for a in answers), default=None),
-                "max_topk_conf_diff": max((a["max_topk_conf_diff"] for a in answers), default=None),
+                "startup_s": _median(ok, "startup_s"),
+                **{
+                    f"{key}_min": min((a[key] for a in answers), default=None)
+                    for key in ("top1_equal", "topk_order_equal")
+                },
+                **{
+                    key: max((a[key] for a in answers), default=None)
+                    for key in ("max_top1_conf_diff", "max_topk_conf_diff")
+                },
                 "max_conf_diff_under_load": max(
                     (e["max_conf_diff_under_load"] for e in ok), default=None
                 ),
-                "leftover_processes": sum(e.get("leftover_processes", 0) for e in row["rounds"]),
+                "leftover_processes": sum(e.get("leftover_processes", 0) for e in entry["rounds"]),
                 "rounds": [
-                    {k: v for k, v in e.items() if k != "latencies1"} for e in row["rounds"]
+                    {k: v for k, v in e.items() if k != "latencies1"} for e in entry["rounds"]
                 ],
             }
         )
     return summary
 
 
-def print_raw(rows: list[dict]) -> None:
-    print("\nRaw in-process ONNX Runtime (the physical ceiling):")
-    for r in rows:
-        ms = f"{r['ms_per_call']:.2f} ms/call" if r["ms_per_call"] else ""
-        cores = f"{r['cores']:.2f} cores" if r["cores"] is not None else ""
-        foreign = f"(foreign {r['foreign']:.2f})" if r.get("foreign") is not None else ""
-        print(
-            f"  {r['mode']:38s} batch {r['batch']}: {r['images_per_s']:8.1f} img/s {ms}"
-            f" {cores} {foreign}"
-        )
+SERVER_COLUMNS = (
+    "server",
+    "config",
+    "req/s c=32 (median)",
+    "rounds min-max",
+    "ratio to bentoml (of medians / median per round)",
+    "p50 c=1 ms",
+    "p99 c=1 ms",
+    "p99 c=32 ms",
+    "errors",
+    "load gen CPU",
+    "server cores",
+    "server CPU ms/req",
+    "foreign cores (max)",
+    "top-1 = project",
+    "max conf diff: check / under load",
+)
 
 
-def print_table(results: dict) -> None:
-    print(
-        f"\nCPU: {results['cpu']} ({results['cores']} cores); {results['rounds']} rounds;"
-        f" c={results['concurrency']} x {results['n32']} req, c=1 x {results['n1']} req"
+def server_row(s: dict, results: dict) -> str:
+    rps, ratios = s["rps_rounds"], s.get("ratio_per_round") or [float("nan")]
+    ok = [e for e in s["rounds"] if "rps" in e]
+    cpu_ms = [e["server_cores"] / e["rps"] * 1000 for e in ok]
+    client = s["client_cores"] or 0
+    return row(
+        s["server"],
+        s["config"],
+        f"{s['rps_median']:.1f}",
+        f"{min(rps):.0f}-{max(rps):.0f}" if rps else "failed",
+        f"{s['ratio_to_bentoml']:.2f} / {statistics.median(ratios):.2f}",
+        f"{s['p50_c1_ms']:.2f}",
+        f"{s['p99_c1_ms']:.2f}",
+        f"{(s['p99_c32_ms'] or float('nan')):.0f}",
+        s["errors"] + s["wrong"],
+        f"{client:.2f} cores ({client / results['cores'] * 100:.1f}%)",
+        f"{(s['server_cores'] or 0):.2f}",
+        f"{statistics.median(cpu_ms) if cpu_ms else float('nan'):.1f}",
+        f"{(s['foreign_cores_max'] or 0):.2f}",
+        f"{s['top1_equal_min']}/{results['images']}",
+        f"{(s['max_top1_conf_diff'] or 0):.1e} / {(s.get('max_conf_diff_under_load') or 0):.1e}",
     )
-    head = (
-        f"{'server':9s} {'config':15s} {'req/s c32':>9s} {'(min-max)':>13s} {'ratio':>6s}"
-        f" {'p50 c1':>7s} {'p99 c1':>7s} {'err':>4s} {'client':>7s} {'server':>6s}"
-        f" {'foreign':>7s} {'top1':>5s} {'max dconf':>9s}"
-    )
-    print(head)
-    for s in results["servers"]:
-        rps = s["rps_rounds"]
-        spread = f"({min(rps):.0f}-{max(rps):.0f})" if rps else "(failed)"
-        client = s["client_cores"]
-        print(
-            f"{s['server']:9s} {s['config']:15s} {s['rps_median']:9.1f} {spread:>13s}"
-            f" {s['ratio_to_bentoml']:6.2f} {s['p50_c1_ms']:7.2f} {s['p99_c1_ms']:7.2f}"
-            f" {s['errors'] + s['wrong']:4d}"
-            f" {(client or 0) / CORES * 100:6.1f}% {(s['server_cores'] or 0):6.2f}"
-            f" {(s['foreign_cores'] or 0):7.2f} {s['top1_equal_min']!s:>5s}"
-            f" {(s['max_top1_conf_diff'] or 0):9.1e}"
-        )
 
 
 def markdown_table(results: dict) -> str:
+    """The committed report (results/*.md), from the JSON alone."""
     lines = [
         f"CPU: {results['cpu']} ({results['cores']} cores); model {results['model_tag']};"
         f" {results['rounds']} alternating rounds; c={results['concurrency']} x"
         f" {results['n32']} requests and c=1 x {results['n1']} requests per round;"
         f" load generator: {results['load_generator']}.",
         "",
-        "| server | config | req/s c=32 (median) | rounds min-max | ratio to bentoml"
-        " (of medians / median per round) | p50 c=1 ms | p99 c=1 ms | p99 c=32 ms | errors |"
-        " load gen CPU | server cores | server CPU ms/req | foreign cores (max) |"
-        " top-1 = project | max conf diff: check / under load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        row(*SERVER_COLUMNS),
+        "|" + "---|" * len(SERVER_COLUMNS),
+        *(server_row(s, results) for s in results.get("servers", [])),
     ]
-    for s in results["servers"]:
-        rps = s["rps_rounds"]
-        spread = f"{min(rps):.0f}-{max(rps):.0f}" if rps else "failed"
-        client = s["client_cores"] or 0
-        ratios = s.get("ratio_per_round") or []
-        per_round = statistics.median(ratios) if ratios else float("nan")
-        rounds_ok = [e for e in s["rounds"] if "rps" in e]
-        cpu_ms = (
-            statistics.median([e["server_cores"] / e["rps"] * 1000 for e in rounds_ok])
-            if rounds_ok
-            else float("nan")
-        )
-        lines.append(
-            f"| {s['server']} | {s['config']} | {s['rps_median']:.1f} | {spread} |"
-            f" {s['ratio_to_bentoml']:.2f} / {per_round:.2f} | {s['p50_c1_ms']:.2f} |"
-            f" {s['p99_c1_ms']:.2f} |"
-            f" {(s['p99_c32_ms'] or float('nan')):.0f} | {s['errors'] + s['wrong']} |"
-            f" {client:.2f} cores ({client / results['cores'] * 100:.1f}%) |"
-            f" {(s['server_cores'] or 0):.2f} | {cpu_ms:.1f} |"
-            f" {(s['foreign_cores_max'] or 0):.2f} |"
-            f" {s['top1_equal_min']}/{results['images']} |"
-            f" {(s['max_top1_conf_diff'] or 0):.1e} /"
-            f" {(s.get('max_conf_diff_under_load') or 0):.1e} |"
-        )
     if results.get("raw_ort"):
-        lines += [
-            "",
-            "| raw ORT in-process | batch | images/s | ms per call | cores |",
-            "|---|---|---|---|---|",
-        ]
+        lines += ["", row("raw ORT in-process", "batch", "images/s", "ms per call", "cores")]
+        lines.append("|---|---|---|---|---|")
         for r in results["raw_ort"]:
             ms = f"{r['ms_per_call']:.2f}" if r.get("ms_per_call") else ""
             cores = f"{r['cores']:.2f}" if r.get("cores") is not None else ""
-            lines.append(
-                f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.0f} | {ms} | {cores} |"
-            )
+            lines.append(row(r["mode"], r["batch"], f"{r['images_per_s']:.0f}", ms, cores))
     return "\n".join(lines) + "\n"
 
 
@@ -907,7 +818,6 @@ def write(path: Path | None, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1, default=float) + "\n")
     if "servers" in results or "raw_ort" in results:
-        results.setdefault("servers", [])
         path.with_suffix(".md").write_text(markdown_table(results))
     print(f"results: {path} (+ .md)")
 

@@ -31,9 +31,11 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
-import compare
+import compare  # beside this script; it puts the project on the path
 import contract
 from PIL import Image, ImageOps
+
+from benchmarks.harness import cpu
 
 HERE = Path(__file__).resolve().parent
 BOUNDARY = "peers-preprocess-boundary-5c1f"
@@ -177,7 +179,7 @@ def parse_servers(text: str) -> list[compare.Server]:
     return servers
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=Path, required=True)
     parser.add_argument("--images", type=Path, nargs="+", required=True)
@@ -189,86 +191,84 @@ def main() -> None:
     parser.add_argument("--n1", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=160)
     parser.add_argument("--out", type=Path, default=None, help="results JSON (and .md beside)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def one_round(
+    server: compare.Server, number: int, args: argparse.Namespace, work: Path, bodies: list
+) -> dict:
+    """Start `server` on a store of its own, check what it stores against the project's first
+    answers (`REFERENCE`), measure it, stop it; a failure is reported, not fatal."""
+    store = (work / "store" / f"{server.name}-{server.config}-{number}").resolve()
+    store.mkdir(parents=True)
+    entry: dict = {"round": number}
+    try:
+        entry["waited_idle_s"] = compare.wait_quiet(120)
+        project, env = args.project.resolve(), compare.server_env(store)
+        entry["startup_s"] = start(server, project, env, work / "logs", bodies[0])
+        url = preprocess_url(server)
+        check = asyncio.run(compare.drive(url, bodies, len(bodies), 1, None, True, 60, MULTIPART))
+        if not REFERENCE:
+            REFERENCE.update({j: answer["sha256"] for j, answer in check.answers.items()})
+        entry["answers"] = check_answers(check.answers, store, REFERENCE)
+        warm = compare.drive(url, bodies, args.warmup, args.concurrency, content_type=MULTIPART)
+        asyncio.run(warm)
+        pid = server.process.pid
+        hi = compare.measure(url, bodies, args.n32, args.concurrency, pid, None, MULTIPART)
+        lo = compare.measure(url, bodies, args.n1, 1, pid, None, MULTIPART)
+        entry.update(
+            rps=hi.rps,
+            errors=hi.errors + lo.errors,
+            server_cores=hi.server_cores,
+            client_cores=hi.client_cores,
+            foreign_cores=hi.foreign_cores,
+            p50_1=compare.pct(lo.latencies_ms, 50),
+            p99_1=compare.pct(lo.latencies_ms, 99),
+            latencies1=lo.latencies_ms,
+        )
+        print(
+            f"round {number} {server.label:20s} {hi.rps:7.1f} uploads/s"
+            f" err {entry['errors']} | c1 p50 {entry['p50_1']:.2f} ms"
+            f" | server {hi.server_cores:.2f} cores"
+            f" | same bytes {entry['answers']['stored_equal']}/{len(bodies)}",
+            flush=True,
+        )
+    except Exception as exc:  # a server that fails is reported, not fatal
+        entry["failed"] = f"{type(exc).__name__}: {exc}"
+        print(f"round {number} {server.label}: FAILED {entry['failed']}", flush=True)
+    finally:
+        compare.stop(server)
+        shutil.rmtree(store, ignore_errors=True)
+    return entry
+
+
+# What the project's preprocess stored for each upload (sha256 by upload): every server's
+# stored bytes are held to it.
+REFERENCE: dict[int, str] = {}
+
+
+def main() -> None:
+    args = parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="peers-preprocess-"))
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
     bodies = make_uploads(args.images)
     results: dict = {
-        "cpu": compare.cpu_model(),
+        "cpu": cpu()["model"],
         "cores": compare.CORES,
         "uploads": len(bodies),
         "upload": f"{UPLOAD_SIDE}x{UPLOAD_SIDE} JPEG, quality 90, multipart",
-        "concurrency": args.concurrency,
-        "n32": args.n32,
-        "n1": args.n1,
-        "rounds": args.rounds,
+        **{key: getattr(args, key) for key in ("concurrency", "n32", "n1", "rounds")},
         "started": time.strftime("%Y-%m-%d %H:%M"),
     }
     print(f"CPU: {results['cpu']} ({compare.CORES} cores)", flush=True)
     print(f"waited {compare.wait_quiet():.0f} s for an idle machine", flush=True)
     results["image_work_alone"] = image_work_alone(bodies)
-    for row in results["image_work_alone"]:
-        print(
-            f"image work alone, {row['threads']} threads: {row['uploads_per_s']:.0f}/s", flush=True
-        )
-
     servers = parse_servers(args.servers)
-    project = args.project.resolve()
     rounds: dict[str, list[dict]] = {server.label: [] for server in servers}
-    reference: dict[int, str] | None = None
     try:
         for number in range(1, args.rounds + 1):
             for server in servers:
-                store = (work / "store" / f"{server.name}-{server.config}-{number}").resolve()
-                store.mkdir(parents=True)
-                entry: dict = {"round": number}
-                try:
-                    entry["waited_idle_s"] = compare.wait_quiet(120)
-                    env = compare.server_env(store)
-                    entry["startup_s"] = start(server, project, env, logs, bodies[0])
-                    url = preprocess_url(server)
-                    check = asyncio.run(
-                        compare.drive(url, bodies, len(bodies), 1, None, True, 60, MULTIPART)
-                    )
-                    if reference is None:
-                        reference = {j: answer["sha256"] for j, answer in check.answers.items()}
-                    entry["answers"] = check_answers(check.answers, store, reference)
-                    asyncio.run(
-                        compare.drive(
-                            url, bodies, args.warmup, args.concurrency, content_type=MULTIPART
-                        )
-                    )
-                    pid = server.process.pid
-                    hi = compare.measure(
-                        url, bodies, args.n32, args.concurrency, pid, None, MULTIPART
-                    )
-                    lo = compare.measure(url, bodies, args.n1, 1, pid, None, MULTIPART)
-                    entry.update(
-                        rps=hi.rps,
-                        errors=hi.errors + lo.errors,
-                        server_cores=hi.server_cores,
-                        client_cores=hi.client_cores,
-                        foreign_cores=hi.foreign_cores,
-                        p50_1=compare.pct(lo.latencies_ms, 50),
-                        p99_1=compare.pct(lo.latencies_ms, 99),
-                        latencies1=lo.latencies_ms,
-                    )
-                    print(
-                        f"round {number} {server.label:20s} {hi.rps:7.1f} uploads/s"
-                        f" err {entry['errors']} | c1 p50 {entry['p50_1']:.2f} ms"
-                        f" | server {hi.server_cores:.2f} cores"
-                        f" | same bytes {entry['answers']['stored_equal']}/{len(bodies)}",
-                        flush=True,
-                    )
-                except Exception as exc:  # a server that fails is reported, not fatal
-                    entry["failed"] = f"{type(exc).__name__}: {exc}"
-                    print(f"round {number} {server.label}: FAILED {entry['failed']}", flush=True)
-                finally:
-                    compare.stop(server)
-                    shutil.rmtree(store, ignore_errors=True)
-                    rounds[server.label].append(entry)
+                rounds[server.label].append(one_round(server, number, args, work, bodies))
     finally:
         for server in servers:
             compare.stop(server)

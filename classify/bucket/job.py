@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,6 +41,7 @@ from classify.settings import ClassifySettings
 from common.errors import AccessDenied, InvalidPath, ServiceError
 from common.schemas import ClassifyResponse, ResizeMode
 from common.storage import ObjectInfo, Storage
+from common.threads import in_window
 
 LOG = logging.getLogger(__name__)
 
@@ -190,27 +191,18 @@ class Run:
     def _classify(
         self, todo: list[ObjectInfo], readers: ThreadPoolExecutor, writers: ThreadPoolExecutor
     ) -> None:
-        pending: set[Future] = set()
+        """Read and decode in a window of twice the reading threads (decoded images in memory
+        at most, ~150 KB each), run the model on each full batch, write as answers come."""
         writes: list[Future] = []
         batch: list[tuple[ObjectInfo, np.ndarray]] = []
-        queue = iter(todo)
-        window = 2 * self.options.read_threads  # decoded images in memory at most, ~150 KB each
-        while True:
-            while not self.stop.is_set() and len(pending) < window:
-                info = next(queue, None)
-                if info is None:
-                    break
-                pending.add(readers.submit(self._load, info))
-            if not pending:
-                break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                info, pixels, error = future.result()
-                if pixels is not None:
-                    batch.append((info, pixels))
-                else:
-                    writes.append(writers.submit(self._record_error, info, error))
-            if len(batch) >= self.options.batch_size or (batch and not pending):
+        window = 2 * self.options.read_threads
+        for loaded in in_window(readers, self._load, todo, window, self.stop):
+            info, pixels, error = loaded.result()
+            if pixels is None:
+                writes.append(writers.submit(self._record_error, info, error))
+                continue
+            batch.append((info, pixels))
+            if len(batch) >= self.options.batch_size:
                 writes += self._run_batch(batch, writers)
                 batch = []
         if batch:

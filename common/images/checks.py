@@ -24,7 +24,7 @@ from common.errors import CorruptImage, TooComplex
 # Real JPEGs: baseline (phones, cameras) 1 scan; progressive from libjpeg(-turbo), Pillow and
 # jpegtran 10 (6 for greyscale); mozjpeg's optimized scripts 9-12. A scan costs its pass over
 # every block however little data it holds: ~25 ms on a 40 MP image (SECURITY.md; the worst
-# accepted JPEG is in benchmarks/worst_case_decode.json).
+# accepted JPEG is in benchmarks/request_bounds.json).
 MAX_JPEG_SCANS = 40
 # Segments (APPn, DQT, DHT, SOS, ...): tens in a phone photo; an ICC profile split across the
 # most APP2 chunks JPEG allows is 255.

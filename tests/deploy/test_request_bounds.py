@@ -1,6 +1,6 @@
 """The README's per-request bounds, measured on the serving process of preprocess (an upload)
 and of classify (a stored object, as the bucket paths read them): for the worst accepted input
-of each format at the limits (benchmarks/worst_case_decode.py's inputs, and a HEIC grid
+of each format at the limits (tests/worst_inputs.py, and a HEIC grid
 declaring a 64x64 canvas over 37.7 MP of tiles), one request at a time, the **peak** RSS the
 serving process reaches during the request (the kernel's high-water mark, reset before it:
 nothing between samples is missed) and the CPU seconds it spends, against
@@ -25,8 +25,8 @@ import pytest
 from conftest import Server, service_env
 from helpers import serving_process
 from hostile import heic_lying_grid
+from worst_inputs import inputs
 
-from benchmarks.worst_case_decode import inputs
 from common.config import Settings
 from common.images.decode import admitted_pixels, open_image
 from scripts.bounds import CPU_BOUND_S, MEMORY_MARGIN, bound_mib, cpu_s, peak_mib, write_figures

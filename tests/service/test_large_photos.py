@@ -11,10 +11,9 @@ import os
 import httpx
 import pytest
 from conftest import PHOTOS
+from decode_agreement import IMAGENET, imagenet_sample, measure
 from helpers import EXPECTED_LABELS, classify, upload
 from PIL import Image
-
-from benchmarks.decode_agreement import IMAGENET, imagenet_sample, measure
 
 PHONE_SIZE = (4032, 3024)  # a 12 MP phone photo
 # A quarter of the labelled sample for resize; center-crop reduces nothing at ~900 px (a 512 px

@@ -4,7 +4,7 @@ Top-1 must equal Keras' and every probability must be within 1e-4, on the shippe
 preprocessing modes) and on a held-out sample: 64 seeded random crops, flips, rotations and
 colour changes of the photos (no other labelled images are available offline). The opt-in
 reduced-precision runtimes (BF16, INT8) instead keep the photos' top-1 and stay within 1 point of
-FP32's top-1 accuracy on a labelled held-out sample (benchmarks/heldout.py).
+FP32's top-1 accuracy on a labelled held-out sample (scripts/heldout.py).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from benchmarks.heldout import labelled_views, top1_accuracy
 from classify.runtime_table import FP32_RUNTIMES as RUNTIMES
 from classify.runtime_table import REDUCED_PRECISION_RUNTIMES, spec
 from classify.runtimes import class_names, load_runtime
 from common.images.decode import decode_image, normalize
 from common.schemas import ResizeMode
+from scripts.heldout import labelled_views, top1_accuracy
 
 TOLERANCE = 1e-4
 

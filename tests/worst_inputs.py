@@ -1,33 +1,22 @@
-"""The most CPU one accepted upload can cost: the worst input of each format at the limits.
-
-    .venv/bin/python -m benchmarks.worst_case_decode    # writes benchmarks/worst_case_decode.json
-
-Each input is as large as the limits allow (MAX_IMAGE_PIXELS, under MAX_UPLOAD_BYTES) and built
-to be slow for its decoder: progressive JPEG with as many scans as accepted, interlaced 16-bit
-PNG, lossless WebP, AVIF and HEIC at full size, a GIF and an RLE BMP. Every one is decoded and
-normalized in both modes, timed in CPU seconds of the decoding thread (Pillow's codecs run on
-it). The README's limits and docs/security.md cite the result.
+"""The worst accepted input of each format at the limits: as large as MAX_IMAGE_PIXELS and
+MAX_UPLOAD_BYTES allow, and built to be slow for its decoder (progressive JPEG with as many
+scans as accepted, interlaced 16-bit PNG, lossless WebP, full-size AVIF and HEIC, a GIF, an RLE
+BMP at its cap, a JPEG with the most Photoshop data accepted). tests/deploy/test_request_bounds.py
+holds the served memory and CPU of each to the stated bounds and records them
+(benchmarks/request_bounds.json).
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
-import platform
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from common.config import Settings
 from common.images.checks import MAX_BMP_RLE_BYTES, MAX_JPEG_SCANS, MAX_JPEG_SEGMENT_BYTES
-from common.images.decode import load_model_image, set_pixel_limit
-from common.schemas import ResizeMode
 
-OUT = Path(__file__).with_name("worst_case_decode.json")
 PHOTO = Path(__file__).resolve().parents[2] / "shared" / "models" / "images" / "parrot.jpg"
 
 
@@ -93,54 +82,3 @@ def inputs(max_pixels: int, max_bytes: int) -> dict[str, Callable[[], bytes]]:
         "bmp rle8 at the rle cap": lambda: _bmp_rle8_at_cap(),
         "jpeg with the most photoshop data": lambda: _jpeg_most_photoshop(),
     }
-
-
-def main() -> None:
-    limits = Settings()
-    set_pixel_limit(limits.max_image_pixels)
-    results = {}
-    for name, build in inputs(limits.max_image_pixels, limits.max_upload_bytes).items():
-        data = build()
-        row: dict[str, object] = {"bytes": len(data)}
-        if len(data) > limits.max_upload_bytes:
-            row["note"] = "over MAX_UPLOAD_BYTES: refused before decoding"
-        else:
-            for mode in ResizeMode:
-                started = time.thread_time()
-                load_model_image(data, limits.max_image_pixels, mode)
-                row[f"cpu_s_{mode.value}"] = round(time.thread_time() - started, 3)
-        results[name] = row
-        print(name, row, flush=True)
-    OUT.write_text(
-        json.dumps(
-            {
-                "cpu": _cpu_name(),
-                "python": platform.python_version(),
-                "max_image_pixels": limits.max_image_pixels,
-                "max_upload_bytes": limits.max_upload_bytes,
-                "inputs": results,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-
-
-def _cpu_name() -> str:
-    """The model name with the vector extensions that matter here (they differ between hosts)."""
-    info = Path("/proc/cpuinfo").read_text()
-    name = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in info.splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    flags = set(info.split())
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{name} ({', '.join(isa)}), {os.cpu_count()} cores"
-
-
-if __name__ == "__main__":
-    main()
