@@ -10,6 +10,8 @@ the public batchable API for callers that send decoded pixels.
 
 from __future__ import annotations
 
+from functools import partial
+
 import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
@@ -29,13 +31,11 @@ from common.images.decode import set_pixel_limit
 from common.memory import release_large_buffers_promptly
 from common.schemas import MODEL_SIZE, ClassifyRequest, ClassifyResponse, ModelInput, ModelOutput
 from common.storage import storage_from_settings
-from common.threads import named_pool, run_in
+from common.threads import named_pool
 
 # Read and validated once, at import: a bad value stops the service before it serves.
 SETTINGS = classify_settings()
 RUNTIME = SETTINGS.runtime
-# Storage reads wait on the network with GCS; this many may wait at once (more queue).
-READ_THREADS = 32
 
 
 @bentoml.asgi_app(events.app, path=events.MOUNT_PATH)
@@ -59,10 +59,10 @@ class Classify:
         self.classifier = Classifier.load(SETTINGS, self.model_ref)
         self.infer = inference_for(self.classifier, SETTINGS)
         self.photos = Photos(storage_from_settings(SETTINGS), SETTINGS)
-        self.read_threads = named_pool(READ_THREADS, "classify-read")
         self.warmed = False
+        storage_threads = named_pool(events.STORAGE_THREADS, "classify-events")
         events.app.state.handler = events.EventClassifier(
-            self.photos, self.classifier, self.infer, SETTINGS, self.read_threads
+            self.photos, self.classifier, self.infer, SETTINGS, storage_threads
         )
 
     async def __is_ready__(self) -> bool:
@@ -76,8 +76,8 @@ class Classify:
     async def classify(self, gcs_path: str, top_k: int = 5) -> ClassifyResponse | JSONResponse:
         """Classify a stored image with MobileNetV2 and return the top class and the top-k."""
         try:
-            pixels = await run_in(self.read_threads, self.photos.load_uri, gcs_path)
-            probabilities = await self.infer(pixels)
+            read = partial(self.photos.read_uri, gcs_path)
+            probabilities = await self.infer(read, self.photos.decode)
         except ServiceError as exc:
             return error_response(exc)
         return self.classifier.rank(probabilities, top_k)

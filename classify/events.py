@@ -17,6 +17,7 @@ import base64
 import binascii
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from http import HTTPStatus
 from typing import Literal
 
@@ -49,6 +50,7 @@ FINALIZED = "google.cloud.storage.object.v1.finalized"
 PUBSUB_FINALIZE = "OBJECT_FINALIZE"
 MAX_EVENT_BYTES = 64 * 1024  # an object's metadata is ~1-2 KB
 MOUNT_PATH = "/events"
+STORAGE_THREADS = 8  # result lookups and writes waiting on storage at once
 LOG = logging.getLogger(__name__)
 
 
@@ -220,8 +222,8 @@ app = Starlette(routes=[Route("/storage", _storage_event, methods=["POST"])])
 
 class EventClassifier:
     """What classify does with a storage event: decide, read that generation, decode, classify
-    through the service's inference path, and store the result (compare-and-swap). Storage
-    calls and decoding run on `threads`."""
+    through the service's inference path, and store the result (compare-and-swap). Result
+    lookups and writes run on `threads`."""
 
     def __init__(
         self,
@@ -254,8 +256,9 @@ class EventClassifier:
         if await self._up_to_date(key, info.version):
             return EventAnswer(status="skipped", reason="up to date", result=key)
         try:
-            pixels, version = await run_in(self.threads, self.photos.load, found.name, info.version)
-            answer = self.classifier.rank(await self.infer(pixels), 5)
+            # the event's generation exactly (GCS): the result records that version
+            read = partial(self._read, found.name, info.version)
+            answer = self.classifier.rank(await self.infer(read, self.photos.decode), 5)
         except ObjectNotFound:  # deleted, or replaced by a newer generation with its own event
             return EventAnswer(status="skipped", reason="object gone")
         except ServiceError as exc:
@@ -267,13 +270,16 @@ class EventClassifier:
             return await self._store(key, result, "error_recorded")
         result = new_result(
             self._uri(found),
-            ObjectInfo(found.name, version),
+            info,
             True,
             self.settings.resize_mode,
             "event",
             answer=answer,
         )
         return await self._store(key, result, "classified")
+
+    def _read(self, key: str, version: Version) -> bytes:
+        return self.photos.read(key, version)[0]
 
     async def _up_to_date(self, key: str, version: Version) -> bool:
         existing = await run_in(self.threads, self.objects.head, key)

@@ -34,6 +34,6 @@ class Photos:
         data, read = self.read(key, version)
         return self.decode(data), read
 
-    def load_uri(self, uri: str) -> np.ndarray:
-        """The pixels of the photo at a client's path (`/classify`'s `gcs_path`)."""
-        return self.load(self.storage.key_of(uri))[0]
+    def read_uri(self, uri: str) -> bytes:
+        """The bytes of the photo at a client's path (`/classify`'s `gcs_path`)."""
+        return self.read(self.storage.key_of(uri))[0]

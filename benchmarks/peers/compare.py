@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,84 +32,29 @@ from pathlib import Path
 
 import aiohttp
 import contract  # beside this script, whose folder is first on the path when run
-import numpy as np
 import psutil
 from PIL import Image, ImageOps
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(1, str(HERE.parents[1]))  # the project: its benchmark harness and load generator
 
-from benchmarks.harness import CpuWindow, cpu, free_port, system_busy_s, wait_quiet  # noqa: E402
+from compare_report import markdown_table, pct, summarize, write  # noqa: E402
+from raw_ceiling import MAX_FOREIGN_CORES, MAX_RETRIES, raw_ceiling  # noqa: E402
+from servers import (  # noqa: E402
+    JSON,
+    Server,
+    parse_servers,
+    server_env,
+    start,
+    stop,
+)
+
+from benchmarks.harness import CpuWindow, cpu, wait_quiet  # noqa: E402
 from benchmarks.load import Load, closed_loop, post_bytes  # noqa: E402
-from benchmarks.report import row  # noqa: E402
 
 N_IMAGES = 64
 CORES = os.cpu_count() or 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPEG", ".JPG")
-JSON = "application/json"
-
-
-def args(*words: str) -> list[str]:
-    """A launcher's argument list, written as it would be typed."""
-    return " ".join(words).split()
-
-
-# name -> config -> launcher arguments. Launchers are the peer_*.py scripts.
-PEER_CONFIGS: dict[str, dict[str, list[str]]] = {
-    "fastapi": {
-        "t1": args("--threads 1"),
-        "t2": args("--threads 2"),
-    },
-    "litserve": {
-        # the docs' CPU advice: one worker per core; no batching
-        "w2-t1": args("--workers 2 --threads 1"),
-        "w2-t1-fq": args("--workers 2 --threads 1 --fast-queue"),
-        "w2-t2": args("--workers 2 --threads 2"),
-        "w1-b8-t2": args("--workers 1 --threads 2 --max-batch-size 8", "--batch-timeout 0.005"),
-        "w2-b4-t1": args("--workers 2 --threads 1 --max-batch-size 4", "--batch-timeout 0.005"),
-        "w2-b4-t1-fq": args(
-            "--workers 2 --threads 1 --max-batch-size 4", "--batch-timeout 0.005 --fast-queue"
-        ),
-    },
-    "ray": {
-        "r1-c2-b8": args(
-            "--replicas 1 --cpus 2 --threads 2 --max-batch-size 8", "--wait-ms 5 --max-ongoing 32"
-        ),
-        "r2-c1-b4": args(
-            "--replicas 2 --cpus 1 --threads 1 --max-batch-size 4", "--wait-ms 5 --max-ongoing 16"
-        ),
-        "r1-c2-b8x2-t1": args(
-            "--replicas 1 --cpus 2 --threads 1 --max-batch-size 8",
-            "--wait-ms 5 --concurrent-batches 2 --max-ongoing 32",
-        ),
-        "r1-c2-b8-t1": args(
-            "--replicas 1 --cpus 2 --threads 1 --max-batch-size 8", "--wait-ms 5 --max-ongoing 32"
-        ),
-        "r2-c1-b4-fast": args(
-            "--replicas 2 --cpus 1 --threads 1 --max-batch-size 4",
-            "--wait-ms 5 --max-ongoing 16 --fast",
-        ),
-        "r1-c2-b8x2-t1-fast": args(
-            "--replicas 1 --cpus 2 --threads 1 --max-batch-size 8",
-            "--wait-ms 5 --concurrent-batches 2 --max-ongoing 32",
-            "--fast",
-        ),
-        "r2-c1-b4-w1-fast": args(
-            "--replicas 2 --cpus 1 --threads 1 --max-batch-size 4",
-            "--wait-ms 1 --max-ongoing 16 --fast",
-        ),
-    },
-    "pytriton": {
-        "i1-t2-b8": args("--instances 1 --threads 2 --max-batch-size 8"),
-        "i2-t1-b8": args("--instances 2 --threads 1 --max-batch-size 8"),
-        "i2-t1-b8-d2ms": args("--instances 2 --threads 1 --max-batch-size 8 --delay-us", "2000"),
-        "i1-t1-b8": args("--instances 1 --threads 1 --max-batch-size 8"),
-    },
-}
-LAUNCHERS = {name: HERE / f"peer_{name}.py" for name in PEER_CONFIGS}
-# PyTriton's bundled Python backend stub is built against NumPy 1.x and PyTriton >= 0.6 pins
-# numpy<2, so it may need an environment of its own (README); the others share this one.
-PYTHONS = {"pytriton": os.environ.get("PEERS_PYTRITON_PYTHON") or sys.executable}
 
 
 # ---------------------------------------------------------------- images
@@ -200,12 +142,6 @@ async def drive(
     return result
 
 
-# The machine is shared: a window in which other processes took more than this many cores is
-# measured again (after a pause), up to MAX_RETRIES times; the last attempt is kept.
-MAX_FOREIGN_CORES = 0.25
-MAX_RETRIES = 2
-
-
 def measure(
     url, bodies, n, concurrency, server_pid, expected, content_type: str = JSON
 ) -> LoadResult:
@@ -226,116 +162,6 @@ def measure(
 
 
 # ---------------------------------------------------------------- servers
-
-
-@dataclass
-class Server:
-    name: str
-    config: str
-    process: subprocess.Popen | None = None
-    port: int = 0
-    log: Path | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}:{self.config}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/classify"
-
-
-def command_for(name: str, config: str, port: int, project: Path) -> tuple[list[str], Path]:
-    """(argv, cwd) that starts `name` in `config` on `port`."""
-    if name == "bentoml":
-        argv = [
-            str(project / ".venv" / "bin" / "bentoml"),
-            "serve",
-            "service:Classify",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        return argv, project
-    if name not in PEER_CONFIGS or config not in PEER_CONFIGS[name]:
-        raise SystemExit(f"unknown server {name}:{config}")
-    python = PYTHONS.get(name, sys.executable)
-    argv = [python, str(LAUNCHERS[name]), "--port", str(port), *PEER_CONFIGS[name][config]]
-    return argv, HERE
-
-
-def start(server: Server, project: Path, env: dict, logs: Path, probe_body: bytes) -> float:
-    """Start `server` and wait until a real /classify answers 200; seconds it took."""
-    server.port = free_port()
-    argv, cwd = command_for(server.name, server.config, server.port, project)
-    server.log = logs / f"{server.name}-{server.config}-{server.port}.log"
-    started = time.perf_counter()
-    with open(server.log, "wb") as log:
-        server.process = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    deadline = started + 240
-    while time.perf_counter() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.label} exited rc={server.process.returncode}; see log")
-        try:
-            status = asyncio.run(probe(server.url, probe_body))
-            if status == 200:
-                return time.perf_counter() - started
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{server.label} not ready in 240 s; see log")
-
-
-async def probe(url: str, body: bytes, content_type: str = JSON) -> int:
-    """The status of one POST of `body` to `url`."""
-    timeout = aiohttp.ClientTimeout(total=30)
-    headers = {"Content-Type": content_type}
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.post(url, data=body, headers=headers) as r,
-    ):
-        await r.read()
-        return r.status
-
-
-def stop(server: Server) -> int:
-    """SIGTERM the server's leader, then any of its tree still alive, by PID; count leftovers."""
-    if server.process is None:
-        return 0
-    try:
-        children = [p.pid for p in psutil.Process(server.process.pid).children(recursive=True)]
-    except psutil.Error:
-        children = []
-    # LitServe shuts its worker and API-server processes down on Ctrl+C, not on SIGTERM
-    leader_signal = signal.SIGINT if server.name == "litserve" else signal.SIGTERM
-    try:
-        server.process.send_signal(leader_signal)
-        server.process.wait(timeout=45)
-    except subprocess.TimeoutExpired:
-        pass
-    survivors = []
-    for pid in children:
-        try:
-            process = psutil.Process(pid)
-            if process.status() != psutil.STATUS_ZOMBIE:
-                survivors.append(process)
-        except psutil.Error:
-            pass
-    for process in survivors:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _, alive = psutil.wait_procs(survivors, timeout=10)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    if server.process.poll() is None:
-        server.process.kill()
-        server.process.wait(10)
-    server.process = None
-    return len(survivors)
 
 
 # ---------------------------------------------------------------- answers
@@ -385,118 +211,7 @@ def inprocess_reference(paths: list[Path], top_k: int) -> dict[int, dict]:
 # ---------------------------------------------------------------- raw ORT ceiling
 
 
-def raw_ceiling(paths: list[Path], seconds: float = 3.0) -> list[dict]:
-    """In-process images/s of the bare model call: batch 1 and 8, intra-op 1 and 2, and two
-    single-threaded sessions side by side (two Python threads); plus the decode cost."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    pixels = np.stack([contract.decode(p.read_bytes()) for p in paths])
-    rows = []
-
-    def run_for(session, batch: int, stop_at: float) -> int:
-        name = session.get_inputs()[0].name
-        done = 0
-        offset = 0
-        while time.perf_counter() < stop_at:
-            chunk = pixels[offset : offset + batch]
-            session.run(None, {name: chunk})
-            done += batch
-            offset = (offset + batch) % (len(pixels) - batch + 1)
-        return done
-
-    def timed(mode: str, sessions: list, batch: int) -> dict:
-        for session in sessions:
-            session.run(None, {session.get_inputs()[0].name: pixels[:batch]})
-        attempts = 0
-        while attempts <= MAX_RETRIES:
-            attempts += 1
-            with ThreadPoolExecutor(len(sessions)) as pool:
-                cpu0, busy0, t0 = time.process_time(), system_busy_s(), time.perf_counter()
-                stop_at = t0 + seconds
-                done = sum(pool.map(lambda s, end=stop_at: run_for(s, batch, end), sessions))
-                wall = time.perf_counter() - t0
-            cores = (time.process_time() - cpu0) / wall
-            foreign = max(0.0, (system_busy_s() - busy0) / wall - cores)
-            if foreign <= MAX_FOREIGN_CORES:
-                break
-            wait_quiet(60)
-        calls = done / batch / len(sessions)
-        return {
-            "mode": mode,
-            "batch": batch,
-            "images_per_s": done / wall,
-            "ms_per_call": wall / calls * 1000,
-            "cores": cores,
-            "foreign": foreign,
-            "attempts": attempts,
-        }
-
-    for threads in (1, 2):
-        session = contract.onnx_session(threads)
-        for batch in (1, 2, 4, 8):
-            rows.append(timed(f"1 session x intra {threads}", [session], batch))
-    sessions = [contract.onnx_session(1) for _ in range(CORES)]
-    for batch in (1, 2, 4, 8):
-        rows.append(timed(f"{len(sessions)} sessions x intra 1, in parallel", sessions, batch))
-    return [*rows, decode_only(paths)]
-
-
-def decode_only(paths: list[Path], passes: int = 10) -> dict:
-    """The contract's decode of the stored BMPs alone, on one thread."""
-    data = [p.read_bytes() for p in paths]
-    started = time.perf_counter()
-    for _ in range(passes):
-        for blob in data:
-            contract.decode(blob)
-    seconds = time.perf_counter() - started
-    return {
-        "mode": "BMP decode only (1 thread)",
-        "batch": 1,
-        "images_per_s": passes * len(data) / seconds,
-        "ms_per_call": seconds / (passes * len(data)) * 1000,
-        "cores": None,
-    }
-
-
 # ---------------------------------------------------------------- run
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return float(np.percentile(np.asarray(values), q))
-
-
-def parse_servers(text: str) -> list[Server]:
-    servers = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, _, config = item.partition(":")
-        if name == "bentoml":
-            config = config or "default"
-        elif name in PEER_CONFIGS and config in ("", "all"):
-            servers += [Server(name, c) for c in PEER_CONFIGS[name]]
-            continue
-        servers.append(Server(name, config))
-    labels = [s.label for s in servers]
-    if "bentoml:default" not in labels:
-        servers.insert(0, Server("bentoml", "default"))  # the reference and the ratio's base
-    return servers
-
-
-def server_env(store: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLASSIFY_", "PEERS_"))}
-    env.update(
-        STORAGE_DIR=str(store),
-        PEERS_MODEL_DIR=str(contract.model_dir()),
-        BENTOML_DO_NOT_TRACK="true",
-        PYTHONUNBUFFERED="1",
-    )
-    for key in ("BUCKET", "AUTH_TOKEN", "PYTHONPATH", "OMP_NUM_THREADS"):
-        env.pop(key, None)
-    return env
 
 
 def parse_args() -> argparse.Namespace:
@@ -687,139 +402,6 @@ def main() -> None:
 
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
-
-
-def _median(rounds: list[dict], key: str) -> float | None:
-    return statistics.median([e[key] for e in rounds]) if rounds else None
-
-
-def summarize(rows: dict[str, dict]) -> list[dict]:
-    """Per server: the median of its rounds, its ratio to the project's (of the medians, and
-    per round), latency over every round's requests, errors, cores, answers."""
-    base_rounds = {e["round"]: e.get("rps") for e in rows["bentoml:default"]["rounds"]}
-    base = statistics.median([v for v in base_rounds.values() if v] or [float("nan")])
-    summary = []
-    for entry in rows.values():
-        ok = [e for e in entry["rounds"] if "rps" in e]
-        rps = [e["rps"] for e in ok]
-        latencies = [x for e in ok for x in e["latencies1"]]
-        answers = [e["answers"] for e in entry["rounds"] if "answers" in e]
-        median_rps = statistics.median(rps) if rps else float("nan")
-        summary.append(
-            {
-                "server": entry["server"],
-                "config": entry["config"],
-                "rps_median": median_rps,
-                "rps_rounds": rps,
-                "ratio_to_bentoml": median_rps / base if base else float("nan"),
-                "ratio_per_round": [
-                    e["rps"] / base_rounds[e["round"]] for e in ok if base_rounds.get(e["round"])
-                ],
-                "p50_c1_ms": pct(latencies, 50),
-                "p99_c1_ms": pct(latencies, 99),
-                "p50_c32_ms": _median(ok, "p50_32"),
-                "p99_c32_ms": _median(ok, "p99_32"),
-                "errors": sum(e["errors32"] + e["errors1"] for e in ok),
-                "wrong": sum(e["wrong32"] + e["wrong1"] for e in ok),
-                "failed_rounds": [e["failed"] for e in entry["rounds"] if "failed" in e],
-                "client_cores": _median(ok, "client_cores"),
-                "server_cores": _median(ok, "server_cores"),
-                "foreign_cores": _median(ok, "foreign_cores"),
-                "foreign_cores_max": max((e["foreign_cores"] for e in ok), default=None),
-                "startup_s": _median(ok, "startup_s"),
-                **{
-                    f"{key}_min": min((a[key] for a in answers), default=None)
-                    for key in ("top1_equal", "topk_order_equal")
-                },
-                **{
-                    key: max((a[key] for a in answers), default=None)
-                    for key in ("max_top1_conf_diff", "max_topk_conf_diff")
-                },
-                "max_conf_diff_under_load": max(
-                    (e["max_conf_diff_under_load"] for e in ok), default=None
-                ),
-                "leftover_processes": sum(e.get("leftover_processes", 0) for e in entry["rounds"]),
-                "rounds": [
-                    {k: v for k, v in e.items() if k != "latencies1"} for e in entry["rounds"]
-                ],
-            }
-        )
-    return summary
-
-
-SERVER_COLUMNS = (
-    "server",
-    "config",
-    "req/s c=32 (median)",
-    "rounds min-max",
-    "ratio to bentoml (of medians / median per round)",
-    "p50 c=1 ms",
-    "p99 c=1 ms",
-    "p99 c=32 ms",
-    "errors",
-    "load gen CPU",
-    "server cores",
-    "server CPU ms/req",
-    "foreign cores (max)",
-    "top-1 = project",
-    "max conf diff: check / under load",
-)
-
-
-def server_row(s: dict, results: dict) -> str:
-    rps, ratios = s["rps_rounds"], s.get("ratio_per_round") or [float("nan")]
-    ok = [e for e in s["rounds"] if "rps" in e]
-    cpu_ms = [e["server_cores"] / e["rps"] * 1000 for e in ok]
-    client = s["client_cores"] or 0
-    return row(
-        s["server"],
-        s["config"],
-        f"{s['rps_median']:.1f}",
-        f"{min(rps):.0f}-{max(rps):.0f}" if rps else "failed",
-        f"{s['ratio_to_bentoml']:.2f} / {statistics.median(ratios):.2f}",
-        f"{s['p50_c1_ms']:.2f}",
-        f"{s['p99_c1_ms']:.2f}",
-        f"{(s['p99_c32_ms'] or float('nan')):.0f}",
-        s["errors"] + s["wrong"],
-        f"{client:.2f} cores ({client / results['cores'] * 100:.1f}%)",
-        f"{(s['server_cores'] or 0):.2f}",
-        f"{statistics.median(cpu_ms) if cpu_ms else float('nan'):.1f}",
-        f"{(s['foreign_cores_max'] or 0):.2f}",
-        f"{s['top1_equal_min']}/{results['images']}",
-        f"{(s['max_top1_conf_diff'] or 0):.1e} / {(s.get('max_conf_diff_under_load') or 0):.1e}",
-    )
-
-
-def markdown_table(results: dict) -> str:
-    """The committed report (results/*.md), from the JSON alone."""
-    lines = [
-        f"CPU: {results['cpu']} ({results['cores']} cores); model {results['model_tag']};"
-        f" {results['rounds']} alternating rounds; c={results['concurrency']} x"
-        f" {results['n32']} requests and c=1 x {results['n1']} requests per round;"
-        f" load generator: {results['load_generator']}.",
-        "",
-        row(*SERVER_COLUMNS),
-        "|" + "---|" * len(SERVER_COLUMNS),
-        *(server_row(s, results) for s in results.get("servers", [])),
-    ]
-    if results.get("raw_ort"):
-        lines += ["", row("raw ORT in-process", "batch", "images/s", "ms per call", "cores")]
-        lines.append("|---|---|---|---|---|")
-        for r in results["raw_ort"]:
-            ms = f"{r['ms_per_call']:.2f}" if r.get("ms_per_call") else ""
-            cores = f"{r['cores']:.2f}" if r.get("cores") is not None else ""
-            lines.append(row(r["mode"], r["batch"], f"{r['images_per_s']:.0f}", ms, cores))
-    return "\n".join(lines) + "\n"
-
-
-def write(path: Path | None, results: dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
-    if "servers" in results or "raw_ort" in results:
-        path.with_suffix(".md").write_text(markdown_table(results))
-    print(f"results: {path} (+ .md)")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import compare  # beside this script; it puts the project on the path
 import contract
+from compare_report import pct
 from PIL import Image, ImageOps
+from servers import Server, args, server_env, stop
 
-from benchmarks.harness import cpu
+from benchmarks.harness import cpu, free_port, wait_quiet
 
 HERE = Path(__file__).resolve().parent
 BOUNDARY = "peers-preprocess-boundary-5c1f"
@@ -45,8 +47,8 @@ UPLOAD_SIDE = 224
 PEER_CONFIGS: dict[str, dict[str, list[str]]] = {
     "fastapi": {"default": []},
     "litserve": {
-        "w2-fq": compare.args("--workers 2 --fast-queue"),
-        "w2": compare.args("--workers 2"),
+        "w2-fq": args("--workers 2 --fast-queue"),
+        "w2": args("--workers 2"),
     },
 }
 
@@ -74,7 +76,7 @@ def upload_bytes(body: bytes) -> bytes:
     return body[start : body.rindex(f"\r\n--{BOUNDARY}--".encode())]
 
 
-def command_for(server: compare.Server, project: Path) -> tuple[list[str], Path]:
+def command_for(server: Server, project: Path) -> tuple[list[str], Path]:
     address = ["--host", "127.0.0.1", "--port", str(server.port)]
     if server.name == "bentoml":
         bentoml = str(project / ".venv" / "bin" / "bentoml")
@@ -90,9 +92,9 @@ def command_for(server: compare.Server, project: Path) -> tuple[list[str], Path]
     ], HERE
 
 
-def start(server: compare.Server, project: Path, env: dict, logs: Path, probe: bytes) -> float:
+def start(server: Server, project: Path, env: dict, logs: Path, probe: bytes) -> float:
     """Start `server` and wait until a real upload answers 200; seconds it took."""
-    server.port = compare.free_port()
+    server.port = free_port()
     argv, cwd = command_for(server, project)
     server.log = logs / f"preprocess-{server.name}-{server.config}-{server.port}.log"
     url = preprocess_url(server)
@@ -105,7 +107,7 @@ def start(server: compare.Server, project: Path, env: dict, logs: Path, probe: b
         if server.process.poll() is not None:
             raise RuntimeError(f"{server.label} exited rc={server.process.returncode}; see log")
         try:
-            if asyncio.run(compare.probe(url, probe, MULTIPART)) == 200:
+            if asyncio.run(probe(url, probe, MULTIPART)) == 200:
                 return time.perf_counter() - started
         except (aiohttp.ClientError, TimeoutError, OSError):
             pass
@@ -113,7 +115,7 @@ def start(server: compare.Server, project: Path, env: dict, logs: Path, probe: b
     raise RuntimeError(f"{server.label} not ready in 240 s; see log")
 
 
-def preprocess_url(server: compare.Server) -> str:
+def preprocess_url(server: Server) -> str:
     return f"http://127.0.0.1:{server.port}/preprocess"
 
 
@@ -170,13 +172,13 @@ def _preprocess_until(uploads: list[bytes], root: Path, offset: int, stop_at: fl
     return done
 
 
-def parse_servers(text: str) -> list[compare.Server]:
-    servers = [compare.Server("bentoml", "default")]
+def parse_servers(text: str) -> list[Server]:
+    chosen = [Server("bentoml", "default")]
     for item in text.split(","):
         name, _, config = item.strip().partition(":")
         if name and name != "bentoml":
-            servers.append(compare.Server(name, config or "default"))
-    return servers
+            chosen.append(Server(name, config or "default"))
+    return chosen
 
 
 def parse_args() -> argparse.Namespace:
@@ -195,7 +197,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def one_round(
-    server: compare.Server, number: int, args: argparse.Namespace, work: Path, bodies: list
+    server: Server, number: int, args: argparse.Namespace, work: Path, bodies: list
 ) -> dict:
     """Start `server` on a store of its own, check what it stores against the project's first
     answers (`REFERENCE`), measure it, stop it; a failure is reported, not fatal."""
@@ -203,8 +205,8 @@ def one_round(
     store.mkdir(parents=True)
     entry: dict = {"round": number}
     try:
-        entry["waited_idle_s"] = compare.wait_quiet(120)
-        project, env = args.project.resolve(), compare.server_env(store)
+        entry["waited_idle_s"] = wait_quiet(120)
+        project, env = args.project.resolve(), server_env(store)
         entry["startup_s"] = start(server, project, env, work / "logs", bodies[0])
         url = preprocess_url(server)
         check = asyncio.run(compare.drive(url, bodies, len(bodies), 1, None, True, 60, MULTIPART))
@@ -222,8 +224,8 @@ def one_round(
             server_cores=hi.server_cores,
             client_cores=hi.client_cores,
             foreign_cores=hi.foreign_cores,
-            p50_1=compare.pct(lo.latencies_ms, 50),
-            p99_1=compare.pct(lo.latencies_ms, 99),
+            p50_1=pct(lo.latencies_ms, 50),
+            p99_1=pct(lo.latencies_ms, 99),
             latencies1=lo.latencies_ms,
         )
         print(
@@ -237,7 +239,7 @@ def one_round(
         entry["failed"] = f"{type(exc).__name__}: {exc}"
         print(f"round {number} {server.label}: FAILED {entry['failed']}", flush=True)
     finally:
-        compare.stop(server)
+        stop(server)
         shutil.rmtree(store, ignore_errors=True)
     return entry
 
@@ -261,7 +263,7 @@ def main() -> None:
         "started": time.strftime("%Y-%m-%d %H:%M"),
     }
     print(f"CPU: {results['cpu']} ({compare.CORES} cores)", flush=True)
-    print(f"waited {compare.wait_quiet():.0f} s for an idle machine", flush=True)
+    print(f"waited {wait_quiet():.0f} s for an idle machine", flush=True)
     results["image_work_alone"] = image_work_alone(bodies)
     servers = parse_servers(args.servers)
     rounds: dict[str, list[dict]] = {server.label: [] for server in servers}
@@ -271,7 +273,7 @@ def main() -> None:
                 rounds[server.label].append(one_round(server, number, args, work, bodies))
     finally:
         for server in servers:
-            compare.stop(server)
+            stop(server)
     results["servers"] = summarize(rounds)
     print(markdown(results), flush=True)
     if args.out:
@@ -296,8 +298,8 @@ def summarize(rounds: dict[str, list[dict]]) -> list[dict]:
                 "rps_min": min(rps, default=float("nan")),
                 "rps_max": max(rps, default=float("nan")),
                 "ratio": median / base,
-                "p50_1": compare.pct(latencies, 50),
-                "p99_1": compare.pct(latencies, 99),
+                "p50_1": pct(latencies, 50),
+                "p99_1": pct(latencies, 99),
                 "errors": sum(e["errors"] for e in ok),
                 "server_cores": statistics.median(e["server_cores"] for e in ok) if ok else None,
                 "server_ms_per_upload": (

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import smoke_study
 
-from benchmarks.classify import SMOKE_RAW_RUNTIMES
-from benchmarks.classify_report import COMPARED, round_ceiling, targets
+from benchmarks.classify_raw import SMOKE_RAW_RUNTIMES
+from benchmarks.classify_targets import COMPARED, round_ceiling, targets
 from classify.runtime_table import REDUCED_PRECISION_RUNTIMES
 
 pytestmark = pytest.mark.slow

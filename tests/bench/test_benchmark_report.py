@@ -10,13 +10,8 @@ import json
 
 from conftest import REPO
 
-from benchmarks.classify_report import (
-    DEFAULT,
-    _raw_best,
-    raw_round_ratios,
-    targets,
-    write_report,
-)
+from benchmarks.classify_report import write_report
+from benchmarks.classify_targets import DEFAULT, _raw_best, raw_round_ratios, targets
 from benchmarks.report import cpu_line
 
 RESULTS = REPO / "benchmarks"
