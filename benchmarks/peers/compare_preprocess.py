@@ -35,7 +35,7 @@ import compare  # beside this script; it puts the project on the path
 import contract
 from compare_report import pct
 from PIL import Image, ImageOps
-from servers import Server, args, server_env, stop
+from servers import Server, args, probe, server_env, stop
 
 from benchmarks.harness import cpu, free_port, wait_quiet
 
@@ -92,7 +92,7 @@ def command_for(server: Server, project: Path) -> tuple[list[str], Path]:
     ], HERE
 
 
-def start(server: Server, project: Path, env: dict, logs: Path, probe: bytes) -> float:
+def start(server: Server, project: Path, env: dict, logs: Path, probe_body: bytes) -> float:
     """Start `server` and wait until a real upload answers 200; seconds it took."""
     server.port = free_port()
     argv, cwd = command_for(server, project)
@@ -107,7 +107,7 @@ def start(server: Server, project: Path, env: dict, logs: Path, probe: bytes) ->
         if server.process.poll() is not None:
             raise RuntimeError(f"{server.label} exited rc={server.process.returncode}; see log")
         try:
-            if asyncio.run(probe(url, probe, MULTIPART)) == 200:
+            if asyncio.run(probe(url, probe_body, MULTIPART)) == 200:
                 return time.perf_counter() - started
         except (aiohttp.ClientError, TimeoutError, OSError):
             pass
