@@ -28,11 +28,14 @@ from common.http import stack as http_stack
 from common.http.deadline import REQUEST_TIMEOUT_S
 from common.http.guards import JsonOnly
 from common.images.decode import set_pixel_limit
+from common.logs import configure_logging
 from common.memory import release_large_buffers_promptly
 from common.schemas import MODEL_SIZE, ClassifyRequest, ClassifyResponse, ModelInput, ModelOutput
 from common.storage import storage_from_settings
 from common.threads import named_pool
 
+# Log lines in Cloud Logging's format (plain on a terminal), BentoML's own too.
+configure_logging()
 # Read and validated once, at import: a bad value stops the service before it serves.
 SETTINGS = classify_settings()
 RUNTIME = SETTINGS.runtime

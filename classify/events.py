@@ -199,7 +199,7 @@ async def _storage_event(request: Request) -> Response:
     except ServiceError as exc:
         return error_response(exc)
     except Exception as exc:
-        LOG.exception("storage event failed")
+        LOG.exception("storage event failed", extra={"code": EventFailed.code})
         return error_response(
             EventFailed(f"the event could not be handled: {type(exc).__name__}", retry_after_s=30)
         )

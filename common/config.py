@@ -93,7 +93,11 @@ class Settings(BaseSettings):
     auth_allowed_emails: Annotated[frozenset[str], NoDecode] = setting(
         frozenset(), description="comma-separated callers allowed with an ID token (default: any)"
     )
-    access_log: bool = setting(False, description="BentoML's access log line per request")
+    access_log: bool = setting(
+        False,
+        description="an access line per request (Cloud Logging's `httpRequest`, and the error "
+        "`code` of an error answer)",
+    )
     request_tracing: bool = setting(
         False, description="BentoML's OpenTelemetry middleware on every route"
     )
@@ -144,13 +148,15 @@ def settings() -> Settings:
 
 
 def observability_config(settings: Settings) -> dict[str, object]:
-    """BentoML service config for the per-request access log and OpenTelemetry middleware.
+    """BentoML service config for its access log and OpenTelemetry middleware.
 
-    Both are off unless asked for: Cloud Run already logs every request, and BentoML's tracing
-    middleware runs on every request even when no span is sampled (benchmarks/decisions.md, D1).
+    BentoML's access line is preformatted text, so it stays off: `ACCESS_LOG` turns on the
+    services' own structured one (common/http/request_log.py). Tracing is off unless asked for:
+    BentoML's middleware runs on every request even when no span is sampled (benchmarks/
+    decisions.md, D1).
     """
     return {
-        "logging": {"access": {"enabled": settings.access_log}},
+        "logging": {"access": {"enabled": False}},
         # ".*" matches every URL, so the middleware passes requests straight through
         "tracing": {"excluded_urls": None if settings.request_tracing else ".*"},
     }

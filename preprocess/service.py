@@ -24,12 +24,15 @@ from common.images.decode import (
     load_model_image,
     set_pixel_limit,
 )
+from common.logs import configure_logging
 from common.memory import release_large_buffers_promptly
 from common.schemas import PreprocessResponse, ResizeMode
 from common.stage_metrics import timed
 from common.storage import storage_from_settings
 from preprocess.uploads import PreprocessForm, UploadGuard
 
+# Log lines in Cloud Logging's format (plain on a terminal), BentoML's own too.
+configure_logging()
 # Read and validated once, at import: a bad value stops the service before it serves.
 SETTINGS = settings()
 # CPU of the image work itself (decode, resize, encode), so that what the server spends around

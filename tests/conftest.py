@@ -91,6 +91,7 @@ class Server:
     log: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    stderr: Path | None = None  # a file of its own (stdout alone in `log`), else into `log`
 
     @property
     def url(self) -> str:
@@ -99,9 +100,13 @@ class Server:
     def start(self) -> Server:
         command = [BENTOML, "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
         env = {**self.env, "BENTOML_HOME": str(self._own_home())}
-        with open(self.log, "wb") as log:
+        with open(self.log, "wb") as log, open(self.stderr or os.devnull, "wb") as errors:
             self.process = subprocess.Popen(
-                command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=errors if self.stderr else subprocess.STDOUT,
             )
         return self
 

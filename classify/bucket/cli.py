@@ -25,6 +25,7 @@ from classify.settings import ClassifySettings, classify_settings
 from common.config import SettingsError
 from common.errors import InvalidPath, ServiceError
 from common.images.decode import set_pixel_limit
+from common.logs import configure_logging
 from common.schemas import MAX_TOP_K
 from common.storage import GCSStorage, LocalStorage
 
@@ -117,7 +118,7 @@ def share_of(args: argparse.Namespace) -> TaskShare:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(level=logging.WARNING)
     args = parse_args(argv)  # argparse exits 2 itself for a bad flag
     try:
         return run(args)

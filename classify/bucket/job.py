@@ -44,6 +44,7 @@ from common.storage import ObjectInfo, Storage
 from common.threads import in_window
 
 LOG = logging.getLogger(__name__)
+INTERNAL = {"code": "internal"}  # a log line's code for a failure of ours (common/logs.py)
 
 
 @dataclass
@@ -218,7 +219,7 @@ class Run:
         except ServiceError as exc:
             return info, None, exc
         except Exception as exc:  # a bug: log it, and leave the photo to a retry
-            LOG.exception("reading %s failed", info.key)
+            LOG.exception("reading %s failed", info.key, extra=INTERNAL)
             return info, None, exc
 
     def _run_batch(
@@ -227,7 +228,8 @@ class Run:
         try:
             answers = self.classifier.answers([pixels for _, pixels in batch], self.options.top_k)
         except Exception:  # the runtime failed: none of these is the photo's fault
-            LOG.exception("a model call failed; its %d photos are left for a retry", len(batch))
+            failed = len(batch)
+            LOG.exception("a model call failed; %d photos left for a retry", failed, extra=INTERNAL)
             for _ in batch:
                 self._count("transient")
             return []
@@ -249,7 +251,8 @@ class Run:
         elif isinstance(error, ServiceError) and error.status == 404:
             self._count("gone")
         else:
-            LOG.warning("%s: %s (left for a retry)", info.key, error)
+            code = error.code if isinstance(error, ServiceError) else "internal"
+            LOG.warning("%s: %s (left for a retry)", info.key, error, extra={"code": code})
             self._count("transient")
 
     def _store(
@@ -263,11 +266,14 @@ class Run:
         try:
             outcome = store_result(self.target.objects, key, result)
         except InvalidPath as exc:  # the location cannot hold this result, now or ever
-            LOG.warning("%s: no result can be stored: %s; skipped", info.key, exc)
+            LOG.warning("%s: no result can be stored: %s", info.key, exc, extra={"code": exc.code})
             self._count("unsupported")
             return
         except Exception as exc:  # storage, access (an operator fixes it), or a bug of ours
-            LOG.warning("%s: result not written: %s (left for a retry)", info.key, exc)
+            code = exc.code if isinstance(exc, ServiceError) else "internal"
+            LOG.warning(
+                "%s: result not written: %s (left for a retry)", info.key, exc, extra={"code": code}
+            )
             self._count("transient")
             return
         if outcome is Outcome.up_to_date:
@@ -314,7 +320,7 @@ class Run:
                     f"cannot write results under {where}: {exc.message}",
                     permanent=is_configuration(exc),
                 ) from exc
-            LOG.warning("manifest not written: %s", exc)
+            LOG.warning("manifest not written: %s", exc, extra={"code": exc.code})
 
 
 def is_configuration(error: ServiceError) -> bool:

@@ -133,7 +133,8 @@ class ErrorShape:
         try:
             await self.app(scope, receive, reshape_send)
         except Exception:
-            LOG.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            where = (scope.get("method"), scope.get("path"))
+            LOG.exception("unhandled error in %s %s", *where, extra={"code": "internal"})
             if started:
                 raise  # the answer is under way: the server closes the connection
             failure = ErrorResponse(error="internal error; it has been logged", code="internal")

@@ -1,9 +1,10 @@
 """The HTTP middleware stack both services put in front of BentoML, in one place and order.
 
-Outermost first: `/docs` redirect; the error shape (every error leaves as `{"error", "code"}`,
-an uncaught exception as a JSON 500); auth (nothing runs for a caller without a token); load
-shedding (which also sets each admitted request's deadline); then the service's own body guard
-(JSON only for classify's routes, the upload parser for preprocess).
+Outermost first: the request's trace for its log lines, and its access line
+(`common/http/request_log.py`); `/docs` redirect; the error shape (every error leaves as
+`{"error", "code"}`, an uncaught exception as a JSON 500); auth (nothing runs for a caller
+without a token); load shedding (which also sets each admitted request's deadline); then the
+service's own body guard (JSON only for classify's routes, the upload parser for preprocess).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from common.config import Settings
 from common.docs import DocsAlias
 from common.http.auth import BearerAuth
 from common.http.guards import ErrorShape
+from common.http.request_log import RequestLog
 from common.http.shedding import LoadShedder
 
 
@@ -23,6 +25,7 @@ def install(
     service: Any, settings: Settings, body_guard: type[ASGIApp], **guard_options: object
 ) -> None:
     """Add the shared stack to a `@bentoml.service` class, `body_guard` innermost."""
+    service.add_asgi_middleware(RequestLog, access_log=settings.access_log)
     service.add_asgi_middleware(DocsAlias)
     service.add_asgi_middleware(ErrorShape)
     service.add_asgi_middleware(BearerAuth, settings=settings)

@@ -160,13 +160,18 @@ def storage_errors() -> Iterator[None]:
     except (google_errors.Forbidden, google_errors.Unauthorized) as exc:
         # 503 for a caller (IAM is fixed on the service's side, then it works); the bucket
         # paths tell it from an outage by its cause (classify/bucket/job.py)
-        LOG.warning("storage refused access: %s", exc.message)
+        LOG.warning("storage refused access: %s", exc.message, extra=_code(StorageUnavailable))
         raise StorageUnavailable(
             f"storage refused this service access: {exc.message}",
             retry_after_s=STORAGE_RETRY_AFTER_S,
         ) from exc
     except Exception as exc:
-        LOG.warning("storage call failed: %s", exc, exc_info=True)
+        LOG.warning("storage call failed: %s", exc, exc_info=True, extra=_code(StorageUnavailable))
         raise StorageUnavailable(
             "storage is unavailable; try again shortly", retry_after_s=STORAGE_RETRY_AFTER_S
         ) from exc
+
+
+def _code(error: type[ServiceError]) -> dict[str, str]:
+    """A log line's error code (common/logs.py): the one the caller is answered with."""
+    return {"code": error.code}

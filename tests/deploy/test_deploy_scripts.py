@@ -331,3 +331,17 @@ def test_the_completion_tree_is_the_installed_cli():
     for flag in ("--startup-probe", "--cpu-boost", "--concurrency", "--memory"):
         assert flag in node["flags"]
         assert re.search(rf"{re.escape(flag)}\b", text), flag
+
+
+def test_services_and_the_job_know_their_project_for_log_traces(stubs):
+    """Log lines name their trace `projects/PROJECT/traces/ID` (common/logs.py): every service
+    and the job get GOOGLE_CLOUD_PROJECT."""
+    deploy = run_script(stubs, "deploy", "--dry-run", "--job")
+    assert deploy.returncode == 0, deploy.stderr
+    commands = printed(deploy.stdout)
+    deploys = [c for c in commands if c[:3] == ["gcloud", "run", "deploy"]]
+    deploys += [c for c in commands if c[:4] == ["gcloud", "run", "jobs", "deploy"]]
+    assert len(deploys) == 3
+    for command in deploys:
+        env = command[command.index("--set-env-vars") + 1]
+        assert "GOOGLE_CLOUD_PROJECT=demo-project" in env.split(","), command
