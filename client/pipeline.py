@@ -8,12 +8,15 @@ image-pipeline ~/Pictures --output results.csv --resume   # after a stop: only t
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
 import os
 import random
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -44,10 +47,18 @@ IMAGE_SUFFIXES = {
 }
 RETRY_STATUSES = {429, 503}
 MAX_RETRY_WAIT_S = 60.0
+# Answers a later run may get right (`--resume` redoes their files): credentials, overload,
+# outages, a gateway's timeout, and a storage refusal an operator can fix (`access_denied`).
+RETRYABLE_STATUSES = {401, 403, 408, 429, 500, 502, 503, 504}
+PERMANENT_CODES = {"outside_storage"}  # a 403 no retry changes
 
 
 class ServiceRefused(RuntimeError):
     """A service answered an error status (after any retries)."""
+
+    def __init__(self, message: str, status: int, code: str | None) -> None:
+        super().__init__(message)
+        self.retryable = status in RETRYABLE_STATUSES and code not in PERMANENT_CODES
 
 
 class PipelineClient:
@@ -70,11 +81,10 @@ class PipelineClient:
         self.classify_url = classify_url.rstrip("/")
         self.retries = retries
         self.retried = 0  # answers retried, for the summary (+= under the GIL is enough here)
-        self.http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
-        self.auth = {
-            url: _authorization(url, token, google_id_token)
-            for url in (self.preprocess_url, self.classify_url)
-        }
+        auth = GoogleIdTokens() if google_id_token else SharedToken(token) if token else None
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)), auth=auth
+        )
 
     def run(self, file: Path, mode: str | None) -> Outcome:
         try:
@@ -86,26 +96,39 @@ class PipelineClient:
             answer = self._post(
                 self.classify_url, "/classify", json={"gcs_path": stored["gcs_path"]}
             )
-        except (httpx.HTTPError, OSError, ServiceRefused) as exc:
-            return Outcome(file=str(file), error=str(exc) or type(exc).__name__)
+        except ServiceRefused as exc:
+            return Outcome(file=str(file), error=str(exc), retryable=exc.retryable)
+        except (httpx.HTTPError, OSError) as exc:  # the network, or the file itself
+            return Outcome(file=str(file), error=str(exc) or type(exc).__name__, retryable=True)
         return Outcome(
             file=str(file), **{k: answer.get(k) for k in Outcome.model_fields if k != "file"}
         )
 
     def _post(self, base_url: str, route: str, **kwargs: object) -> dict:
+        """POST, retrying busy answers after their Retry-After and a dropped connection after
+        a backoff (both routes are idempotent: preprocess stores by content)."""
         url = base_url + route
         for attempt in range(self.retries + 1):
-            response = self.http.post(url, headers=self.auth[base_url], **kwargs)
+            try:
+                response = self.http.post(url, **kwargs)
+            except httpx.TransportError:  # reset, refused, timed out: the network, not the photo
+                if attempt == self.retries:
+                    raise
+                self.retried += 1
+                time.sleep(retry_after_s(None, attempt))
+                continue
             if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                 break
             self.retried += 1
             time.sleep(retry_after_s(response.headers.get("retry-after"), attempt))
         if response.is_error:
             try:
-                message = response.json().get("error", response.text)
-            except ValueError:
-                message = response.text
-            raise ServiceRefused(f"{url} answered {response.status_code}: {message}")
+                body = response.json()
+                message, code = body.get("error", response.text), body.get("code")
+            except (ValueError, AttributeError):
+                message, code = response.text, None
+            status = response.status_code
+            raise ServiceRefused(f"{url} answered {status}: {message}", status, code)
         return response.json()
 
 
@@ -122,19 +145,71 @@ def retry_after_s(header: str | None, attempt: int) -> float:
     return min(max(wait_s, 0.0) * random.uniform(1.0, 1.5), MAX_RETRY_WAIT_S)
 
 
-def _authorization(audience: str, token: str | None, google_id_token: bool) -> dict[str, str]:
-    """`Authorization` for one service: a shared token, or a Google ID token for its URL.
+class SharedToken(httpx.Auth):
+    """The shared bearer token (`AUTH_TOKEN`) on every request."""
+
+    def __init__(self, token: str) -> None:
+        self.header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        request.headers["Authorization"] = self.header
+        yield request
+
+
+class GoogleIdTokens(httpx.Auth):
+    """A Google ID token for each service URL (its audience), fetched when first needed, again
+    before it expires (they last an hour) and once more if a service still answers 401.
 
     Cloud Run services deployed `--no-allow-unauthenticated` accept a Google-signed ID token
     whose audience is the service URL (an access token gets 403).
     """
-    if google_id_token:
-        import google.auth.transport.requests
-        import google.oauth2.id_token
 
-        request = google.auth.transport.requests.Request()
-        token = google.oauth2.id_token.fetch_id_token(request, audience)
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    def __init__(self, fetch: Callable[[str], str] | None = None) -> None:
+        self._fetch = fetch or fetch_google_id_token
+        self._tokens: dict[str, tuple[str, float, float]] = {}  # audience: (token, exp, life)
+        self._lock = threading.Lock()
+
+    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        audience = f"{request.url.scheme}://{request.url.netloc.decode()}"
+        request.headers["Authorization"] = f"Bearer {self.token(audience)}"
+        response = yield request
+        if response.status_code == 401:  # revoked, or a clock ahead of ours: one fresh token
+            request.headers["Authorization"] = f"Bearer {self.token(audience, fresh=True)}"
+            yield request
+
+    def token(self, audience: str, fresh: bool = False) -> str:
+        with self._lock:  # one fetch per audience, whichever thread needs it first
+            cached = self._tokens.get(audience)
+            if fresh or cached is None or _expiring(*cached[1:]):
+                token = self._fetch(audience)
+                expires = _expiry(token)
+                cached = self._tokens[audience] = (token, expires, expires - time.time())
+            return cached[0]
+
+
+def _expiring(expires: float, lifetime: float) -> bool:
+    """Within five minutes of its expiry, or the last quarter of a shorter life."""
+    return expires - time.time() < min(300.0, lifetime / 4)
+
+
+def _expiry(token: str) -> float:
+    """A JWT's `exp` (read, not verified: the service verifies it); now if it has none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return time.time()
+
+
+def fetch_google_id_token(audience: str) -> str:
+    """An ID token for `audience` from the Application Default Credentials (a service
+    account key, the metadata server, or `gcloud auth` as a service account)."""
+    import google.auth.transport.requests
+    import google.oauth2.id_token
+
+    request = google.auth.transport.requests.Request()
+    return google.oauth2.id_token.fetch_id_token(request, audience)
 
 
 def image_files(paths: Iterable[Path]) -> list[Path]:

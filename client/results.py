@@ -2,7 +2,8 @@
 
 CSV or JSON Lines (by the file's suffix). Each row is flushed when it is written, so a run that
 stops halfway keeps every answer it had; `--resume` reads the file back, drops a last line cut
-short by the stop, and skips the files already in it.
+short by the stop and the rows of errors a retry can help (credentials, overload, the network),
+and skips the files left in it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-COLUMNS = ("file", "label", "index", "confidence", "top_k", "model", "runtime", "error")
+COLUMNS = (
+    "file",
+    "label",
+    "index",
+    "confidence",
+    "top_k",
+    "model",
+    "runtime",
+    "error",
+    "retryable",
+)
 
 
 class Outcome(BaseModel):
@@ -29,6 +40,12 @@ class Outcome(BaseModel):
     model: str | None = None
     runtime: str | None = None
     error: str | None = None
+    retryable: bool | None = None  # an error a later run may not get (`--resume` redoes it)
+
+    @property
+    def done(self) -> bool:
+        """Classified, or refused for good: `--resume` keeps it."""
+        return not (self.error and self.retryable)
 
 
 class ResultsFile:
@@ -47,14 +64,28 @@ class ResultsFile:
             self._csv.writeheader()
 
     def _complete_rows(self) -> set[str]:
-        """Files with a whole row already, after cutting off a partly written last line."""
+        """Files done already; the file is rewritten with their rows alone (a partly written
+        last line and the rows of retryable errors dropped), so each file keeps one row."""
         text = self.path.read_text(encoding="utf-8")
         whole = text[: text.rfind("\n") + 1]
-        if len(whole) != len(text):
-            self.path.write_text(whole, encoding="utf-8")
         if self.is_csv:
-            return {row["file"] for row in csv.DictReader(io.StringIO(whole)) if row.get("file")}
-        return {json.loads(line)["file"] for line in whole.splitlines() if line.strip()}
+            rows = [row for row in csv.DictReader(io.StringIO(whole)) if row.get("file")]
+            kept = [row for row in rows if _done(row.get("error"), row.get("retryable"))]
+            out = io.StringIO()
+            writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+            kept_text = out.getvalue()
+        else:
+            lines = [line for line in whole.splitlines() if line.strip()]
+            kept_lines = [line for line in lines if Outcome.model_validate_json(line).done]
+            kept = [json.loads(line) for line in kept_lines]
+            kept_text = "".join(line + "\n" for line in kept_lines)
+        if kept_text != text:
+            temporary = self.path.with_name(f".{self.path.name}.resume")
+            temporary.write_text(kept_text, encoding="utf-8")
+            temporary.replace(self.path)  # whole or not at all
+        return {row["file"] for row in kept}
 
     def write(self, outcome: Outcome) -> None:
         if self._csv:
@@ -67,3 +98,9 @@ class ResultsFile:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _done(error: str | None, retryable: str | None) -> bool:
+    """A CSV row's outcome is final: no error, or one no retry changes (rows written before the
+    `retryable` column keep their errors)."""
+    return not error or (retryable or "").lower() != "true"

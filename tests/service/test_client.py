@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pillow_heif
 import pytest
 from conftest import PHOTOS, REPO, Server, free_port, service_env
 from helpers import EXPECTED_LABELS
@@ -77,6 +78,7 @@ FOLDER_SIZE = 240
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory, photos) -> Path:
     """A few hundred small photos in nested folders, HEIC and AVIF among them."""
+    pillow_heif.register_heif_opener()  # to write the HEIC ones (run alone, nothing else has)
     folder = tmp_path_factory.mktemp("camera-roll")
     sources = [Image.open(io.BytesIO(data)).convert("RGB") for data in photos.values()]
     formats = [("jpg", "JPEG"), ("heic", "HEIF"), ("avif", "AVIF"), ("png", "PNG")]

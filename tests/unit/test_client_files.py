@@ -1,4 +1,5 @@
-"""Which files `image-pipeline` sends from a folder: real files in a temporary tree."""
+"""Which files `image-pipeline` sends from a folder, and which `--resume` sends again: real
+files in a temporary tree."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 from client.pipeline import image_files
+from client.results import Outcome, ResultsFile
 
 
 def _touch(root: Path, *names: str) -> None:
@@ -37,3 +39,22 @@ def test_a_file_named_on_the_command_line_is_always_sent(tmp_path: Path) -> None
     _touch(tmp_path, ".hidden.png", "notes.txt")
     named = [tmp_path / ".hidden.png", tmp_path / "notes.txt"]
     assert image_files(named) == named
+
+
+def test_resume_redoes_retryable_errors_and_keeps_permanent_ones(tmp_path):
+    for suffix in (".csv", ".jsonl"):
+        path = tmp_path / f"results{suffix}"
+        first = ResultsFile(path, resume=False)
+        first.write(Outcome(file="ok.jpg", label="tabby", index=281, confidence=0.9))
+        first.write(Outcome(file="busy.jpg", error="503: busy", retryable=True))
+        first.write(Outcome(file="auth.jpg", error="401: expired", retryable=True))
+        first.write(Outcome(file="text.jpg", error="415: not an image", retryable=False))
+        first.close()
+        resumed = ResultsFile(path, resume=True)
+        resumed.write(Outcome(file="busy.jpg", label="tabby", index=281, confidence=0.8))
+        resumed.close()
+        assert resumed.done == {"ok.jpg", "text.jpg"}
+        again = ResultsFile(path, resume=True)
+        again.close()
+        assert again.done == {"ok.jpg", "text.jpg", "busy.jpg"}  # one row per file
+        assert len(Path(path).read_text().splitlines()) == 3 + (suffix == ".csv")
