@@ -14,6 +14,7 @@ from common.logs import CURRENT_TRACE, Trace
 
 LOG = logging.getLogger("access")
 MAX_ERROR_BODY = 4096  # error answers are `{"error", "code"}`: small
+LOGGED_HEADERS = frozenset({b"traceparent", b"x-cloud-trace-context", b"user-agent"})
 
 
 class RequestLog:
@@ -28,7 +29,12 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # only the headers a log line uses (ASGI gives names in lower case), on every request
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in LOGGED_HEADERS
+        }
         token = CURRENT_TRACE.set(Trace.from_headers(headers))
         answer: dict = {"status": 500, "body": b""}
         started = time.perf_counter()
