@@ -20,10 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.classify import SCALES, SERVER_ENV, Config, prepare_images, served_benchmark
-from benchmarks.harness import REPO, private_bentoml_home
+from benchmarks.classify import SCALES, SERVER_ENV, Config, served_benchmark
+from benchmarks.classify_served import prepare_images
+from benchmarks.harness import REPO
 from benchmarks.report import stamp, write
 from classify.runtime_table import ALL_RUNTIMES
+from scripts.bentoml_home import private_bentoml_home
 
 THROUGHPUT_FLOOR = 0.95  # batched req/s at c=32, as a share of unbatched's
 P50_SLACK = 1.05  # "no worse" at c=1: within the spread of one p50 between back-to-back runs

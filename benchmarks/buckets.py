@@ -41,12 +41,12 @@ from benchmarks.harness import (
     REPO,
     ServerUnderTest,
     free_port,
-    private_bentoml_home,
     tree_cpu_s,
     tree_rss_mb,
 )
 from benchmarks.pipeline import photo_variants
 from benchmarks.report import stamp, write
+from scripts.bentoml_home import private_bentoml_home
 
 KINDS = {"1 MP": 1.0, "12 MP": 12.0}
 BATCH_SIZE = 16

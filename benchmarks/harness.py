@@ -164,22 +164,6 @@ class CpuWindow:
         self.foreign = max(0.0, system - self.client - self.server_cores)
 
 
-def private_bentoml_home(home: Path, shared: Path | None = None) -> Path:
-    """A BentoML home for servers of one's own that shares the model and Bento stores of
-    `shared` (the current `$BENTOML_HOME` by default). The tests use it too.
-
-    Every `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` as it starts: in a
-    shared home that would reset (or mix) the metrics of any other service running from it.
-    """
-    shared = shared or Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
-    home.mkdir(parents=True, exist_ok=True)
-    for store in ("models", "bentos"):
-        (shared / store).mkdir(parents=True, exist_ok=True)
-        if not (home / store).exists():
-            (home / store).symlink_to(shared / store)
-    return home
-
-
 class ServerUnderTest:
     """A server process: started, timed to /readyz, sampled for RSS, stopped."""
 

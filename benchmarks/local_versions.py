@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.harness import REPO, cpu
+from benchmarks.report import write
 from common.storage import LocalStorage
 
 HERE = REPO / "benchmarks"
@@ -96,24 +96,26 @@ def main() -> None:
             runs["sha-256, warm"]["wall_s"] / runs["stat, warm"]["wall_s"], 1
         ),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "local_versions.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(write(args.out, "local_versions", figures, render).read_text())
+
+
+def render(figures: dict) -> str:
     lines = [
         "# Local versions: file status or a content hash",
         "",
-        f"`python -m benchmarks.local_versions`: {args.files:,} files of {args.kib} KiB, "
-        f"{figures['cpu']}. The job's decision (benchmarks/decisions.md, D26).",
+        f"`python -m benchmarks.local_versions`: {figures['files']:,} files of "
+        f"{figures['kib_per_file']} KiB, {figures['cpu']}. The job's decision "
+        "(benchmarks/decisions.md, D26).",
         "",
         "| versions by | wall s | CPU s | files |",
         "| --- | --- | --- | --- |",
         *(
             f"| {name} | {r['wall_s']} | {r['cpu_s']} | {r['files']:,} |"
-            for name, r in runs.items()
+            for name, r in figures["runs"].items()
         ),
         "",
     ]
-    (args.out / "local_versions.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ from benchmarks.harness import (
     REPO,
     ServerUnderTest,
     free_port,
-    private_bentoml_home,
     thread_cpu_grown_s,
     threads_cpu_s,
     tree_cpu_s,
@@ -61,6 +60,7 @@ from benchmarks.pipeline_report import (
 )
 from benchmarks.report import stamp
 from common.storage import LocalStorage
+from scripts.bentoml_home import private_bentoml_home
 from tests import decode_agreement  # the photos test measures it too, on a subset
 
 pillow_heif.register_heif_opener()

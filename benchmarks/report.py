@@ -32,7 +32,7 @@ def write(
     """Write `NAME.json`, then `NAME.md` rendered from it and the plots (file name -> drawer);
     the markdown is a function of the JSON alone, so a test can regenerate it."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(figures, indent=2))
+    (out / f"{name}.json").write_text(json.dumps(figures, indent=2, default=float))
     for filename, draw in (plots or {}).items():
         draw(figures, out / filename)
     markdown = out / f"{name}.md"

@@ -44,14 +44,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.classify import decode_cost_ms, load, prepare_images
 from benchmarks.classify_raw import raw_benchmark
+from benchmarks.classify_served import decode_cost_ms, load, prepare_images
 from benchmarks.harness import (
     BENTOML,
     REPO,
     ServerUnderTest,
     free_port,
-    private_bentoml_home,
     server_worker,
     thread_cpu_grown_s,
     thread_role,
@@ -62,6 +61,7 @@ from benchmarks.request_floor_report import CONCURRENCY, TARGET_RATIO, render
 from classify.runtime_table import TABLE
 from common.images.decode import to_model_pixels
 from common.schemas import ResizeMode
+from scripts.bentoml_home import private_bentoml_home
 
 # name -> what `bentoml serve` serves (None: the FastAPI floor, a plain uvicorn process)
 SERVERS = {

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from filelock import FileLock
 
-from benchmarks.harness import private_bentoml_home
 from common.config import Settings
 from common.storage import GCSStorage, LocalStorage, Storage
+from scripts.bentoml_home import private_bentoml_home
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import hashlib
 import io
-import json
 import shutil
 import statistics
 import subprocess
@@ -33,11 +32,12 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import compare  # beside this script; it puts the project on the path
 import contract
-from compare_report import pct
+from compare_report import pct, preprocess_markdown
 from PIL import Image, ImageOps
 from servers import Server, args, probe, server_env, stop
 
 from benchmarks.harness import cpu, free_port, wait_quiet
+from benchmarks.report import write
 
 HERE = Path(__file__).resolve().parent
 BOUNDARY = "peers-preprocess-boundary-5c1f"
@@ -275,10 +275,9 @@ def main() -> None:
         for server in servers:
             stop(server)
     results["servers"] = summarize(rounds)
-    print(markdown(results), flush=True)
+    print(preprocess_markdown(results), flush=True)
     if args.out:
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(results))
+        write(args.out.parent, args.out.stem, results, preprocess_markdown)
 
 
 def summarize(rounds: dict[str, list[dict]]) -> list[dict]:
@@ -311,37 +310,6 @@ def summarize(rounds: dict[str, list[dict]]) -> list[dict]:
             }
         )
     return summary
-
-
-def markdown(results: dict) -> str:
-    lines = [
-        f"CPU: {results['cpu']} ({results['cores']} cores); uploads: {results['uploads']}"
-        f" photos as {results['upload']}; {results['rounds']} alternating rounds;"
-        f" c={results['concurrency']} x {results['n32']} and c=1 x {results['n1']} uploads"
-        " per round.",
-        "",
-        "| server | uploads/s c=32 (median) | rounds min-max | ratio | p50 / p99 c=1 ms"
-        " | errors | server cores | server CPU ms/upload | stored bytes = project |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in results["servers"]:
-        lines.append(
-            f"| {s['label']} | {s['rps_median']:.1f} | {s['rps_min']:.0f}-{s['rps_max']:.0f}"
-            f" | {s['ratio']:.2f} | {s['p50_1']:.2f} / {s['p99_1']:.2f} | {s['errors']}"
-            f" | {s['server_cores'] or 0:.2f} | {s['server_ms_per_upload'] or 0:.2f}"
-            f" | {s['stored_equal']}/{results['uploads']} |"
-        )
-    lines += [
-        "",
-        "| image work alone, in-process | uploads/s | CPU ms per upload |",
-        "|---|---|---|",
-    ]
-    for row in results["image_work_alone"]:
-        lines.append(
-            f"| {row['threads']} thread(s) | {row['uploads_per_s']:.0f}"
-            f" | {row['cpu_ms_per_upload']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

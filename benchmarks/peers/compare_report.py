@@ -3,12 +3,12 @@ server, latency, cores, answers), rendered to markdown from the JSON alone."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks import report
 from benchmarks.report import row
 
 
@@ -142,10 +142,38 @@ def markdown_table(results: dict) -> str:
 
 
 def write(path: Path | None, results: dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
-    if "servers" in results or "raw_ort" in results:
-        path.with_suffix(".md").write_text(markdown_table(results))
-    print(f"results: {path} (+ .md)")
+    if path is not None:
+        report.write(path.parent, path.stem, results, markdown_table)
+        print(f"results: {path} (+ .md)")
+
+
+def preprocess_markdown(results: dict) -> str:
+    """compare_preprocess.py's report."""
+    lines = [
+        f"CPU: {results['cpu']} ({results['cores']} cores); uploads: {results['uploads']}"
+        f" photos as {results['upload']}; {results['rounds']} alternating rounds;"
+        f" c={results['concurrency']} x {results['n32']} and c=1 x {results['n1']} uploads"
+        " per round.",
+        "",
+        "| server | uploads/s c=32 (median) | rounds min-max | ratio | p50 / p99 c=1 ms"
+        " | errors | server cores | server CPU ms/upload | stored bytes = project |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in results["servers"]:
+        lines.append(
+            f"| {s['label']} | {s['rps_median']:.1f} | {s['rps_min']:.0f}-{s['rps_max']:.0f}"
+            f" | {s['ratio']:.2f} | {s['p50_1']:.2f} / {s['p99_1']:.2f} | {s['errors']}"
+            f" | {s['server_cores'] or 0:.2f} | {s['server_ms_per_upload'] or 0:.2f}"
+            f" | {s['stored_equal']}/{results['uploads']} |"
+        )
+    lines += [
+        "",
+        "| image work alone, in-process | uploads/s | CPU ms per upload |",
+        "|---|---|---|",
+    ]
+    for alone in results["image_work_alone"]:
+        lines.append(
+            f"| {alone['threads']} thread(s) | {alone['uploads_per_s']:.0f}"
+            f" | {alone['cpu_ms_per_upload']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import PHOTOS, REPO, free_port, service_env, wait_until
 from helpers import EXPECTED_LABELS, classify, upload
 
-from benchmarks.harness import private_bentoml_home
+from scripts.bentoml_home import private_bentoml_home
 
 READY_LINE = "Both services are ready"
 
