@@ -33,12 +33,15 @@ from common.memory import release_large_buffers_promptly
 from common.schemas import MODEL_SIZE, ClassifyRequest, ClassifyResponse, ModelInput, ModelOutput
 from common.storage import storage_from_settings
 from common.threads import named_pool
+from common.tracing import configure_tracing
 
 # Log lines in Cloud Logging's format (plain on a terminal), BentoML's own too.
 configure_logging()
 # Read and validated once, at import: a bad value stops the service before it serves.
 SETTINGS = classify_settings()
 RUNTIME = SETTINGS.runtime
+# Spans over OTLP when OpenTelemetry's variables ask for it (off by default: common/tracing.py).
+configure_tracing("classify", SETTINGS.traces_to_google)
 
 
 @bentoml.asgi_app(events.app, path=events.MOUNT_PATH)

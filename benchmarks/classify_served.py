@@ -25,6 +25,9 @@ from common.storage import LocalStorage
 
 # The stages of /classify as its `stage_duration_seconds` histogram names them.
 STAGES = ("read", "decode", "model")
+# BentoML's batch-size histogram; /classify's in-process batcher observes it as
+# `method_name="classify"` (classify/batcher.py)
+BATCHES = "bentoml_service_adaptive_batch_size"
 STAGE_SUM = re.compile(r'^stage_duration_seconds_sum\{[^}]*stage="(\w+)"')
 
 
@@ -66,11 +69,11 @@ def service_counters(metrics: str) -> dict[str, float]:
     """From the service's /metrics: the adaptive batch size histogram (count, sum) and the
     seconds spent in each stage of a request (the operators' stage histograms)."""
     counters = dict.fromkeys(("batches", "samples", *(f"{s}_s" for s in STAGES)), 0.0)
-    names = {"classify_batch_size_count": "batches", "classify_batch_size_sum": "samples"}
+    names = {"batches": BATCHES + "_count{", "samples": BATCHES + "_sum{"}
     for line in metrics.splitlines():
         value = line.rsplit(" ", 1)[-1]
-        for prefix, key in names.items():
-            if line.startswith(prefix):
+        for key, prefix in names.items():
+            if line.startswith(prefix) and 'method_name="classify"' in line:
                 counters[key] += float(value)
         stage = STAGE_SUM.match(line)
         if stage and stage.group(1) in STAGES:

@@ -16,6 +16,7 @@ instead of serving without batching.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -29,11 +30,43 @@ except ImportError:  # a BentoML release that moved its batcher
 from common.errors import Overloaded
 from common.http.shedding import RETRY_AFTER_S
 
-BATCH_SIZE = bentoml.metrics.Histogram(
-    name="classify_batch_size",
-    documentation="Images per model call formed by the in-process adaptive batcher",
-    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
-)
+
+@functools.cache
+def batch_size_histogram(max_batch_size: int):  # -> prometheus_client.Histogram
+    """Images per model call, under BentoML's own name, labels and buckets for it
+    (`bentoml_service_adaptive_batch_size`: what BentoML's dashboards chart), so that the
+    batches /classify forms show where BentoML's own batches would.
+
+    Registered in no registry: BentoML registers the same name itself when its batched route
+    (`predict_batch`) is first called, and a second registration would fail. BentoML's
+    workers keep metrics in multiprocess files, which /metrics reads by name, so both series
+    appear there side by side (`method_name` tells them apart)."""
+    import prometheus_client
+    from bentoml._internal.utils.metrics import exponential_buckets
+
+    return prometheus_client.Histogram(
+        "bentoml_service_adaptive_batch_size",
+        "Service adaptive batch size",
+        labelnames=BATCH_LABELS,
+        buckets=exponential_buckets(1, 2, max_batch_size),
+        registry=None,
+    )
+
+
+BATCH_LABELS = ("runner_name", "worker_index", "method_name", "service_version", "service_name")
+
+
+def batch_labels(service_name: str, method_name: str) -> dict[str, str]:
+    """BentoML's labels for the histogram, from the serving process's context."""
+    from bentoml._internal.context import server_context
+
+    return {
+        "runner_name": service_name,
+        "worker_index": str(server_context.worker_index),
+        "method_name": method_name,
+        "service_version": str(server_context.bento_version),
+        "service_name": str(server_context.bento_name),
+    }
 
 
 class DispatcherMissing(RuntimeError):
@@ -66,9 +99,11 @@ class InProcessBatcher:
         max_batch_size: int,
         max_latency_ms: int,
         streams: int,
+        labels: dict[str, str],
     ) -> None:
         require_dispatcher()
         self._run_batch = run_batch
+        self._batch_sizes = batch_size_histogram(max_batch_size).labels(**labels)
         dispatcher = CorkDispatcher(
             max_latency_ms,
             max_batch_size,
@@ -83,7 +118,7 @@ class InProcessBatcher:
         return await self._dispatch(item)
 
     async def _measured(self, items: Sequence[Any]) -> Sequence[Any]:
-        BATCH_SIZE.observe(len(items))
+        self._batch_sizes.observe(len(items))
         return await self._run_batch(items)
 
     @staticmethod

@@ -21,6 +21,7 @@ from functools import partial
 from http import HTTPStatus
 from typing import Literal
 
+import bentoml
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -42,7 +43,9 @@ from classify.results import (
     store_result,
 )
 from classify.settings import ClassifySettings
+from common import tracing
 from common.errors import ObjectNotFound, ServiceError, error_response
+from common.stage_metrics import timed
 from common.storage import ObjectInfo, Version
 from common.threads import run_in
 
@@ -75,6 +78,13 @@ class StorageObjectData(BaseModel):
     name: str = Field(min_length=1)
     generation: int = Field(ge=0)
     size: int | None = Field(None, ge=0)
+    # the object's custom metadata: a `traceparent` there (set by whoever uploaded the photo)
+    # continues that trace through the event; values of other types are ignored, never refused
+    metadata: dict[str, object] | None = None
+
+    def trace_carrier(self) -> dict[str, str]:
+        value = (self.metadata or {}).get("traceparent")
+        return {"traceparent": value} if isinstance(value, str) else {}
 
 
 class StorageEvent(BaseModel):
@@ -197,13 +207,21 @@ async def _storage_event(request: Request) -> Response:
         event = parse_event(dict(request.headers), await _body(request))
         answer = await request.app.state.handler.handle(event)
     except ServiceError as exc:
+        EVENTS.labels(outcome=_refused(exc.status)).inc()
         return error_response(exc)
     except Exception as exc:
         LOG.exception("storage event failed", extra={"code": EventFailed.code})
+        EVENTS.labels(outcome="retried").inc()
         return error_response(
             EventFailed(f"the event could not be handled: {type(exc).__name__}", retry_after_s=30)
         )
+    EVENTS.labels(outcome=answer.status).inc()
     return JSONResponse(answer.model_dump(exclude_none=True))
+
+
+def _refused(status: int) -> str:
+    """An event answered with an error: delivered again (5xx), or never (malformed, 4xx)."""
+    return "retried" if status >= 500 else "malformed" if status == 400 else "refused"
 
 
 async def _body(request: Request) -> bytes:
@@ -215,6 +233,14 @@ async def _body(request: Request) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
+
+# What operators chart and alert on (deploy/monitoring/): events by what became of them.
+EVENTS = bentoml.metrics.Counter(
+    name="classify_events",
+    documentation="Storage events by outcome: classified, error_recorded (the photo's fault, "
+    "recorded), skipped, retried (answered 503: delivered again), malformed, refused",
+    labelnames=["outcome"],
+)
 
 # The service gives the app its handler when it starts (`app.state.handler`).
 app = Starlette(routes=[Route("/storage", _storage_event, methods=["POST"])])
@@ -242,6 +268,18 @@ class EventClassifier:
         self.watched = "" if watch == "/" else watch
 
     async def handle(self, event: StorageEvent) -> EventAnswer:
+        """The event's answer, in a span of the photo's own trace when the object carries one."""
+        if event.object is None:
+            return await self._handle(event)
+        found = event.object
+        where = {"gcs.bucket": found.bucket, "gcs.object": found.name}
+        with tracing.continued_from(found.trace_carrier(), "storage event", where) as span:
+            answer = await self._handle(event)
+            if span is not None:
+                span.set_attribute("event.status", answer.status)
+            return answer
+
+    async def _handle(self, event: StorageEvent) -> EventAnswer:
         if event.kind is None or event.object is None:
             return EventAnswer(status="skipped", reason="not an object-finalized event")
         found = event.object
@@ -278,6 +316,10 @@ class EventClassifier:
         )
         return await self._store(key, result, "classified")
 
+    def _write(self, key: str, result: ClassificationResult) -> Outcome:
+        with timed("write"):
+            return store_result(self.objects, key, result)
+
     def _read(self, key: str, version: Version) -> bytes:
         return self.photos.read(key, version)[0]
 
@@ -294,7 +336,7 @@ class EventClassifier:
         result: ClassificationResult,
         status: Literal["classified", "error_recorded"],
     ) -> EventAnswer:
-        outcome = await run_in(self.threads, store_result, self.objects, key, result)
+        outcome = await run_in(self.threads, self._write, key, result)
         if outcome is Outcome.up_to_date:
             return EventAnswer(status="skipped", reason="up to date", result=key)
         return EventAnswer(status=status, result=key)

@@ -21,9 +21,10 @@ from typing import Protocol
 
 import numpy as np
 
-from classify.batcher import InProcessBatcher, require_dispatcher
+from classify.batcher import InProcessBatcher, batch_labels, require_dispatcher
 from classify.model import Classifier
 from classify.settings import ClassifySettings
+from common import tracing
 from common.schemas import MODEL_SIZE
 from common.threads import named_pool, run_in
 
@@ -88,16 +89,23 @@ class Batched:
             settings.batch_streams,
         )
         self._batcher: InProcessBatcher | None = None
+        self._service_name = settings.runtime.image  # the classify service's name
 
     async def __call__(self, read: Read, decode: Decode) -> np.ndarray:
         pixels = await run_in(self._reading, lambda: decode(read()))
         if self._batcher is None:  # created in the event loop, which it binds to
-            self._batcher = InProcessBatcher(self._run_batch, *self._limits)
-        return await self._batcher(pixels)
+            labels = batch_labels(self._service_name, "classify")
+            self._batcher = InProcessBatcher(self._run_batch, *self._limits, labels=labels)
+        # the photo's own model span: its wait in the batcher and the call of the batch it joined
+        with tracing.stage_span("model") as span:
+            probabilities, batch_size = await self._batcher(pixels)
+            if span is not None:
+                span.set_attribute("classify.batch_size", batch_size)
+        return probabilities
 
-    async def _run_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    async def _run_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, int]]:
         probabilities = self._model.submit(lambda: self._predict(np.stack(images)))
-        return list(await asyncio.wrap_future(probabilities))
+        return [(row, len(images)) for row in await asyncio.wrap_future(probabilities)]
 
 
 def inference_for(classifier: Classifier, settings: ClassifySettings) -> Inference:

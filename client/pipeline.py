@@ -38,6 +38,8 @@ from rich.text import Text
 
 from client.results import Outcome, ResultsFile
 from common.threads import in_window
+from common.tracing import TracingError, configure_tracing, photo_trace
+from common.tracing import shutdown as shutdown_tracing
 
 # The allowlisted formats' usual names, the rarer ones included (.jfif from browsers, .hif
 # from Canon and Fujifilm cameras).
@@ -87,15 +89,21 @@ class PipelineClient:
         )
 
     def run(self, file: Path, mode: str | None) -> Outcome:
+        """One photo through both services, in one trace (its `traceparent` on both calls)."""
         try:
-            data = file.read_bytes()
-            form = {"mode": mode} if mode else None
-            stored = self._post(
-                self.preprocess_url, "/preprocess", files={"image": (file.name, data)}, data=form
-            )
-            answer = self._post(
-                self.classify_url, "/classify", json={"gcs_path": stored["gcs_path"]}
-            )
+            with photo_trace("photo", {"photo.file": file.name}) as headers:
+                data = file.read_bytes()
+                form = {"mode": mode} if mode else None
+                upload = {"image": (file.name, data)}
+                stored = self._post(
+                    self.preprocess_url, "/preprocess", files=upload, data=form, headers=headers
+                )
+                answer = self._post(
+                    self.classify_url,
+                    "/classify",
+                    json={"gcs_path": stored["gcs_path"]},
+                    headers=headers,
+                )
         except ServiceRefused as exc:
             return Outcome(file=str(file), error=str(exc), retryable=exc.retryable)
         except (httpx.HTTPError, OSError) as exc:  # the network, or the file itself
@@ -328,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     files = image_files(args.paths)
     if not files:
         parser.error("no image files found")
+    try:  # its own spans too when OpenTelemetry's variables ask (common/tracing.py)
+        configure_tracing("image-pipeline")
+    except TracingError as exc:
+        parser.error(str(exc))
     try:
         results = ResultsFile(args.output, args.resume) if args.output else None
     except (ValueError, OSError) as exc:
@@ -353,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if results:
             results.close()
+        shutdown_tracing()
     failed = sum(1 for outcome in outcomes if outcome.error)
     if results:
         console.print(f"{len(outcomes) - failed} classified, {failed} failed: {args.output}")

@@ -98,8 +98,11 @@ class Settings(BaseSettings):
         description="an access line per request (Cloud Logging's `httpRequest`, and the error "
         "`code` of an error answer)",
     )
-    request_tracing: bool = setting(
-        False, description="BentoML's OpenTelemetry middleware on every route"
+    traces_to_google: bool = setting(
+        False,
+        description="send traces to Google Cloud's Telemetry API with the service's own "
+        "credentials, when `OTEL_TRACES_EXPORTER=otlp` turns tracing on "
+        "([operations.md](operations.md#traces))",
     )
 
     @field_validator("auth_allowed_emails", mode="before")
@@ -148,17 +151,17 @@ def settings() -> Settings:
 
 
 def observability_config(settings: Settings) -> dict[str, object]:
-    """BentoML service config for its access log and OpenTelemetry middleware.
+    """BentoML service config for its access log and OpenTelemetry middleware: both off.
 
-    BentoML's access line is preformatted text, so it stays off: `ACCESS_LOG` turns on the
-    services' own structured one (common/http/request_log.py). Tracing is off unless asked for:
-    BentoML's middleware runs on every request even when no span is sampled (benchmarks/
-    decisions.md, D1).
+    BentoML's access line is preformatted text: `ACCESS_LOG` turns on the services' own
+    structured one (common/http/request_log.py). BentoML's tracing middleware runs on every
+    request even when no span is sampled (benchmarks/decisions.md, D1) and reads only some of
+    OpenTelemetry's variables: the services trace with their own (common/tracing.py).
     """
     return {
         "logging": {"access": {"enabled": False}},
         # ".*" matches every URL, so the middleware passes requests straight through
-        "tracing": {"excluded_urls": None if settings.request_tracing else ".*"},
+        "tracing": {"excluded_urls": ".*"},
     }
 
 

@@ -10,6 +10,7 @@ from http import HTTPStatus
 
 from starlette.responses import JSONResponse
 
+from common import tracing
 from common.schemas import ErrorResponse
 
 
@@ -95,7 +96,8 @@ class Overloaded(ServiceError):
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
-    """Render `exc` as the JSON error body every endpoint uses."""
+    """Render `exc` as the JSON error body every endpoint uses (its code on the request's span)."""
+    tracing.mark_answer(exc, exc.status)
     headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
     body = ErrorResponse(error=exc.message, code=exc.code)
     return JSONResponse(body.model_dump(), status_code=exc.status, headers=headers)

@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from opentelemetry import trace as otel_trace
 from pythonjsonlogger.json import JsonFormatter
 
 # The loggers BentoML, uvicorn and circus give handlers of their own (they do not propagate to
@@ -57,6 +58,15 @@ class Trace:
 CURRENT_TRACE: ContextVar[Trace | None] = ContextVar("current_trace", default=None)
 
 
+def current_trace() -> Trace | None:
+    """The span a line is logged in when tracing is on (so a line names the span it belongs
+    to), else the caller's trace from the request's headers."""
+    span = otel_trace.get_current_span().get_span_context()
+    if span.is_valid:
+        return Trace(f"{span.trace_id:032x}", f"{span.span_id:016x}", span.trace_flags.sampled)
+    return CURRENT_TRACE.get()
+
+
 class CloudLoggingFormatter(JsonFormatter):
     """python-json-logger's formatter with Cloud Logging's field names and the request's trace."""
 
@@ -69,7 +79,7 @@ class CloudLoggingFormatter(JsonFormatter):
 
     def add_fields(self, log: dict[str, Any], record: logging.LogRecord, message: dict) -> None:
         super().add_fields(log, record, message)
-        trace = CURRENT_TRACE.get()
+        trace = current_trace()
         if trace is not None:
             where = f"projects/{self.project}/traces/" if self.project else ""
             log[TRACE_FIELD] = f"{where}{trace.trace_id}"

@@ -29,12 +29,15 @@ from common.memory import release_large_buffers_promptly
 from common.schemas import PreprocessResponse, ResizeMode
 from common.stage_metrics import timed
 from common.storage import storage_from_settings
+from common.tracing import configure_tracing
 from preprocess.uploads import PreprocessForm, UploadGuard
 
 # Log lines in Cloud Logging's format (plain on a terminal), BentoML's own too.
 configure_logging()
 # Read and validated once, at import: a bad value stops the service before it serves.
 SETTINGS = settings()
+# Spans over OTLP when OpenTelemetry's variables ask for it (off by default: common/tracing.py).
+configure_tracing("preprocess", SETTINGS.traces_to_google)
 # CPU of the image work itself (decode, resize, encode), so that what the server spends around
 # it per upload (HTTP, the form, hashing, storage) can be told apart (benchmarks/pipeline.py).
 IMAGE_CPU = bentoml.metrics.Counter(

@@ -66,12 +66,14 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
 
 
 def batch_histogram(metrics_text: str, public_route: bool = False) -> tuple[float, float]:
-    """(count, sum) of batch sizes: /classify's in-process batcher (`classify_batch_size`), or
-    BentoML's own batcher in front of the public `predict_batch` route."""
-    prefix = "bentoml_service_adaptive_batch_size_" if public_route else "classify_batch_size_"
+    """(count, sum) of batch sizes in BentoML's histogram (`bentoml_service_adaptive_batch_size`):
+    /classify's in-process batcher (`method_name="classify"`), or BentoML's own batcher in front
+    of the public `predict_batch` route."""
+    prefix = "bentoml_service_adaptive_batch_size_"
+    method = 'method_name="predict_batch"' if public_route else 'method_name="classify"'
     count = total = 0.0
     for line in metrics_text.splitlines():
-        if not line.startswith(prefix):
+        if not line.startswith(prefix) or method not in line:
             continue
         name = line.removeprefix(prefix)
         value = float(line.rsplit(" ", 1)[1])
@@ -122,6 +124,15 @@ class Emulator:
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         wait_until(lambda: httpx.get(self.url, timeout=1).text == "OK", 20, "emulator", self.log)
+
+    def bucket(self):  # -> google.cloud.storage.Bucket
+        """The test bucket through the real client, anonymous, straight to this emulator."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage as gcs
+
+        endpoint = {"api_endpoint": self.url}
+        client = gcs.Client("test", credentials=AnonymousCredentials(), client_options=endpoint)
+        return client.bucket(TEST_BUCKET)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

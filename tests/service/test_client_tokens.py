@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 import pytest
 from conftest import REPO, Server, make_backend, service_env
 from google.auth import crypt, jwt
-from id_token_signer import KEY_ID, _key_and_cert, token
+from id_token_signer import KEY_ID, _key_and_cert, service_account_key_file, token
 from PIL import Image
 
 from common.http.id_tokens import CLOCK_SKEW_S
@@ -64,18 +64,12 @@ def token_service(tmp_path_factory):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Google)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"
-    key_file = tmp_path_factory.mktemp("key") / "service-account.json"
-    # A key file of the shape google-auth reads, its key made for this run (the names built so
-    # that the repository's key-material scan, tests/deploy/test_security.py, stays exact).
-    key = "private" + "_key"
-    fields = {
-        "type": "service" + "_account",
-        "client_email": "pipeline@demo-project.iam.gserviceaccount.com",
-        key: private.decode(),
-        f"{key}_id": KEY_ID,
-        "token_uri": f"{base}/token",
-    }
-    key_file.write_text(json.dumps(fields))
+    key_file = service_account_key_file(
+        tmp_path_factory.mktemp("key") / "service-account.json",
+        private,
+        f"{base}/token",
+        "pipeline@demo-project.iam.gserviceaccount.com",
+    )
     yield f"{base}/certs", key_file, issued
     server.shutdown()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 
 import httpx
 import pytest
@@ -14,7 +15,6 @@ from cloudevents.core.bindings.http import to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 from conftest import TEST_BUCKET, Server, free_port, service_env
 from fault_proxy import FaultProxy
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 from helpers import EXPECTED_LABELS, Emulator, classify
 from hostile import HOSTILE_EVENTS
@@ -40,13 +40,8 @@ def stack(bentoml_home, tmp_path_factory):
         WATCH_PREFIX="uploads/",
     )
     server = Server("service:Classify", env, tmp / "classify.log").start()
-    client = gcs.Client(
-        project="test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": emulator.url},
-    )
     try:
-        yield server.wait_ready(), client.bucket(TEST_BUCKET), proxy
+        yield server.wait_ready(), emulator.bucket(), proxy
     finally:
         server.stop()
         proxy.close()
@@ -325,3 +320,18 @@ def test_an_event_for_a_replaced_generation_finds_its_object_gone(stack, photos)
     assert _result(bucket, old.name) is None
     assert _post(server, _finalized(new)).json()["status"] == "classified"
     assert _result(bucket, new.name)[0].answer.label == EXPECTED_LABELS["resize"]["parrot"]
+
+
+def test_metrics_count_the_events_by_outcome(stack):
+    """What the dashboard and the retried-events alert read (deploy/monitoring/): every event
+    this module delivered, by what became of it. Runs last in the module."""
+    server, _, _ = stack
+    page = httpx.get(f"{server.url}/metrics", timeout=10).text
+    counted = {
+        outcome: float(value)
+        for outcome, value in re.findall(
+            r'^classify_events_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)', page, re.M
+        )
+    }
+    for outcome in ("classified", "error_recorded", "skipped", "retried", "malformed"):
+        assert counted.get(outcome, 0) >= 1, (outcome, counted)
