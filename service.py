@@ -34,6 +34,7 @@ from common.schemas import MODEL_SIZE, ClassifyRequest, ClassifyResponse, ModelI
 from common.storage import storage_from_settings
 from common.threads import named_pool
 from common.tracing import configure_tracing
+from common.tracing import shutdown as shutdown_tracing
 
 # Log lines in Cloud Logging's format (plain on a terminal), BentoML's own too.
 configure_logging()
@@ -70,6 +71,11 @@ class Classify:
         events.app.state.handler = events.EventClassifier(
             self.photos, self.classifier, self.infer, SETTINGS, storage_threads
         )
+
+    @bentoml.on_shutdown
+    def flush_traces(self) -> None:
+        """Export the spans still queued before the process goes (Cloud Run's SIGTERM)."""
+        shutdown_tracing()
 
     async def __is_ready__(self) -> bool:
         """Ready once a model call went through the path requests take (the batcher too)."""

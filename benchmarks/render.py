@@ -26,6 +26,7 @@ from benchmarks import (
     pipeline_report,
     request_floor_report,
     soak,
+    tracing_cost,
 )
 from benchmarks.peers import compare_report
 from benchmarks.report import RESULTS, Figures
@@ -41,6 +42,7 @@ STUDIES: dict[Path, Callable[[Figures], str]] = {
     Path("request_floor.json"): request_floor_report.render,
     Path("soak.json"): soak.render,
     Path("local_versions.json"): local_versions.render,
+    Path("tracing_cost.json"): tracing_cost.render,
     PEERS / "2026-12-05-final.json": compare_report.markdown_table,
     PEERS / "2026-12-05-preprocess.json": compare_report.preprocess_markdown,
 }

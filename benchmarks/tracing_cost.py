@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What tracing costs classify: off, every request sampled, and one in ten, in one run.
 
-    .venv/bin/python -m benchmarks.tracing_cost            # ~8 minutes on 2 cores
+    .venv/bin/python -m benchmarks.tracing_cost            # ~10 minutes on 2 cores
     .venv/bin/python -m benchmarks.tracing_cost --smoke    # does it run? (figures meaningless)
 
 The real classify service (defaults: ONNX Runtime, unbatched) with tracing off, with
@@ -115,7 +115,8 @@ def render(run: dict) -> str:
             "",
             f"Run {run['date']} on {run['cpu']['model']}, {run['cores']} cores, the load "
             f"generator on the same cores; {run['rounds_run']} rounds alternating the order "
-            "(`benchmarks/tracing_cost.py`), ONNX Runtime unbatched. Spans exported over "
+            f"(`benchmarks/tracing_cost.py`, scale `{run.get('scale', 'quick')}`), ONNX Runtime "
+            "unbatched. Spans exported over "
             f"OTLP/HTTP to a receiver that answers at once: {run['exports']} exports, "
             f"{run['exported_bytes'] / 1e6:.1f} MB.",
             "",
@@ -128,16 +129,18 @@ def render(run: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="one short round: does it run?")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scale", choices=("quick", "full"), default="full")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
     args = parser.parse_args()
     rounds = 1 if args.smoke else args.rounds
-    run: dict = {**stamp(), "cores": os.cpu_count(), "rounds_run": rounds}
+    scale = "smoke" if args.smoke else args.scale
+    run: dict = {**stamp(), "cores": os.cpu_count(), "rounds_run": rounds, "scale": scale}
     with tempfile.TemporaryDirectory(prefix="tracing-") as tmp:
         storage = Path(tmp) / "storage"
         SERVER_ENV["BENTOML_HOME"] = str(private_bentoml_home(Path(tmp) / "bentoml-home"))
         paths = prepare_images(storage)
-        run |= measure(rounds, "smoke" if args.smoke else "quick", paths, storage)
+        run |= measure(rounds, scale, paths, storage)
     print(write(args.out, "tracing_cost", run, render).read_text())
     return 0
 

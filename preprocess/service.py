@@ -30,6 +30,7 @@ from common.schemas import PreprocessResponse, ResizeMode
 from common.stage_metrics import timed
 from common.storage import storage_from_settings
 from common.tracing import configure_tracing
+from common.tracing import shutdown as shutdown_tracing
 from preprocess.uploads import PreprocessForm, UploadGuard
 
 # Log lines in Cloud Logging's format (plain on a terminal), BentoML's own too.
@@ -63,6 +64,11 @@ class Preprocess:
         set_pixel_limit(self.settings.max_image_pixels)
         self.storage = storage_from_settings(self.settings)
         self.decode_budget = self.settings.decode_budget()
+
+    @bentoml.on_shutdown
+    def flush_traces(self) -> None:
+        """Export the spans still queued before the process goes (Cloud Run's SIGTERM)."""
+        shutdown_tracing()
 
     @bentoml.api(route="/preprocess", input_spec=PreprocessForm, output_spec=PreprocessResponse)
     def preprocess(

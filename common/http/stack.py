@@ -23,6 +23,8 @@ from common.http.guards import ErrorShape
 from common.http.request_log import RequestLog
 from common.http.shedding import LoadShedder
 
+UNTRACED = "/livez,/readyz,/healthz,/metrics"
+
 
 def install(
     service: Any, settings: Settings, body_guard: type[ASGIApp], **guard_options: object
@@ -31,8 +33,11 @@ def install(
     if tracing.enabled():
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-        # one span per request; none per message received or sent (an upload's chunks)
-        service.add_asgi_middleware(OpenTelemetryMiddleware, exclude_spans=["receive", "send"])
+        # one span per request; none per message received or sent (an upload's chunks), none
+        # for probes and scrapes (Cloud Run's every few seconds, the metrics sidecar's)
+        service.add_asgi_middleware(
+            OpenTelemetryMiddleware, exclude_spans=["receive", "send"], excluded_urls=UNTRACED
+        )
     service.add_asgi_middleware(RequestLog, access_log=settings.access_log)
     service.add_asgi_middleware(DocsAlias)
     service.add_asgi_middleware(ErrorShape)

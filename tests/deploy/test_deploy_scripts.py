@@ -4,6 +4,7 @@ subcommand and flag they use exists."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import runpy
@@ -14,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 from classify.runtime_table import ALL_RUNTIMES
@@ -32,6 +34,12 @@ printf ' %q' "$@" >> "$RECORD"
 printf '\\n' >> "$RECORD"
 if [ "$(basename "$0")" = gcloud ] && [ "$1 $2 $3" = "run services describe" ]; then
   echo "https://$4-abc123-uc.a.run.app"
+fi
+if [ "$(basename "$0")" = gcloud ] && [ "$1 $2 $3" = "monitoring dashboards list" ]; then
+  echo "projects/demo-project/dashboards/d-1"
+fi
+if [ "$(basename "$0")" = gcloud ] && [ "$1 $2 $3 $4" = "alpha monitoring policies list" ]; then
+  echo "projects/demo-project/alertPolicies/p-1"
 fi
 """
 SETTINGS = {"PROJECT_ID": "demo-project", "REGION": "europe-west1", "BUCKET": "demo-images"}
@@ -82,7 +90,7 @@ def test_dry_runs_print_everything_and_run_nothing(stubs):
     assert deploy.returncode == 0, deploy.stderr
     assert teardown.returncode == 0, teardown.stderr
     assert recorded(stubs) == []
-    assert len(printed(deploy.stdout)) == 19 and len(printed(teardown.stdout)) == 9
+    assert len(printed(deploy.stdout)) == 19 and len(printed(teardown.stdout)) == 16
     assert "would delete (dry run)" in teardown.stdout
 
 
@@ -107,14 +115,40 @@ def test_teardown_commands_and_order(stubs):
         _delete("run", "services", "delete", "preprocess"),
         [*IMAGES_DELETE, f"{REGISTRY}/classify", "--delete-tags", "--quiet"],
         [*IMAGES_DELETE, f"{REGISTRY}/preprocess", "--delete-tags", "--quiet"],
+        *_by_name("monitoring dashboards", "image-services", "d-1"),
+        *_by_name("alpha monitoring policies", POLICIES[0], "p-1"),
+        *_by_name("alpha monitoring policies", POLICIES[1], "p-1"),
+        *_by_name("alpha monitoring policies", POLICIES[2], "p-1"),
+        ["gcloud", "logging", "metrics", "delete", "image-services-errors-by-code", *PROJECT_QUIET],
+        ["gcloud", "logging", "metrics", "delete", LOG_METRICS[1], *PROJECT_QUIET],
+        ["gcloud", "secrets", "delete", "rungmp-config", *PROJECT_QUIET],
     ]
     assert "deleted:" in result.stdout and "kept gs://demo-images" in result.stdout
+    assert "dashboard image-services" in result.stdout and "secret rungmp-config" in result.stdout
+
+
+POLICIES = (
+    "image-services: 5xx answers over 5% of requests",
+    "image-services: storage events retried for 15 minutes",
+    "image-services: p99 latency over 5 s",
+)
+LOG_METRICS = ("image-services-errors-by-code", "classify-bucket-photos-per-second")
+
+
+def _by_name(group: str, name: str, found_id: str) -> list[list[str]]:
+    """Listing GROUP's resources called NAME (the stub finds one), then deleting it."""
+    words = group.split()
+    kind = "dashboards" if words[-1] == "dashboards" else "alertPolicies"
+    listed = ["gcloud", *words, "list", "--project", "demo-project"]
+    listed += ["--filter", f'displayName="{name}"', "--format", "value(name)"]
+    found = f"projects/demo-project/{kind}/{found_id}"
+    return [listed, ["gcloud", *words, "delete", found, *PROJECT_QUIET]]
 
 
 def test_teardown_deletes_repository_and_bucket_only_when_asked(stubs):
     result = run_script(stubs, "teardown", "--delete-repository", "--delete-bucket")
     assert result.returncode == 0, result.stderr
-    assert recorded(stubs)[7:] == [
+    assert recorded(stubs)[-2:] == [
         _delete("artifacts", "repositories", "delete", "image-services", where="--location"),
         ["gcloud", "storage", "rm", "--recursive", "gs://demo-images", "--project", "demo-project"],
     ]
@@ -303,8 +337,9 @@ def gcloud_help(*words: str) -> str:
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
 def test_every_gcloud_subcommand_and_flag_exists(stubs):
+    everything = ("--events", "--job", "--metrics", "--traces", "--monitoring")
     deploy = run_script(
-        stubs, "deploy", "--dry-run", "--setup", "--invoker", "user:me@x.org", "--events", "--job"
+        stubs, "deploy", "--dry-run", "--setup", "--invoker", "user:me@x.org", *everything
     )
     teardown = run_script(stubs, "teardown", "--dry-run", "--delete-bucket", "--delete-repository")
     job = run_script(stubs, "run-job", "gs://demo-images/uploads/", "--tasks", "3", "--dry-run")
@@ -345,3 +380,77 @@ def test_services_and_the_job_know_their_project_for_log_traces(stubs):
     for command in deploys:
         env = command[command.index("--set-env-vars") + 1]
         assert "GOOGLE_CLOUD_PROJECT=demo-project" in env.split(","), command
+
+
+def test_metrics_put_the_prometheus_sidecar_beside_each_service(stubs):
+    """`--metrics`: each service is the ingress container on 8080 with the Managed Service for
+    Prometheus sidecar after it, scraping with deploy/monitoring/rungmp-config.yaml (mounted
+    from Secret Manager), on instance-based billing; the service accounts may write metrics."""
+    deploy = run_script(stubs, "deploy", "--dry-run", "--metrics")
+    assert deploy.returncode == 0, deploy.stderr
+    commands = printed(deploy.stdout)
+    config = yaml.safe_load((REPO / "deploy" / "monitoring" / "rungmp-config.yaml").read_text())
+    assert config["kind"] == "RunMonitoring"
+    (endpoint,) = config["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == (8080, "/metrics")
+    secret = ["gcloud", "secrets", "create", "rungmp-config", "--data-file"]
+    assert any(c[:5] == secret and c[5].endswith("rungmp-config.yaml") for c in commands)
+    deploys = [c for c in commands if c[:3] == ["gcloud", "run", "deploy"]]
+    assert [c[3] for c in deploys] == ["preprocess", "classify"]
+    for command in deploys:
+        name = command[3]
+        app, sidecar = _containers(command)
+        assert app[:4] == ["--container", name, "--port", str(endpoint["port"])]
+        assert "--memory" in app and "--startup-probe" in app and "--set-env-vars" in app
+        assert sidecar[:2] == ["--container", "collector"]
+        assert "cloud-run-gmp-sidecar" in sidecar[sidecar.index("--image") + 1]
+        assert sidecar[sidecar.index("--depends-on") + 1] == name
+        mounted = sidecar[sidecar.index("--set-secrets") + 1]
+        assert mounted == "/etc/rungmp/config.yaml=rungmp-config:latest"
+        assert "--no-cpu-throttling" in command[: command.index("--container")]
+    for sa in ("preprocess-sa", "classify-sa"):
+        member = f"serviceAccount:{sa}@demo-project.iam.gserviceaccount.com"
+        granted = {c[c.index("--role") + 1] for c in commands if member in c}
+        assert {"roles/monitoring.metricWriter", "roles/secretmanager.secretAccessor"} <= granted
+
+
+def _containers(command: list[str]) -> list[list[str]]:
+    """The flags of each `--container` of a multi-container deploy, in order."""
+    starts = [i for i, word in enumerate(command) if word == "--container"]
+    return [command[a:b] for a, b in zip(starts, [*starts[1:], len(command)], strict=True)]
+
+
+def test_traces_turn_on_the_exporter_and_its_permission(stubs):
+    deploy = run_script(stubs, "deploy", "--dry-run", "--traces")
+    assert deploy.returncode == 0, deploy.stderr
+    commands = printed(deploy.stdout)
+    for command in (c for c in commands if c[:3] == ["gcloud", "run", "deploy"]):
+        env = command[command.index("--set-env-vars") + 1].split(",")
+        assert {"OTEL_TRACES_EXPORTER=otlp", "TRACES_TO_GOOGLE=true"} <= set(env)
+        assert "--container" not in command  # no sidecar without --metrics
+    roles = [c[c.index("--role") + 1] for c in commands if "--role" in c]
+    assert roles.count("roles/telemetry.tracesWriter") == 2
+
+
+def test_monitoring_replaces_dashboard_policies_and_log_metrics_by_name(stubs):
+    """Run for real against the recording stub: an existing dashboard or policy of the same name
+    (the stub lists one) is deleted before its file is created again; log-based metrics are
+    updated when they exist (the stub's describe succeeds)."""
+    result = run_script(stubs, "deploy", "--monitoring")
+    assert result.returncode == 0, result.stderr
+    commands = [c for c in recorded(stubs) if c[0] == "gcloud"]
+    monitoring = REPO / "deploy" / "monitoring"
+    replaced = [(["monitoring", "dashboards"], monitoring / "dashboard.json")]
+    policies = ["alpha", "monitoring", "policies"]
+    replaced += [(policies, path) for path in sorted(monitoring.glob("policies/*.json"))]
+    for words, file in replaced:
+        name = json.loads(file.read_text())["displayName"]
+        listed = next(i for i, c in enumerate(commands) if f'displayName="{name}"' in c)
+        deleted, created = commands[listed + 1], commands[listed + 2]
+        assert deleted[1:] == [*words, "delete", deleted[len(words) + 2], *PROJECT_QUIET]
+        assert created[1 : len(words) + 2] == [*words, "create"]
+        assert str(file.relative_to(REPO)) in created
+    updated = {c[4]: c for c in commands if c[:4] == ["gcloud", "logging", "metrics", "update"]}
+    for path in sorted(monitoring.glob("log-metrics/*.yaml")):
+        command = updated[yaml.safe_load(path.read_text())["name"]]
+        assert command[5:7] == ["--config-from-file", str(path.relative_to(REPO))]

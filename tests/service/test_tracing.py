@@ -220,6 +220,32 @@ def test_with_tracing_off_nothing_is_exported(bentoml_home, tmp_path, photos):
         receiver.close()
 
 
+def test_spans_still_queued_leave_when_the_service_stops(bentoml_home, tmp_path, photos):
+    """Cloud Run stops an instance with SIGTERM: what the batch processor still holds (the
+    SDK's default export interval is 5 s) is exported on the way out. Probes make no spans."""
+    receiver = OtlpReceiver()
+    env = service_env(
+        bentoml_home,
+        {"STORAGE_DIR": str(tmp_path / "data")},
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+    )
+    server = Server("preprocess.service:Preprocess", env, tmp_path / "preprocess.log").start()
+    try:
+        server.wait_ready()
+        answer = httpx.post(
+            f"{server.url}/preprocess", files={"image": ("cat.jpg", photos["cat"])}, timeout=30
+        )
+        assert answer.status_code == 200
+        assert receiver.spans == []  # still queued
+    finally:
+        server.stop()
+    try:
+        assert {s.name for s in receiver.spans} == {"POST /preprocess", "decode", "write"}
+    finally:
+        receiver.close()
+
+
 @pytest.fixture()
 def google_token_endpoint(tmp_path):
     """Google's OAuth token endpoint, locally: a service-account key file whose `token_uri`
