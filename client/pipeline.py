@@ -38,7 +38,7 @@ from rich.text import Text
 
 from client.results import Outcome, ResultsFile
 from common.threads import in_window
-from common.tracing import TracingError, configure_tracing, photo_trace
+from common.tracing import TracingError, configure_tracing, mark_current_failed, photo_trace
 from common.tracing import shutdown as shutdown_tracing
 
 # The allowlisted formats' usual names, the rarer ones included (.jfif from browsers, .hif
@@ -90,27 +90,31 @@ class PipelineClient:
 
     def run(self, file: Path, mode: str | None) -> Outcome:
         """One photo through both services, in one trace (its `traceparent` on both calls)."""
-        try:
-            with photo_trace("photo", {"photo.file": file.name}) as headers:
-                data = file.read_bytes()
-                form = {"mode": mode} if mode else None
-                upload = {"image": (file.name, data)}
-                stored = self._post(
-                    self.preprocess_url, "/preprocess", files=upload, data=form, headers=headers
+        with photo_trace("photo", {"photo.file": file.name}) as headers:
+            trace_id = headers["traceparent"].split("-")[1]
+            try:
+                answer = self._classify(file, mode, headers)
+            except ServiceRefused as exc:
+                mark_current_failed(exc)
+                return Outcome(
+                    file=str(file), error=str(exc), retryable=exc.retryable, trace_id=trace_id
                 )
-                answer = self._post(
-                    self.classify_url,
-                    "/classify",
-                    json={"gcs_path": stored["gcs_path"]},
-                    headers=headers,
-                )
-        except ServiceRefused as exc:
-            return Outcome(file=str(file), error=str(exc), retryable=exc.retryable)
-        except (httpx.HTTPError, OSError) as exc:  # the network, or the file itself
-            return Outcome(file=str(file), error=str(exc) or type(exc).__name__, retryable=True)
-        return Outcome(
-            file=str(file), **{k: answer.get(k) for k in Outcome.model_fields if k != "file"}
+            except (httpx.HTTPError, OSError) as exc:  # the network, or the file itself
+                mark_current_failed(exc)
+                error = str(exc) or type(exc).__name__
+                return Outcome(file=str(file), error=error, retryable=True, trace_id=trace_id)
+        fields = {k: answer.get(k) for k in Outcome.model_fields if k not in ("file", "trace_id")}
+        return Outcome(file=str(file), trace_id=trace_id, **fields)
+
+    def _classify(self, file: Path, mode: str | None, headers: dict[str, str]) -> dict:
+        data = file.read_bytes()
+        form = {"mode": mode} if mode else None
+        upload = {"image": (file.name, data)}
+        stored = self._post(
+            self.preprocess_url, "/preprocess", files=upload, data=form, headers=headers
         )
+        gcs_path = {"gcs_path": stored["gcs_path"]}
+        return self._post(self.classify_url, "/classify", json=gcs_path, headers=headers)
 
     def _post(self, base_url: str, route: str, **kwargs: object) -> dict:
         """POST, retrying busy answers after their Retry-After and a dropped connection after

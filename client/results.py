@@ -26,6 +26,7 @@ COLUMNS = (
     "runtime",
     "error",
     "retryable",
+    "trace_id",
 )
 
 
@@ -41,6 +42,7 @@ class Outcome(BaseModel):
     runtime: str | None = None
     error: str | None = None
     retryable: bool | None = None  # an error a later run may not get (`--resume` redoes it)
+    trace_id: str | None = None  # the photo's trace: its spans and log lines (docs/operations.md)
 
     @property
     def done(self) -> bool:

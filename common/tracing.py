@@ -143,6 +143,12 @@ def mark_failed(span: trace.Span, exc: BaseException, error_status: bool = True)
         span.set_status(Status(StatusCode.ERROR, str(code)))
 
 
+def mark_current_failed(exc: BaseException) -> None:
+    """An error handled inside the current span (a photo the client could not classify)."""
+    if _enabled:
+        mark_failed(trace.get_current_span(), exc)
+
+
 def mark_answer(exc: BaseException, status: int) -> None:
     """An error answer's code on the request's span (ERROR for 5xx, as for any server span)."""
     if _enabled:

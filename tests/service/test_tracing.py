@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -73,9 +74,12 @@ def server_span(spans: list[ReceivedSpan], service: str, route: str) -> Received
     return named(spans, service, f"POST {route}")
 
 
-def run_client(preprocess: Server, classify: Server, env: dict[str, str]) -> None:
+def run_client(
+    preprocess: Server, classify: Server, env: dict[str, str], output: Path | None = None
+) -> None:
     command = [sys.executable, "-m", "client", str(PHOTOS / "cat.jpg")]
     command += ["--preprocess-url", preprocess.url, "--classify-url", classify.url]
+    command += ["--output", str(output)] if output else []
     result = subprocess.run(
         command,
         cwd=REPO,
@@ -87,12 +91,17 @@ def run_client(preprocess: Server, classify: Server, env: dict[str, str]) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_one_photo_is_one_trace_from_the_client_through_both_services(traced):
+def test_one_photo_is_one_trace_from_the_client_through_both_services(traced, tmp_path):
     preprocess, classify, receiver, _ = traced
-    run_client(preprocess, classify, {**tracing_env(receiver), "OTEL_SERVICE_NAME": "laptop"})
+    results = tmp_path / "results.jsonl"
+    env = {**tracing_env(receiver), "OTEL_SERVICE_NAME": "laptop"}
+    run_client(preprocess, classify, env, results)
     wait_until(lambda: any(s.service == "laptop" for s in receiver.spans), 20, "the client's span")
     root = next(s for s in receiver.spans if s.service == "laptop" and s.name == "photo")
     assert root.parent_id == "" and root.attributes["photo.file"] == "cat.jpg"
+    # the results file says which trace each photo's spans and log lines are in
+    (row,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert row["trace_id"] == root.trace_id and row["label"]
 
     def complete(spans: list) -> bool:
         return {"decode", "write", "read", "model"} <= {s.name for s in spans}
