@@ -37,9 +37,53 @@ run() {
   [ "$DRY_RUN" = 1 ] || "$@"
 }
 
-# Like run, but a failure is reported and tolerated (for "already exists"/"not found").
-run_tolerant() {
-  run "$@" || echo "  (continuing: the command above failed, usually because it was already done)" >&2
+# create COMMAND...: run a create command; when what it creates already exists, say so and set
+# EXISTED=1 (the caller may update it); any other failure prints gcloud's error and fails.
+EXISTED=0
+create() {
+  EXISTED=0
+  printf '+'
+  printf ' %q' "$@"
+  printf '\n'
+  [ "$DRY_RUN" = 1 ] && return 0
+  local err
+  if err=$({ "$@" 2>&1 1>&3 3>&-; } 3>&1); then
+    return 0
+  fi
+  if grep -qiE "already exists|ALREADY_EXISTS|409" <<<"$err"; then
+    echo "  (already exists)"
+    EXISTED=1
+    return 0
+  fi
+  printf '%s\n' "$err" >&2
+  echo "error: the command above failed (gcloud's message is above)" >&2
+  return 1  # stops the script (set -e), unless retried
+}
+
+# retry ATTEMPTS WAIT_S COMMAND...: where Google documents propagation delays (new IAM grants
+# to service agents), try again after WAIT_S, 2 x WAIT_S, ... before giving up with its error.
+retry() {
+  local attempts=$1 wait_s=$2 attempt=1
+  shift 2
+  while ! "$@"; do
+    if [ "$attempt" -ge "$attempts" ]; then
+      echo "error: still failing after $attempts attempts" >&2
+      return 1
+    fi
+    echo "  (retrying in $((wait_s * attempt)) s: permissions can take minutes to propagate)" >&2
+    sleep $((wait_s * attempt))
+    attempt=$((attempt + 1))
+  done
+}
+
+# value PLACEHOLDER COMMAND...: the one value a describe prints, for `x=$(value ...)`; the
+# command is printed as run prints it (on fd 4, the script's stdout), PLACEHOLDER in a dry run.
+exec 4>&1
+value() {
+  local placeholder=$1
+  shift
+  { printf '+'; printf ' %q' "$@"; printf '\n'; } >&4
+  if [ "$DRY_RUN" = 1 ]; then echo "$placeholder"; else "$@"; fi
 }
 
 # Does the resource a describe command names exist? (Printed; a dry run assumes it does not.)

@@ -35,6 +35,18 @@ printf '\\n' >> "$RECORD"
 if [ "$(basename "$0")" = gcloud ] && [ "$1 $2 $3" = "run services describe" ]; then
   echo "https://$4-abc123-uc.a.run.app"
 fi
+if [ -n "${STUB_FAIL_ON:-}" ] && [[ "$*" == *"$STUB_FAIL_ON"* ]]; then
+  echo "ERROR: (gcloud) $STUB_FAILURE" >&2
+  exit 1
+fi
+if [ "$(basename "$0")" = gcloud ]; then
+  case "$1 $2 $3" in
+    "storage buckets describe") echo "${STUB_BUCKET_LOCATION:-EUROPE-WEST1}" ;;
+    "projects describe demo-project") echo 123456789 ;;
+    "storage service-agent --project") echo service-123456789@gs-project-accounts.iam.x ;;
+    "eventarc triggers describe") echo projects/demo-project/subscriptions/eventarc-sub-1 ;;
+  esac
+fi
 if [ "$(basename "$0")" = gcloud ] && [ "$1 $2 $3" = "monitoring dashboards list" ]; then
   echo "projects/demo-project/dashboards/d-1"
 fi
@@ -90,11 +102,12 @@ def test_dry_runs_print_everything_and_run_nothing(stubs):
     assert deploy.returncode == 0, deploy.stderr
     assert teardown.returncode == 0, teardown.stderr
     assert recorded(stubs) == []
-    assert len(printed(deploy.stdout)) == 19 and len(printed(teardown.stdout)) == 16
+    assert len(printed(deploy.stdout)) == 19 and len(printed(teardown.stdout)) == 19
     assert "would delete (dry run)" in teardown.stdout
 
 
 PROJECT_QUIET = ("--project", "demo-project", "--quiet")
+DEAD_LETTER = "classify-events-dead-letter"
 IMAGES_DELETE = ("gcloud", "artifacts", "docker", "images", "delete")
 
 
@@ -107,8 +120,12 @@ def test_teardown_commands_and_order(stubs):
     result = run_script(stubs, "teardown")
     assert result.returncode == 0, result.stderr
     events_sa = "classify-events-sa@demo-project.iam.gserviceaccount.com"
+    describe = ["gcloud", "storage", "buckets", "describe", "gs://demo-images"]
     assert recorded(stubs) == [
+        [*describe, "--format", "value(location)", "--project", "demo-project"],
         _delete("eventarc", "triggers", "delete", "classify-events", where="--location"),
+        ["gcloud", "pubsub", "subscriptions", "delete", DEAD_LETTER, *PROJECT_QUIET],
+        ["gcloud", "pubsub", "topics", "delete", DEAD_LETTER, *PROJECT_QUIET],
         ["gcloud", "iam", "service-accounts", "delete", events_sa, *PROJECT_QUIET],
         _delete("run", "jobs", "delete", "classify-bucket"),
         _delete("run", "services", "delete", "classify"),
@@ -454,3 +471,86 @@ def test_monitoring_replaces_dashboard_policies_and_log_metrics_by_name(stubs):
     for path in sorted(monitoring.glob("log-metrics/*.yaml")):
         command = updated[yaml.safe_load(path.read_text())["name"]]
         assert command[5:7] == ["--config-from-file", str(path.relative_to(REPO))]
+
+
+PUBSUB_AGENT = "serviceAccount:service-123456789@gcp-sa-pubsub.iam.gserviceaccount.com"
+SUBSCRIPTION = "projects/demo-project/subscriptions/eventarc-sub-1"
+
+
+def _roles(commands: list[list[str]]) -> set[tuple[str, str]]:
+    return {
+        (c[c.index("--member") + 1], c[c.index("--role") + 1]) for c in commands if "--role" in c
+    }
+
+
+def test_events_trigger_lives_where_the_bucket_does_and_poison_becomes_a_dead_letter(stubs):
+    """Run against the recording stub, whose bucket is multi-region EU: the trigger's location
+    is `eu`; the trigger's own subscription sends an event to a dead-letter topic (kept by a
+    subscription) after EVENTS_MAX_DELIVERIES attempts; Pub/Sub's agent gets what forwarding a
+    dead letter needs, and the token role projects from before April 2021 lack."""
+    env = {**stubs, "STUB_BUCKET_LOCATION": "EU", "EVENTS_MAX_DELIVERIES": "7"}
+    result = run_script(env, "deploy", "--events", "--tag", "t1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = recorded(env)
+    trigger = next(c for c in commands if c[1:4] == ["eventarc", "triggers", "create"])
+    assert trigger[trigger.index("--location") + 1] == "eu"
+    assert not any(c[1:4] == ["eventarc", "triggers", "update"] for c in commands)
+    dead_letter = "classify-events-dead-letter"
+    assert ["gcloud", "pubsub", "topics", "create", dead_letter] == next(
+        c[:5] for c in commands if c[1:4] == ["pubsub", "topics", "create"]
+    )
+    kept = next(c for c in commands if c[1:4] == ["pubsub", "subscriptions", "create"])
+    assert kept[kept.index("--topic") + 1] == dead_letter
+    policy = next(c for c in commands if c[1:4] == ["pubsub", "subscriptions", "update"])
+    assert policy[4] == SUBSCRIPTION
+    topic = f"projects/demo-project/topics/{dead_letter}"
+    assert policy[policy.index("--dead-letter-topic") + 1] == topic
+    assert policy[policy.index("--max-delivery-attempts") + 1] == "7"
+    roles = _roles(commands)
+    assert (PUBSUB_AGENT, "roles/iam.serviceAccountTokenCreator") in roles
+    assert (PUBSUB_AGENT, "roles/pubsub.publisher") in roles
+    assert (PUBSUB_AGENT, "roles/pubsub.subscriber") in roles
+    granted_on = {
+        c[4] for c in commands if PUBSUB_AGENT in c and c[2] in ("topics", "subscriptions")
+    }
+    assert granted_on == {dead_letter, SUBSCRIPTION}
+    teardown = run_script(env, "teardown", "--dry-run")
+    deletes = [c for c in printed(teardown.stdout) if c[1] == "pubsub"]
+    assert [c[2:5] for c in deletes] == [
+        ["subscriptions", "delete", dead_letter],
+        ["topics", "delete", dead_letter],
+    ]
+
+
+def test_an_existing_trigger_is_updated_and_any_other_failure_stops_the_deploy(stubs):
+    exists = {**stubs, "STUB_FAIL_ON": "triggers create", "STUB_FAILURE": "ALREADY_EXISTS: it is"}
+    result = run_script(exists, "deploy", "--events", "--tag", "t1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(already exists)" in result.stdout
+    update = next(c for c in recorded(exists) if c[1:4] == ["eventarc", "triggers", "update"])
+    assert update[update.index("--destination-run-path") + 1] == "/events/storage"
+    Path(stubs["RECORD"]).write_text("")
+    denied = {
+        **stubs,
+        "STUB_FAIL_ON": "service-accounts create",
+        "STUB_FAILURE": "PERMISSION_DENIED",
+    }
+    result = run_script(denied, "deploy", "--setup", "--tag", "t1")
+    assert result.returncode != 0
+    assert "PERMISSION_DENIED" in result.stderr and "the command above failed" in result.stderr
+    # nothing after the failed step ran
+    assert not any(c[1:3] == ["run", "deploy"] for c in recorded(denied))
+
+
+def test_setup_again_after_events_cannot_collide_with_the_conditional_binding(stubs):
+    """Unconditional bucket bindings say `--condition None`: once --events/--job added the
+    results-only condition, gcloud would otherwise ask which binding is meant."""
+    deploy = run_script(stubs, "deploy", "--dry-run", "--setup")
+    assert deploy.returncode == 0, deploy.stderr
+    bindings = [
+        c
+        for c in printed(deploy.stdout)
+        if c[1:4] == ["storage", "buckets", "add-iam-policy-binding"]
+    ]
+    assert len(bindings) == 2
+    assert all(c[c.index("--condition") + 1] == "None" for c in bindings)
