@@ -248,7 +248,7 @@ def test_events_and_the_job_are_created_with_least_privilege(stubs):
     assert (events_sa, "roles/eventarc.eventReceiver") in roles
     assert (events_sa, "roles/run.invoker") in roles
     publisher = [m for m, role in roles if role == "roles/pubsub.publisher"]
-    assert publisher and publisher[0].endswith("@gs-project-accounts.iam.gserviceaccount.com")
+    assert any(m.endswith("@gs-project-accounts.iam.gserviceaccount.com") for m in publisher)
     # classify creates or replaces objects only under the results prefix
     writer = [c for c in commands if "roles/storage.objectUser" in c]
     assert writer and all(
@@ -260,6 +260,8 @@ def test_events_and_the_job_are_created_with_least_privilege(stubs):
     assert job[job.index("--command") + 1] == "classify-bucket"
     assert job[job.index("--args") + 1] == "gs://demo-images/uploads/"
     assert job[job.index("--memory") + 1] == f"{memory_mib('classify')}Mi"
+    # every task of an execution at once: `run-job --tasks 8` runs 8, not the deploy's 4
+    assert job[job.index("--parallelism") + 1] == "0"
     assert job[job.index("--service-account") + 1].startswith("classify-sa@")
     assert recorded(stubs) == []
 

@@ -62,3 +62,42 @@ def test_only_the_benchmark_tests_import_the_benchmarks():
             if any(module.split(".")[0] == "benchmarks" for module in modules):
                 importers.append(str(path.relative_to(REPO)))
     assert importers == []
+
+
+def test_every_package_the_product_imports_is_declared():
+    """What the services, the job and the client import is in pyproject's dependencies (or a
+    runtime family's extra), not only there because BentoML happens to bring it."""
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    declared = [
+        *project["dependencies"],
+        *(r for n in ("onnx", "keras", "openvino") for r in extras[n]),
+    ]
+    names = {_normalized(requirement.split("==")[0].split("[")[0]) for requirement in declared}
+    ours = {"classify", "common", "preprocess", "client", "service", "scripts"}
+    providers = packages_distributions()
+    undeclared = set()
+    for path in _python(*PRODUCT[:-1]):  # scripts/ are the developer's tools
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top in ours:
+                    continue
+                dists = {_normalized(d) for d in providers.get(top, [top])}
+                if not dists & names:
+                    undeclared.add(f"{top} ({path.relative_to(REPO)})")
+    assert sorted(undeclared) == []
+
+
+def _normalized(name: str) -> str:
+    return name.strip().lower().replace("_", "-").replace(".", "-")
