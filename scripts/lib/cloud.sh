@@ -133,3 +133,55 @@ delete_by_name() {
   done
   return $deleted
 }
+
+# keyless_ci OWNER/REPO: what .github/workflows/deploy.yml authenticates with, no key anywhere.
+# A deployer service account (deploy Cloud Run, push images, act as the runtime accounts), a
+# Workload Identity pool whose GitHub provider admits tokens of that one repository only (the
+# attribute condition google-github-actions/auth insists on), the binding that lets the
+# repository's workflows impersonate the deployer, and the repository variables to set.
+keyless_ci() {
+  local repo=$1 pool=github deployer number provider
+  if ! [[ "$repo" =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]]; then
+    echo "error: --github takes OWNER/REPO, not '$repo'" >&2
+    exit 2
+  fi
+  echo "== keyless deploys from GitHub Actions in $repo"
+  deployer=$(service_account github-deployer)
+  run gcloud services enable iamcredentials.googleapis.com sts.googleapis.com \
+    --project "$PROJECT_ID"
+  create gcloud iam service-accounts create github-deployer-sa --project "$PROJECT_ID" \
+    --display-name "GitHub Actions deployer ($repo)"
+  for role in roles/run.admin roles/artifactregistry.writer; do
+    run gcloud projects add-iam-policy-binding "$PROJECT_ID" \
+      --member "serviceAccount:$deployer" --role "$role" --condition None
+  done
+  for runtime_sa in "$(service_account "$PREPROCESS_SERVICE")" "$(service_account "$CLASSIFY_SERVICE")"; do
+    run gcloud iam service-accounts add-iam-policy-binding "$runtime_sa" --project "$PROJECT_ID" \
+      --member "serviceAccount:$deployer" --role roles/iam.serviceAccountUser
+  done
+  create gcloud iam workload-identity-pools create "$pool" --location global \
+    --project "$PROJECT_ID" --display-name "GitHub Actions"
+  local provider_flags=(
+    --workload-identity-pool "$pool" --location global --project "$PROJECT_ID"
+    --issuer-uri https://token.actions.githubusercontent.com
+    --attribute-mapping "google.subject=assertion.sub,attribute.repository=assertion.repository,attribute.ref=assertion.ref"
+    --attribute-condition "assertion.repository == '$repo'"
+  )
+  create gcloud iam workload-identity-pools providers create-oidc github "${provider_flags[@]}"
+  if [ "$EXISTED" = 1 ]; then
+    run gcloud iam workload-identity-pools providers update-oidc github "${provider_flags[@]}"
+  fi
+  number=$(value PROJECT_NUMBER gcloud projects describe "$PROJECT_ID" \
+    --format "value(projectNumber)")
+  run gcloud iam service-accounts add-iam-policy-binding "$deployer" --project "$PROJECT_ID" \
+    --role roles/iam.workloadIdentityUser --member \
+    "principalSet://iam.googleapis.com/projects/$number/locations/global/workloadIdentityPools/$pool/attribute.repository/$repo"
+  provider="projects/$number/locations/global/workloadIdentityPools/$pool/providers/github"
+  echo "== set these variables in $repo (Settings > Secrets and variables > Actions > Variables):"
+  echo "gh variable set GCP_PROJECT_ID --repo $repo --body $PROJECT_ID"
+  echo "gh variable set GCP_REGION --repo $repo --body $REGION"
+  echo "gh variable set GCP_REPOSITORY --repo $repo --body $REPOSITORY"
+  echo "gh variable set GCP_BUCKET --repo $repo --body $BUCKET"
+  echo "gh variable set GCP_WORKLOAD_IDENTITY_PROVIDER --repo $repo --body $provider"
+  echo "gh variable set GCP_DEPLOY_SERVICE_ACCOUNT --repo $repo --body $deployer"
+}

@@ -196,7 +196,8 @@ def test_deploy_runs_exactly_what_its_dry_run_prints(stubs, bentoml_home):
     assert "--no-allow-unauthenticated" in classify
     assert classify[classify.index("--service-account") + 1].startswith("classify-sa@")
     assert "httpGet.path=/readyz" in classify[classify.index("--startup-probe") + 1]
-    assert classify[classify.index("--min-instances") + 1] == "0"
+    # min-instances only when MIN_INSTANCES says so: a redeploy keeps what an operator set
+    assert "--min-instances" not in classify
     roles = {
         (c[c.index("--member") + 1], c[c.index("--role") + 1]) for c in commands if "--role" in c
     }
@@ -356,7 +357,7 @@ def gcloud_help(*words: str) -> str:
 
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="the gcloud CLI is not installed")
 def test_every_gcloud_subcommand_and_flag_exists(stubs):
-    everything = ("--events", "--job", "--metrics", "--traces", "--monitoring")
+    everything = ("--events", "--job", "--metrics", "--traces", "--monitoring", "--github", "a/b")
     deploy = run_script(
         stubs, "deploy", "--dry-run", "--setup", "--invoker", "user:me@x.org", *everything
     )
@@ -397,7 +398,7 @@ def test_services_and_the_job_know_their_project_for_log_traces(stubs):
     deploys += [c for c in commands if c[:4] == ["gcloud", "run", "jobs", "deploy"]]
     assert len(deploys) == 3
     for command in deploys:
-        env = command[command.index("--set-env-vars") + 1]
+        env = command[command.index("--update-env-vars") + 1]
         assert "GOOGLE_CLOUD_PROJECT=demo-project" in env.split(","), command
 
 
@@ -420,7 +421,7 @@ def test_metrics_put_the_prometheus_sidecar_beside_each_service(stubs):
         name = command[3]
         app, sidecar = _containers(command)
         assert app[:4] == ["--container", name, "--port", str(endpoint["port"])]
-        assert "--memory" in app and "--startup-probe" in app and "--set-env-vars" in app
+        assert "--memory" in app and "--startup-probe" in app and "--update-env-vars" in app
         assert sidecar[:2] == ["--container", "collector"]
         assert "cloud-run-gmp-sidecar" in sidecar[sidecar.index("--image") + 1]
         assert sidecar[sidecar.index("--depends-on") + 1] == name
@@ -444,7 +445,7 @@ def test_traces_turn_on_the_exporter_and_its_permission(stubs):
     assert deploy.returncode == 0, deploy.stderr
     commands = printed(deploy.stdout)
     for command in (c for c in commands if c[:3] == ["gcloud", "run", "deploy"]):
-        env = command[command.index("--set-env-vars") + 1].split(",")
+        env = command[command.index("--update-env-vars") + 1].split(",")
         assert {"OTEL_TRACES_EXPORTER=otlp", "TRACES_TO_GOOGLE=true"} <= set(env)
         assert "--container" not in command  # no sidecar without --metrics
     roles = [c[c.index("--role") + 1] for c in commands if "--role" in c]
@@ -556,3 +557,61 @@ def test_setup_again_after_events_cannot_collide_with_the_conditional_binding(st
     ]
     assert len(bindings) == 2
     assert all(c[c.index("--condition") + 1] == "None" for c in bindings)
+
+
+def test_redeploys_keep_what_an_operator_set(stubs):
+    """Env vars are updated, not replaced (an operator's WATCH_PREFIX or tracing stays), and
+    min-instances is only set when MIN_INSTANCES is (new services start at Cloud Run's 0)."""
+    plain = printed(run_script(stubs, "deploy", "--dry-run", "--job").stdout)
+    warm = printed(run_script({**stubs, "MIN_INSTANCES": "1"}, "deploy", "--dry-run").stdout)
+    deploys = [
+        c for c in plain if c[1:3] == ["run", "deploy"] or c[1:4] == ["run", "jobs", "deploy"]
+    ]
+    assert len(deploys) == 3
+    for command in deploys:
+        assert "--set-env-vars" not in command and "--update-env-vars" in command
+        assert "--min-instances" not in command
+    for command in (c for c in warm if c[1:3] == ["run", "deploy"]):
+        assert command[command.index("--min-instances") + 1] == "1"
+
+
+def test_github_sets_up_keyless_deploys_for_that_repository_only(stubs):
+    """`--github OWNER/REPO`: the provider admits that repository's tokens only (the attribute
+    condition), only its workflows may impersonate the deployer, and the deployer may deploy
+    and act as the runtime accounts; the repository variables the workflow reads are printed
+    with real values (the stub's project number)."""
+    result = run_script(stubs, "deploy", "--github", "acme/photos", "--tag", "t1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    commands = recorded(stubs)
+    provider = next(c for c in commands if c[3:5] == ["providers", "create-oidc"])
+    assert (
+        provider[provider.index("--attribute-condition") + 1]
+        == "assertion.repository == 'acme/photos'"
+    )
+    assert (
+        provider[provider.index("--issuer-uri") + 1]
+        == "https://token.actions.githubusercontent.com"
+    )
+    mapping = provider[provider.index("--attribute-mapping") + 1]
+    assert "attribute.repository=assertion.repository" in mapping.split(",")
+    deployer = "serviceAccount:github-deployer-sa@demo-project.iam.gserviceaccount.com"
+    roles = _roles(commands)
+    assert {(deployer, "roles/run.admin"), (deployer, "roles/artifactregistry.writer")} <= roles
+    acts_as = [c[4] for c in commands if deployer in c and "roles/iam.serviceAccountUser" in c]
+    assert sorted(acts_as) == [
+        "classify-sa@demo-project.iam.gserviceaccount.com",
+        "preprocess-sa@demo-project.iam.gserviceaccount.com",
+    ]
+    pool = "projects/123456789/locations/global/workloadIdentityPools/github"
+    assert (
+        f"principalSet://iam.googleapis.com/{pool}/attribute.repository/acme/photos",
+        "roles/iam.workloadIdentityUser",
+    ) in roles
+    lines = [line.split() for line in result.stdout.splitlines()]
+    variables = {words[3]: words[7] for words in lines if words[:3] == ["gh", "variable", "set"]}
+    assert variables["GCP_WORKLOAD_IDENTITY_PROVIDER"] == f"{pool}/providers/github"
+    assert variables["GCP_DEPLOY_SERVICE_ACCOUNT"] == deployer.split(":")[1]
+    workflow = (REPO / ".github" / "workflows" / "deploy.yml").read_text()
+    assert all(f"vars.{name}" in workflow for name in variables)
+    refused = run_script(stubs, "deploy", "--dry-run", "--github", "not a repo")
+    assert refused.returncode == 2 and "OWNER/REPO" in refused.stderr
