@@ -103,7 +103,8 @@ def _exporter(name: str, to_google: bool, env: Mapping[str, str]):  # -> SpanExp
 
 
 def shutdown() -> None:
-    """Export what is still queued (a job task's last photos) before the process exits."""
+    """Export what is still queued before the process exits (a service stopped by Cloud Run's
+    SIGTERM, the client at the end of its run)."""
     provider = trace.get_tracer_provider()
     if _enabled and hasattr(provider, "shutdown"):
         provider.shutdown()

@@ -39,6 +39,7 @@ run() {
 
 # create COMMAND...: run a create command; when what it creates already exists, say so and set
 # EXISTED=1 (the caller may update it); any other failure prints gcloud's error and fails.
+exec 4>&1  # the script's stdout, for what a captured command passes on
 EXISTED=0
 create() {
   EXISTED=0
@@ -47,7 +48,8 @@ create() {
   printf '\n'
   [ "$DRY_RUN" = 1 ] && return 0
   local err
-  if err=$({ "$@" 2>&1 1>&3 3>&-; } 3>&1); then
+  if err=$("$@" 2>&1 1>&4); then  # its stderr read here, its stdout passed on
+    [ -z "$err" ] || printf '%s\n' "$err" >&2  # gcloud's own "Created ..." lines
     return 0
   fi
   if grep -qiE "already exists|ALREADY_EXISTS|409" <<<"$err"; then
@@ -78,7 +80,6 @@ retry() {
 
 # value PLACEHOLDER COMMAND...: the one value a describe prints, for `x=$(value ...)`; the
 # command is printed as run prints it (on fd 4, the script's stdout), PLACEHOLDER in a dry run.
-exec 4>&1
 value() {
   local placeholder=$1
   shift

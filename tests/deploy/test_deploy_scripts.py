@@ -363,7 +363,8 @@ def test_every_gcloud_subcommand_and_flag_exists(stubs):
     )
     teardown = run_script(stubs, "teardown", "--dry-run", "--delete-bucket", "--delete-repository")
     job = run_script(stubs, "run-job", "gs://demo-images/uploads/", "--tasks", "3", "--dry-run")
-    output = deploy.stdout + teardown.stdout + job.stdout
+    check = run_script(stubs, "check", "--dry-run", "--events", "--job")
+    output = deploy.stdout + teardown.stdout + job.stdout + check.stdout
     commands = [c[1:] for c in printed(output) if c[0] == "gcloud"]
     assert len(commands) >= 20
     global_flags = set(gcloud_tree()["flags"])
@@ -615,3 +616,67 @@ def test_github_sets_up_keyless_deploys_for_that_repository_only(stubs):
     assert all(f"vars.{name}" in workflow for name in variables)
     refused = run_script(stubs, "deploy", "--dry-run", "--github", "not a repo")
     assert refused.returncode == 2 and "OWNER/REPO" in refused.stderr
+
+
+CURL = """#!/usr/bin/env bash
+printf 'curl' >> "$RECORD"
+printf ' %q' "$@" >> "$RECORD"
+printf '\\n' >> "$RECORD"
+out=""
+prev=""
+for arg in "$@"; do [ "$prev" = -o ] && out=$arg; prev=$arg; done
+url=${*: -3:1}
+case "$url" in
+  */preprocess) echo '{"gcs_path": "gs://demo-images/preprocessed/c.bmp"}' > "$out" ;;
+  */classify)
+    [ "${STUB_CURL_FAIL:-}" = classify ] && { echo "curl: (22) 503" >&2; exit 22; }
+    echo '{"label": "x"}' > "$out" ;;
+esac
+"""
+
+
+@pytest.fixture
+def check_stubs(stubs: dict[str, str]) -> dict[str, str]:
+    curl = Path(stubs["PATH"].split(":")[0]) / "curl"
+    curl.write_text(CURL)
+    curl.chmod(0o755)
+    return stubs
+
+
+def test_check_calls_both_services_then_the_event_and_the_job(check_stubs):
+    """`scripts/check --events --job` against the recording stubs: both services called with
+    the caller's ID token (read from a file: no printed command shows it), a photo uploaded
+    under the watched prefix, its result awaited where the results layout puts it, a one-task
+    job on its folder."""
+    dry = run_script(check_stubs, "check", "--dry-run", "--events", "--job")
+    assert dry.returncode == 0, dry.stderr
+    assert recorded(check_stubs) == []
+    result = run_script(check_stubs, "check", "--events", "--job")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check passed" in result.stdout
+    commands = recorded(check_stubs)
+    calls = [c for c in commands if c[0] == "curl"]
+    assert [c[-3].rsplit("/", 1)[1] for c in calls] == ["preprocess", "classify"]
+    assert all(c[c.index("-H") + 1].startswith("@") for c in calls)
+    assert "Bearer" not in result.stdout
+    assert '"gs://demo-images/preprocessed/c.bmp"' in calls[1][calls[1].index("-d") + 1]
+    upload = next(c for c in commands if c[1:3] == ["storage", "cp"] and c[3].endswith("check.jpg"))
+    folder = upload[4].removesuffix("check.jpg")
+    assert folder.startswith("gs://demo-images/uploads/_check/")
+    awaited = next(c for c in commands if c[1:3] == ["storage", "cp"] and c[3].endswith(".json"))
+    assert awaited[3] == folder.replace("/uploads/", "/results/uploads/") + "check.jpg.json"
+    job = next(c for c in commands if c[1:4] == ["run", "jobs", "execute"])
+    assert job[job.index("--args") + 1] == folder and job[job.index("--tasks") + 1] == "1"
+
+
+def test_a_failed_check_says_what_failed_and_where_to_look(check_stubs):
+    env = {**check_stubs, "STUB_CURL_FAIL": "classify"}
+    result = run_script(env, "check")
+    assert result.returncode == 1
+    assert "FAILED: /classify did not answer 200" in result.stderr
+    assert "look: gcloud run services describe classify" in result.stderr
+    logs = next(c for c in recorded(env) if c[1:3] == ["logging", "read"])
+    assert 'resource.labels.service_name="classify"' in logs[3] and "severity>=ERROR" in logs[3]
+    if shutil.which("gcloud"):  # the flags of a command only a failure prints exist too
+        _, node = command_node(logs[1:])
+        assert {"--limit", "--freshness"} <= set(node["flags"])
