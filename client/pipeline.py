@@ -8,20 +8,18 @@ image-pipeline ~/Pictures --output results.csv --resume   # after a stop: only t
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import json
 import os
 import random
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
+from google.auth.exceptions import GoogleAuthError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -36,6 +34,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from client.google_tokens import GoogleIdTokens
 from client.results import Outcome, ResultsFile
 from common.threads import in_window
 from common.tracing import TracingError, configure_tracing, mark_current_failed, photo_trace
@@ -166,62 +165,6 @@ class SharedToken(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
         request.headers["Authorization"] = self.header
         yield request
-
-
-class GoogleIdTokens(httpx.Auth):
-    """A Google ID token for each service URL (its audience), fetched when first needed, again
-    before it expires (they last an hour) and once more if a service still answers 401.
-
-    Cloud Run services deployed `--no-allow-unauthenticated` accept a Google-signed ID token
-    whose audience is the service URL (an access token gets 403).
-    """
-
-    def __init__(self, fetch: Callable[[str], str] | None = None) -> None:
-        self._fetch = fetch or fetch_google_id_token
-        self._tokens: dict[str, tuple[str, float, float]] = {}  # audience: (token, exp, life)
-        self._lock = threading.Lock()
-
-    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
-        audience = f"{request.url.scheme}://{request.url.netloc.decode()}"
-        request.headers["Authorization"] = f"Bearer {self.token(audience)}"
-        response = yield request
-        if response.status_code == 401:  # revoked, or a clock ahead of ours: one fresh token
-            request.headers["Authorization"] = f"Bearer {self.token(audience, fresh=True)}"
-            yield request
-
-    def token(self, audience: str, fresh: bool = False) -> str:
-        with self._lock:  # one fetch per audience, whichever thread needs it first
-            cached = self._tokens.get(audience)
-            if fresh or cached is None or _expiring(*cached[1:]):
-                token = self._fetch(audience)
-                expires = _expiry(token)
-                cached = self._tokens[audience] = (token, expires, expires - time.time())
-            return cached[0]
-
-
-def _expiring(expires: float, lifetime: float) -> bool:
-    """Within five minutes of its expiry, or the last quarter of a shorter life."""
-    return expires - time.time() < min(300.0, lifetime / 4)
-
-
-def _expiry(token: str) -> float:
-    """A JWT's `exp` (read, not verified: the service verifies it); now if it has none."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"])
-    except (IndexError, ValueError, KeyError, TypeError):
-        return time.time()
-
-
-def fetch_google_id_token(audience: str) -> str:
-    """An ID token for `audience` from the Application Default Credentials (a service
-    account key, the metadata server, or `gcloud auth` as a service account)."""
-    import google.auth.transport.requests
-    import google.oauth2.id_token
-
-    request = google.auth.transport.requests.Request()
-    return google.oauth2.id_token.fetch_id_token(request, audience)
 
 
 def image_files(paths: Iterable[Path]) -> list[Path]:
@@ -361,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         args.google_id_token,
         max(0, args.retries),
     )
+    if args.google_id_token:  # no credentials, or IAM says no: one line now, not per photo
+        try:
+            url = httpx.URL(client.preprocess_url)
+            client.http.auth.token(f"{url.scheme}://{url.netloc.decode()}")
+        except (GoogleAuthError, PermissionError, ValueError) as exc:
+            parser.error(f"--google-id-token: {exc}")
     try:
         outcomes = run_all(client, files, args.mode, max(1, args.concurrency), results, console)
     except KeyboardInterrupt:
