@@ -527,12 +527,20 @@ def test_events_trigger_lives_where_the_bucket_does_and_poison_becomes_a_dead_le
 
 
 def test_an_existing_trigger_is_updated_and_any_other_failure_stops_the_deploy(stubs):
-    exists = {**stubs, "STUB_FAIL_ON": "triggers create", "STUB_FAILURE": "ALREADY_EXISTS: it is"}
-    result = run_script(exists, "deploy", "--events", "--tag", "t1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "(already exists)" in result.stdout
-    update = next(c for c in recorded(exists) if c[1:4] == ["eventarc", "triggers", "update"])
-    assert update[update.index("--destination-run-path") + 1] == "/events/storage"
+    for created in ("triggers create", "subscriptions create"):
+        Path(stubs["RECORD"]).write_text("")
+        exists = {**stubs, "STUB_FAIL_ON": created, "STUB_FAILURE": "ALREADY_EXISTS: it is"}
+        result = run_script(exists, "deploy", "--events", "--tag", "t1")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "(already exists)" in result.stdout
+        commands = recorded(exists)
+        if created == "triggers create":
+            update = next(c for c in commands if c[1:4] == ["eventarc", "triggers", "update"])
+            assert update[update.index("--destination-run-path") + 1] == "/events/storage"
+        else:  # the dead-letter subscription keeps its messages 7 days, as asked
+            kept = ["gcloud", "pubsub", "subscriptions", "update", DEAD_LETTER]
+            update = next(c for c in commands if c[:5] == kept)
+            assert update[update.index("--message-retention-duration") + 1] == "7d"
     Path(stubs["RECORD"]).write_text("")
     denied = {
         **stubs,

@@ -21,7 +21,7 @@ import pytest
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 from conftest import PHOTOS, REPO, TEST_BUCKET, Server, free_port, service_env, wait_until
-from helpers import Emulator
+from helpers import Emulator, upload
 from id_token_signer import _key_and_cert, service_account_key_file
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -242,10 +242,7 @@ def test_spans_still_queued_leave_when_the_service_stops(bentoml_home, tmp_path,
     server = Server("preprocess.service:Preprocess", env, tmp_path / "preprocess.log").start()
     try:
         server.wait_ready()
-        answer = httpx.post(
-            f"{server.url}/preprocess", files={"image": ("cat.jpg", photos["cat"])}, timeout=30
-        )
-        assert answer.status_code == 200
+        assert upload(server.url, photos["cat"]).status_code == 200
         assert receiver.spans == []  # still queued
     finally:
         server.stop()
@@ -304,10 +301,7 @@ def test_traces_to_google_export_with_the_service_credentials(
     server = Server("preprocess.service:Preprocess", env, tmp_path / "preprocess.log").start()
     try:
         server.wait_ready()
-        answer = httpx.post(
-            f"{server.url}/preprocess", files={"image": ("cat.jpg", photos["cat"])}, timeout=30
-        )
-        assert answer.status_code == 200
+        assert upload(server.url, photos["cat"]).status_code == 200
         wait_until(lambda: receiver.spans, 20, "spans exported", server.log)
         assert set(receiver.authorizations) == {f"Bearer {ACCESS_TOKEN}"}
         assert {s.resource.get("gcp.project_id") for s in receiver.spans} == {"demo-project"}
