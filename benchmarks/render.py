@@ -22,6 +22,7 @@ from benchmarks import (
     batching,
     buckets_report,
     classify_report,
+    job_planning,
     local_versions,
     pipeline_report,
     request_floor_report,
@@ -43,6 +44,7 @@ STUDIES: dict[Path, Callable[[Figures], str]] = {
     Path("soak.json"): soak.render,
     Path("local_versions.json"): local_versions.render,
     Path("tracing_cost.json"): tracing_cost.render,
+    Path("job_planning.json"): job_planning.render,
     PEERS / "2026-12-05-final.json": compare_report.markdown_table,
     PEERS / "2026-12-05-preprocess.json": compare_report.preprocess_markdown,
 }

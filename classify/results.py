@@ -10,7 +10,6 @@ compare-and-swap, and an older one never replaces a newer one's.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
@@ -165,27 +164,3 @@ def store_result(objects: Storage, key: str, result: ClassificationResult) -> Ou
         f"{key}: replaced by other writers {CAS_ATTEMPTS} times in a row",
         retry_after_s=STORAGE_RETRY_AFTER_S,
     )
-
-
-@dataclass
-class ResultsIndex:
-    """One listing of the results: source key -> the version its result classified, and how
-    many result objects held no valid result (their photos are done again)."""
-
-    done: dict[str, Version]
-    invalid: int
-
-
-def index_results(objects: Storage, results_prefix: str) -> ResultsIndex:
-    done, invalid = {}, 0
-    for info in objects.list(results_prefix):
-        key = source_key(results_prefix, info.key)
-        if key is None:
-            continue
-        version = result_version(objects, info)
-        if version is None:
-            LOG.warning("%s holds no valid result: its photo will be classified again", info.key)
-            invalid += 1
-        else:
-            done[key] = version
-    return ResultsIndex(done=done, invalid=invalid)

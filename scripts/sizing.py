@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Cloud Run sizing derived from measurements: `--memory` and the startup probe of each service.
+"""Cloud Run sizing derived from measurements: `--memory` and the startup probe of each service,
+and the bucket job's `--memory`.
 
 The measurements live in scripts/sizing.json. The tests that take them write them there when
 asked (`scripts/measure-sizing`): tests/deploy/test_memory.py the peak RSS of each service under the
@@ -80,6 +81,8 @@ def deploy_assignments(runtime: str) -> str:
     for service, name in names.items():
         lines.append(f"{service}_memory={memory_mib(name, figures)}Mi")
         lines.append(f"{service}_startup_probe={startup_probe(name, figures)}")
+    # the bucket job runs classify-bucket in the classify image: its own measured peak
+    lines.append(f"job_memory={memory_mib(names['classify'] + '-job', figures)}Mi")
     return "\n".join(lines)
 
 
@@ -109,8 +112,9 @@ def tables(figures: dict[str, Any] | None = None) -> str:
     images, memory = figures["images"], figures["memory"]
     rows = [
         "| image | adds to its base | in all | `podman run` → first answer: first start; again "
-        "| worst-case peak RSS | `--memory` | startup probe window |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| worst-case peak RSS | `--memory` | startup probe window "
+        "| as the bucket job's task: peak RSS; `--memory` |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in IMAGES:
         image = images[name]
@@ -119,7 +123,7 @@ def tables(figures: dict[str, Any] | None = None) -> str:
             f"| {image['cold_start_s']:.1f} s; {image['warm_start_s']:.1f} s "
             f"(`{image['first_answer']}`) "
             f"| {memory[name]['peak_mib']} MiB | {memory_mib(name, figures)} MiB "
-            f"| {startup_window_s(name, figures)} s |"
+            f"| {startup_window_s(name, figures)} s | {_job_cell(name, figures)} |"
         )
     base = images["classify"]["base_mb"]
     rows.append(
@@ -127,6 +131,13 @@ def tables(figures: dict[str, Any] | None = None) -> str:
         "each image, the first right after its build; the probe window follows the first."
     )
     return "\n".join(rows)
+
+
+def _job_cell(name: str, figures: dict[str, Any]) -> str:
+    job = f"{name}-job"
+    if job not in figures["memory"]:
+        return "(no job)"
+    return f"{figures['memory'][job]['peak_mib']} MiB; {memory_mib(job, figures)} MiB"
 
 
 def main(argv: list[str]) -> int:

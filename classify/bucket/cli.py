@@ -26,10 +26,14 @@ from common.config import SettingsError
 from common.errors import InvalidPath, ServiceError
 from common.images.decode import set_pixel_limit
 from common.logs import configure_logging
+from common.memory import release_large_buffers_promptly
 from common.schemas import MAX_TOP_K
 from common.storage import GCSStorage, LocalStorage
 
 EXIT_DONE, EXIT_RETRY, EXIT_USAGE = 0, 1, 2
+# A task's reading threads wait for the decode budget instead of leaving a large photo to a
+# retry (a service's callers get 503 after DECODE_WAIT_S; a task has no caller to answer).
+JOB_DECODE_WAIT_S = 600.0
 USAGE = """classify-bucket gs://BUCKET/PREFIX | FOLDER [options]
 
 Classify every photo under a bucket prefix (or in a local folder) into the results layout
@@ -140,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):  # set here: a parent may have ignored them
         signal.signal(signum, lambda *_: stop.set())
     set_pixel_limit(config.max_image_pixels)
+    release_large_buffers_promptly()  # as the services do: 16 reading threads decode in turn
+    if "DECODE_WAIT_S" not in os.environ:
+        config = config.model_copy(update={"decode_wait_s": JOB_DECODE_WAIT_S})
     options = Options(batch_size=args.batch_size, read_threads=args.read_threads, top_k=args.top_k)
     description = f"task {share.index + 1}/{share.count}"
     from classify.model import Classifier  # here: `--collect` needs no model runtime

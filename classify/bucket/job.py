@@ -1,4 +1,5 @@
-"""One task of a bucket run: list, take this task's share, skip what is up to date, then read
+"""One task of a bucket run: list, take this task's share, skip what is up to date (in step
+with the listings: classify/bucket/plan.py), then read
 (a bounded pool: storage latency), decode (the services' code and decode budget), run the
 model in-process in batches, and write each result create-only.
 
@@ -14,6 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +23,7 @@ from datetime import UTC, datetime
 import numpy as np
 from pydantic import BaseModel
 
+from classify.bucket.plan import Planner
 from classify.bucket.progress import Progress
 from classify.bucket.tasks import TaskShare
 from classify.model import Classifier
@@ -30,8 +33,6 @@ from classify.results import (
     MANIFEST_SUFFIX,
     ClassificationResult,
     Outcome,
-    has_storable_result,
-    index_results,
     is_permanent,
     new_result,
     result_key,
@@ -75,6 +76,8 @@ class Manifest(BaseModel):
     photos: int  # this task's share, before skipping
     done: int  # results written by this run
     skipped: int  # up to date already (an earlier run, a retry, a storage event)
+    classified_again: int = 0  # of the skipped: read and classified before the result write
+    # found the result up to date (written meanwhile, or a listing out of name order)
     failed: dict[str, int]  # error results written, by code
     transient: int  # left for a retry: storage unavailable, overloaded
     gone: int  # deleted or replaced before they were read (the newer version is its own)
@@ -124,28 +127,34 @@ class Run:
         self.photos = Photos(target.objects, settings)
         self.mode: ResizeMode = settings.resize_mode
         self.counts: Counter[str] = Counter()
+        self.planner = Planner(
+            target.objects, target.prefix, target.results_prefix, target.is_source, share.owns
+        )
         self.failed: Counter[str] = Counter()
 
     def execute(self) -> Manifest:
         started_at, started = datetime.now(UTC), time.monotonic()
-        self._write_manifest(self._manifest(started_at, 0.0, 0, running=True), required=True)
-        todo, skipped = self._plan()
-        self.counts["skipped"] = skipped
-        self.progress.start(len(todo))
+        self._write_manifest(self._manifest(started_at, 0.0, running=True), required=True)
+        self.progress.start()
         with (
             ThreadPoolExecutor(self.options.read_threads, "bucket-read") as readers,
             ThreadPoolExecutor(self.options.write_threads, "bucket-write") as writers,
         ):
-            self._classify(todo, readers, writers)
+            self._classify(self._planned(), readers, writers)
         self.progress.finish(self._summary())
-        manifest = self._manifest(started_at, time.monotonic() - started, len(todo))
+        manifest = self._manifest(started_at, time.monotonic() - started)
         self._write_manifest(manifest)
         return manifest
 
-    def _manifest(
-        self, started_at: datetime, duration: float, todo: int, running: bool = False
-    ) -> Manifest:
-        finished = self.counts["finished"]
+    def _planned(self) -> Iterator[ObjectInfo]:
+        """The photos to classify, as planning finds them (the bar's total grows with them)."""
+        for info in self.planner.pending():
+            self.progress.add_total(1)
+            yield info
+        self.progress.add_total(0, listed=True)
+
+    def _manifest(self, started_at: datetime, duration: float, running: bool = False) -> Manifest:
+        finished, plan = self.counts["finished"], self.planner.counts
         return Manifest(
             source=self.target.objects.uri_for(self.target.prefix),
             task_index=self.share.index,
@@ -155,42 +164,22 @@ class Run:
             model=self.classifier.tag,
             started_at=started_at,
             duration_s=round(duration, 3),
-            photos=todo + self.counts["skipped"],
+            photos=plan.pending + plan.skipped,
             done=self.counts["done"],
-            skipped=self.counts["skipped"],
+            skipped=self.counts["skipped"] + plan.skipped,
+            classified_again=self.counts["skipped"],
             failed=dict(self.failed),
             transient=self.counts["transient"],
             gone=self.counts["gone"],
-            unsupported=self.counts["unsupported"],
-            invalid_results=self.counts["invalid_results"],
-            stopped=self.stop.is_set() and finished < todo,
+            unsupported=self.counts["unsupported"] + plan.unsupported,
+            invalid_results=plan.invalid_results,
+            stopped=self.stop.is_set() and (finished < plan.pending or not plan.listed),
             running=running,
             photos_per_s=round(finished / duration, 2) if duration else 0.0,
         )
 
-    def _plan(self) -> tuple[list[ObjectInfo], int]:
-        """This task's share without the photos whose result is up to date (one listing of
-        the results, one of the sources)."""
-        objects = self.target.objects
-        results = index_results(objects, self.target.results_prefix)
-        self.counts["invalid_results"] = results.invalid
-        todo, skipped = [], 0
-        for info in objects.list(self.target.prefix):
-            if not self.target.is_source(info.key) or not self.share.owns(info.key):
-                continue
-            if not has_storable_result(objects, self.target.results_prefix, info.key):
-                LOG.warning("%r: a name this service cannot store a result for; skipped", info.key)
-                self.counts["unsupported"] += 1
-                continue
-            known = results.done.get(info.key)
-            if known is not None and known.covers(info.version):
-                skipped += 1
-            else:
-                todo.append(info)
-        return todo, skipped
-
     def _classify(
-        self, todo: list[ObjectInfo], readers: ThreadPoolExecutor, writers: ThreadPoolExecutor
+        self, todo: Iterator[ObjectInfo], readers: ThreadPoolExecutor, writers: ThreadPoolExecutor
     ) -> None:
         """Read and decode in a window of twice the reading threads (decoded images in memory
         at most, ~150 KB each), run the model on each full batch, write as answers come."""
@@ -294,7 +283,7 @@ class Run:
     def _summary(self) -> dict[str, object]:
         return {
             "done": self.counts["done"],
-            "skipped": self.counts["skipped"],
+            "skipped": self.counts["skipped"] + self.planner.counts.skipped,
             "failed": sum(self.failed.values()),
             "transient": self.counts["transient"],
         }

@@ -1,5 +1,8 @@
 """Progress of a long run: a rich bar with rate and ETA on a terminal, otherwise one JSON line
-per step on stdout (Cloud Logging parses each as a structured entry)."""
+per step on stdout (Cloud Logging parses each as a structured entry).
+
+The total grows while the listing is read (photos are classified as they are listed, so a
+task's memory does not grow with the bucket); `listed` says when it is final."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ EVERY_S = 10.0  # a JSON line at most this often (and one at the end)
 
 
 class Progress(Protocol):
-    def start(self, total: int) -> None: ...
+    def start(self) -> None: ...
+    def add_total(self, photos: int, listed: bool = False) -> None: ...
     def advance(self, photos: int, counts: dict[str, object]) -> None: ...
     def finish(self, counts: dict[str, object]) -> None: ...
 
@@ -41,10 +45,15 @@ class RichProgress:
         self._task = None
         self._started = time.monotonic()
         self._done = 0
+        self._total = 0
 
-    def start(self, total: int) -> None:
+    def start(self) -> None:
         self._bar.start()
-        self._task = self._bar.add_task(self._description, total=total, rate="")
+        self._task = self._bar.add_task(self._description, total=0, rate="")
+
+    def add_total(self, photos: int, listed: bool = False) -> None:
+        self._total += photos
+        self._bar.update(self._task, total=self._total)
 
     def advance(self, photos: int, counts: dict[str, object]) -> None:
         self._done += photos
@@ -59,13 +68,17 @@ class JsonProgress:
     def __init__(self, description: str) -> None:
         self._description = description
         self._total = 0
+        self._listed = False
         self._done = 0
         self._started = time.monotonic()
         self._last = 0.0
 
-    def start(self, total: int) -> None:
-        self._total = total
+    def start(self) -> None:
         self._emit("started", {})
+
+    def add_total(self, photos: int, listed: bool = False) -> None:
+        self._total += photos
+        self._listed = self._listed or listed
 
     def advance(self, photos: int, counts: dict[str, object]) -> None:
         self._done += photos
@@ -79,13 +92,15 @@ class JsonProgress:
         self._last = time.monotonic()
         elapsed = self._last - self._started
         rate = self._done / elapsed if elapsed > 0 else 0.0
-        remaining = (self._total - self._done) / rate if rate > 0 else None
+        known = self._listed or event == "finished"
+        remaining = (self._total - self._done) / rate if rate > 0 and known else None
         line = {
             "severity": "INFO",
             "message": f"{self._description}: {event}, {self._done}/{self._total} photos",
             "event": event,
             "finished": self._done,
             "total": self._total,
+            "listed": known,  # the total is final (before: photos listed so far)
             "photos_per_s": round(rate, 2),
             "eta_s": round(remaining, 1) if remaining is not None else None,
             **counts,

@@ -146,9 +146,11 @@ def write_synced(fd: int, data: bytes) -> None:
 
 def walk(folder: Path) -> Iterator[Path]:
     """Regular files below `folder`, depth first, without following links; hidden names (a
-    writer's temporary files) skipped."""
+    writer's temporary files) skipped. In the order GCS lists names: a folder sorts as its
+    name plus "/" (`a-b` lists before `a/x`), so the relative paths come out sorted, which the
+    bucket job's planning relies on (classify/bucket/plan.py)."""
     try:
-        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        entries = sorted(os.scandir(folder), key=_listing_name)
     except (FileNotFoundError, NotADirectoryError):
         return
     for entry in entries:
@@ -158,6 +160,10 @@ def walk(folder: Path) -> Iterator[Path]:
             yield from walk(Path(entry.path))
         elif entry.is_file(follow_symlinks=False):
             yield Path(entry.path)
+
+
+def _listing_name(entry: os.DirEntry) -> str:
+    return entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name
 
 
 @contextmanager

@@ -260,7 +260,8 @@ def test_events_and_the_job_are_created_with_least_privilege(stubs):
     job = next(c for c in commands if c[1:4] == ["run", "jobs", "deploy"])
     assert job[job.index("--command") + 1] == "classify-bucket"
     assert job[job.index("--args") + 1] == "gs://demo-images/uploads/"
-    assert job[job.index("--memory") + 1] == f"{memory_mib('classify')}Mi"
+    # its own measured peak: a task, not the service (tests/deploy/test_memory.py)
+    assert job[job.index("--memory") + 1] == f"{memory_mib('classify-job')}Mi"
     # every task of an execution at once: `run-job --tasks 8` runs 8, not the deploy's 4
     assert job[job.index("--parallelism") + 1] == "0"
     assert job[job.index("--service-account") + 1].startswith("classify-sa@")
@@ -268,7 +269,16 @@ def test_events_and_the_job_are_created_with_least_privilege(stubs):
 
 
 def test_run_job_executes_the_job_on_a_prefix(stubs):
-    result = run_script(stubs, "run-job", "gs://demo-images/2019/", "--tasks", "8", "--wait")
+    result = run_script(
+        stubs,
+        "run-job",
+        "gs://demo-images/2019/",
+        "--tasks",
+        "8",
+        "--task-timeout",
+        "7200",
+        "--wait",
+    )
     assert result.returncode == 0, result.stderr
     assert recorded(stubs) == [
         [
@@ -285,6 +295,8 @@ def test_run_job_executes_the_job_on_a_prefix(stubs):
             "gs://demo-images/2019/",
             "--tasks",
             "8",
+            "--task-timeout",
+            "7200",
             "--wait",
         ]
     ]

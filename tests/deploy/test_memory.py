@@ -3,7 +3,8 @@
 The deployed concurrency of requests, each carrying the largest accepted image (40 MP, in WebP,
 the hungriest decoder, padded with XMP to the upload cap), at once: every answer is 200 or
 503 + Retry-After (the decode budget), and the server's process tree never comes near its
-Cloud Run memory limit, where the instance would be killed with every request on it. The
+Cloud Run memory limit, where the instance would be killed with every request on it. A bucket
+job's task (classify-bucket over a folder of that image) likewise, against the job's memory. The
 limits are derived from these peaks (scripts/sizing.py); `scripts/measure-sizing` records them.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import re
 import threading
 import time
@@ -28,6 +30,7 @@ from common.config import Settings
 from scripts.sizing import CLASSIFY_IMAGE_RUNTIMES, MIB, memory_mib, record
 
 HEADROOM = 0.85  # of the limit: allocator slack, and what the sampler can miss between reads
+JOB_PHOTOS = 24  # more than a task's 16 reading threads hold at once
 
 
 def concurrency(service: str) -> int:
@@ -141,3 +144,28 @@ def test_classify_worst_case_fits_its_cloud_run_memory(bentoml_home, storage, im
 
     env = service_env(bentoml_home, storage[0], CLASSIFY_RUNTIME=CLASSIFY_IMAGE_RUNTIMES[image])
     _worst_case("service:Classify", env, tmp_path / "classify.log", "classify", image, send)
+
+
+@pytest.mark.parametrize("image", CLASSIFY_IMAGE_RUNTIMES)
+def test_the_job_task_worst_case_fits_its_cloud_run_memory(
+    bentoml_home, storage, largest_image, image, tmp_path
+):
+    """classify-bucket as a job task runs it (default options): a folder of the largest image,
+    as many as its reading threads hold at once and more. Its peak sets the job's --memory."""
+    from bucket_helpers import task
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in range(JOB_PHOTOS):
+        (folder / f"{n:02d}.webp").write_bytes(largest_image)
+    env = service_env(bentoml_home, storage[0], CLASSIFY_RUNTIME=CLASSIFY_IMAGE_RUNTIMES[image])
+    process = task(str(folder), env, "--batch-size", "16")
+    with PeakRss(process.pid) as rss:
+        _, err = process.communicate(timeout=600)
+    manifest = json.loads(err.strip().splitlines()[-1])
+    assert manifest["done"] == JOB_PHOTOS, manifest  # a task waits for the decode budget
+    name = f"{image}-job"
+    record("memory", name, peak_mib=round(rss.peak / MIB), photos=JOB_PHOTOS)
+    limit = memory_mib(name) * MIB
+    print(f"{name}: peak RSS {rss.peak / MIB:.0f} MiB of {limit / MIB:.0f} MiB, {manifest}")
+    assert rss.peak < HEADROOM * limit, f"{name} peaked at {rss.peak / MIB:.0f} MiB"

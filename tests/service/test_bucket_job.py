@@ -46,6 +46,9 @@ def photo_set(photos: dict[str, bytes]) -> dict[str, bytes]:
             crop.save(out, fmt)
             suffix = {"JPEG": "jpg", "PNG": "png", "HEIF": "heic"}[fmt]
             objects[f"{name}/{variant:02d}.{suffix}"] = out.getvalue()
+    # names whose results list in another order than they do ("x.jpg.json" after "x.jpg-1.jpg.json")
+    for copy in ("", ".jpg", "-1.jpg", " (1).jpg"):
+        objects[f"copies/x.jpg{copy}"] = objects[f"{next(iter(PHOTOS))}/01.jpg"]
     objects["broken.jpg"] = photos["cat"][:4000]
     objects["notes.txt"] = b"a shopping list, not a photo"
     return objects
@@ -146,6 +149,7 @@ def test_a_second_run_writes_nothing_and_a_new_version_gets_a_new_result(store, 
     status, manifest = manifest_of(task(store.target, store.env))
     assert status == 0, manifest
     assert manifest["done"] == 0 and manifest["skipped"] == len(store.objects), manifest
+    assert manifest["classified_again"] == 0, manifest  # the listings told, not the writes
     assert store.where.results() == before  # nothing rewritten
 
     time.sleep(0.01)  # a local file's new version is told by its modification time

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from classify.bucket.collect import collect
+from classify.bucket.plan import Planner
 from classify.bucket.progress import JsonProgress
 from classify.bucket.tasks import TaskShare
 from classify.events import FINALIZED, MalformedEvent, parse_event
@@ -25,7 +26,6 @@ from classify.results import (
     ClassificationResult,
     Outcome,
     has_storable_result,
-    index_results,
     is_permanent,
     new_result,
     result_key,
@@ -115,9 +115,15 @@ def test_a_newer_version_replaces_a_result_and_an_older_one_never_does(tmp_path)
     assert store_result(objects, key, old) is Outcome.up_to_date  # late and older: never wins
     stored = ClassificationResult.model_validate_json((tmp_path / key).read_bytes())
     assert stored.answer.label == "new"
-    index = index_results(objects, "results/")
-    assert index.done == {"a.jpg": new.version.comparable()} and index.invalid == 0
+    planner = _planner(objects)
+    assert [info.key for info in planner.pending()] == []  # a.jpg's result is up to date
+    assert (planner.counts.skipped, planner.counts.invalid_results) == (1, 0)
     assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def _planner(objects: LocalStorage) -> Planner:
+    """The whole folder as one task's share, results under results/."""
+    return Planner(objects, "", "results/", lambda key: not key.startswith("results/"), bool)
 
 
 def test_racing_writers_of_one_result_leave_the_newest(tmp_path):
@@ -184,7 +190,9 @@ def test_no_body_makes_the_parser_fail_other_than_malformed(body):
 
 def test_json_progress_lines_are_structured_log_entries(capsys):
     progress = JsonProgress("task 1/1")
-    progress.start(10)
+    progress.start()
+    progress.add_total(6)
+    progress.add_total(4, listed=True)
     progress.advance(4, {"done": 4})
     progress.finish({"done": 10})
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -242,9 +250,9 @@ def test_the_job_plans_around_unstorable_names_instead_of_retrying_them(tmp_path
         JsonProgress("t"),
         _threading.Event(),
     )
-    todo, skipped = run._plan()
-    assert [info.key for info in todo] == ["good.jpg"] and skipped == 0
-    assert run.counts["unsupported"] == 1
+    todo = list(run.planner.pending())
+    assert [info.key for info in todo] == ["good.jpg"] and run.planner.counts.skipped == 0
+    assert run.planner.counts.unsupported == 1
 
 
 def test_an_event_for_an_unstorable_name_is_acknowledged_and_skipped(tmp_path):
@@ -308,8 +316,10 @@ def test_result_objects_this_code_did_not_write_are_redone_not_fatal(tmp_path):
     }
     for name, body in bad.items():
         (tmp_path / "results" / "uploads" / f"{name}.jpg.json").write_bytes(body)
-    index = index_results(objects, "results/")
-    assert set(index.done) == {"uploads/good.jpg"} and index.invalid == 4
+    planner = _planner(objects)
+    pending = {info.key for info in planner.pending()}
+    assert pending == {f"uploads/{name}.jpg" for name in bad}
+    assert (planner.counts.skipped, planner.counts.invalid_results) == (1, 4)
     # a GCS result's metadata that does not parse is no version either
     info = ObjectInfo("results/x.json", Version(1, 1), {"source-version": "not:a:version"})
     assert result_version(objects, info) is None
