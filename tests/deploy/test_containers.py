@@ -23,8 +23,12 @@ import pytest
 import yaml
 from conftest import BENTOML, REPO, free_port, wait_until
 from helpers import EXPECTED_LABELS, classify, encode, upload
+from packaging.utils import canonicalize_name
 from PIL import Image
 
+from classify.runtime_table import spec
+from common.bento_image import lock_file
+from locks import versions
 from scripts.sizing import CLASSIFY_IMAGE_RUNTIMES, record
 
 TOOLS = ("podman", "buildah", "debootstrap", "runc")
@@ -268,6 +272,30 @@ def test_classify_cold_start_to_the_first_correct_answer(images, stored_photo, n
     assert answer.json()["label"] == EXPECTED_LABELS["resize"]["parrot"]
     assert answer.json()["runtime"] == CLASSIFY_IMAGE_RUNTIMES[name]
     _record_starts(name, first, again, "/classify")
+
+
+INSTALLED = (
+    "import importlib.metadata as m, json; "
+    "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"
+)
+
+
+def test_each_image_installed_exactly_its_lock(images):
+    """What runs in an image is what the tests ran: its family's lock (locks/), every
+    transitive package at the venv's version, nothing else but the installer's own."""
+    for name, built in images.items():
+        family = spec(CLASSIFY_IMAGE_RUNTIMES[name]).family if name != "preprocess" else None
+        listing = podman(
+            "run", "--rm", "--entrypoint", "/app/.venv/bin/python", built["image"], "-c", INSTALLED
+        )
+        installed = {
+            canonicalize_name(package): version
+            for package, version in json.loads(listing.stdout).items()
+        }
+        for tool in ("pip", "setuptools", "wheel", "uv"):  # the virtualenv's, BentoML's template
+            if tool not in versions(lock_file(family)):
+                installed.pop(tool, None)
+        assert installed == versions(lock_file(family)), name
 
 
 def test_images_run_as_non_root_and_preprocess_has_no_tensorflow(images):

@@ -376,7 +376,19 @@ def test_every_gcloud_subcommand_and_flag_exists(stubs):
     teardown = run_script(stubs, "teardown", "--dry-run", "--delete-bucket", "--delete-repository")
     job = run_script(stubs, "run-job", "gs://demo-images/uploads/", "--tasks", "3", "--dry-run")
     check = run_script(stubs, "check", "--dry-run", "--events", "--job")
+    rollout = [
+        run_script(stubs, "rollout", *args, "--dry-run")
+        for args in (
+            ["deploy"],
+            ["compare", "photos/"],
+            ["promote", "--percent", "5"],
+            ["promote"],
+            ["rollback"],
+        )
+    ]
+    assert all(step.returncode == 0 for step in rollout), [step.stderr for step in rollout]
     output = deploy.stdout + teardown.stdout + job.stdout + check.stdout
+    output += "".join(step.stdout for step in rollout)
     commands = [c[1:] for c in printed(output) if c[0] == "gcloud"]
     assert len(commands) >= 20
     global_flags = set(gcloud_tree()["flags"])
@@ -399,6 +411,29 @@ def test_the_completion_tree_is_the_installed_cli():
     for flag in ("--startup-probe", "--cpu-boost", "--concurrency", "--memory"):
         assert flag in node["flags"]
         assert re.search(rf"{re.escape(flag)}\b", text), flag
+
+
+def test_a_candidate_is_classify_alone_with_no_traffic_at_its_tag(stubs):
+    """`scripts/rollout deploy` (scripts/deploy --candidate): the serving revision tagged stable,
+    then classify alone, tagged, with no traffic; nothing else of the deployment is touched."""
+    result = run_script(
+        {**stubs, "CLASSIFY_RUNTIME": "openvino-int8"},
+        "rollout",
+        "deploy",
+        "--tag",
+        "int8",
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    commands = printed(result.stdout)
+    assert commands[1][-2:] == ["--update-tags", "stable=classify-OLD"]
+    deploys = [c for c in commands if c[:3] == ["gcloud", "run", "deploy"]]
+    assert [c[3] for c in deploys] == ["classify"]
+    assert deploys[0][deploys[0].index("--tag") + 1] == "int8" and "--no-traffic" in deploys[0]
+    assert deploys[0][deploys[0].index("--memory") + 1] == f"{memory_mib('classify-openvino')}Mi"
+    assert not [c for c in commands if "preprocess:BUILT_TAG" in c or "eventarc" in c]
+    mixed = run_script(stubs, "deploy", "--candidate", "x", "--events", "--dry-run")
+    assert mixed.returncode == 2 and "classify alone" in mixed.stderr
 
 
 def test_services_and_the_job_know_their_project_for_log_traces(stubs):

@@ -43,6 +43,9 @@ def test_jobs_call_the_tested_scripts_and_use_keyless_auth():
     jobs = workflow["jobs"]
     test_runs = [step.get("run", "") for step in jobs["test"]["steps"]]
     assert "bash .ci/run" in test_runs
+    # the newer Pythons the client must install on are there for tests/deploy/test_python_versions
+    python = next(s for s in jobs["test"]["steps"] if "setup-python" in s.get("uses", ""))
+    assert python["with"]["python-version"].split() == ["3.12", "3.13", "3.11"]
     deploy = jobs["deploy"]
     assert deploy["needs"] == "test"
     assert deploy["permissions"] == {"contents": "read", "id-token": "write"}
