@@ -7,7 +7,8 @@
 Each size is planned in a fresh process over a synthetic listing (the store's own listing code
 is not what grows: GCS pages 1,000 names at a time, the local walk one folder at a time): N
 photos, every other one with an up-to-date result, one task. It records the process's peak RSS
-above its RSS before planning, for the planner the job uses (classify/bucket/plan.py: both
+(VmHWM, reset before planning: a child's ru_maxrss starts from its parent's) above its RSS
+before planning, for the planner the job uses (classify/bucket/plan.py: both
 listings in step) and for the one it replaced (an index of every result, then the list of every
 pending photo), and the planning time. Writes job_planning.md and job_planning.json.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import re
 import subprocess
 import sys
 import time
@@ -81,13 +82,20 @@ def _plan_by_index(bucket: SyntheticBucket) -> int:
     return len(todo)
 
 
+def _kib(field: str) -> int:
+    """VmRSS or VmHWM of this process, KiB (from /proc: ru_maxrss would carry the parent's)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1))
+
+
 def _measure_here(names: int, planner: str) -> dict[str, float]:
     bucket = SyntheticBucket(names)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5\n")  # the peak RSS starts again from here
+    before = _kib("VmRSS")
     started = time.perf_counter()
     pending = (_plan_in_step if planner == PLANNERS[0] else _plan_by_index)(bucket)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _kib("VmHWM")
     assert pending == names // 2, pending
     return {
         "names": names,

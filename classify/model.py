@@ -16,6 +16,7 @@ from classify.runtime_table import RuntimeSpec
 from classify.runtime_table import spec as runtime_spec
 from classify.runtimes import class_names, load_runtime
 from classify.settings import ClassifySettings
+from common.logs import label_process_logs
 from common.schemas import MODEL_SIZE, ClassifyResponse, Prediction
 from common.stage_metrics import timed
 from common.threads import name_runtime_threads
@@ -40,6 +41,7 @@ class Classifier:
         runtime = settings.runtime
         if stored is None:
             stored = find_model(settings.classify_model or f"{runtime.stored_model}:latest")
+        label_process_logs(model=str(stored.tag), runtime=runtime.name)  # on every log line
         return cls(runtime, Path(stored.path), str(stored.tag), settings.model_threads)
 
     @property

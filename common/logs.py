@@ -29,6 +29,9 @@ QUIET = ("uvicorn.access",)
 TRACE_FIELD = "logging.googleapis.com/trace"
 SPAN_FIELD = "logging.googleapis.com/spanId"
 SAMPLED_FIELD = "logging.googleapis.com/trace_sampled"
+LABELS_FIELD = "logging.googleapis.com/labels"  # the entry's labels, indexed by Cloud Logging
+# What every later line of this process names (label_process_logs): classify's model and runtime.
+PROCESS_LABELS: dict[str, str] = {}
 TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 CLOUD_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/(\d{1,20}))?(?:;o=([01]))?$")
 
@@ -58,6 +61,12 @@ class Trace:
 CURRENT_TRACE: ContextVar[Trace | None] = ContextVar("current_trace", default=None)
 
 
+def label_process_logs(**labels: str) -> None:
+    """Name `labels` on every later log line of this process (`labels.model="..."` in Cloud
+    Logging's filters): which model served what stays traceable across a rollout."""
+    PROCESS_LABELS.update(labels)
+
+
 def current_trace() -> Trace | None:
     """The span a line is logged in when tracing is on (so a line names the span it belongs
     to), else the caller's trace from the request's headers."""
@@ -79,6 +88,8 @@ class CloudLoggingFormatter(JsonFormatter):
 
     def add_fields(self, log: dict[str, Any], record: logging.LogRecord, message: dict) -> None:
         super().add_fields(log, record, message)
+        if PROCESS_LABELS:
+            log[LABELS_FIELD] = {**PROCESS_LABELS, **log.get(LABELS_FIELD, {})}
         trace = current_trace()
         if trace is not None:
             where = f"projects/{self.project}/traces/" if self.project else ""

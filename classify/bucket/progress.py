@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Protocol
 
+from common.logs import LABELS_FIELD, PROCESS_LABELS
+
 EVERY_S = 10.0  # a JSON line at most this often (and one at the end)
 
 
@@ -105,6 +107,8 @@ class JsonProgress:
             "eta_s": round(remaining, 1) if remaining is not None else None,
             **counts,
         }
+        if PROCESS_LABELS:  # the model and runtime, as on every log line (common/logs.py)
+            line[LABELS_FIELD] = dict(PROCESS_LABELS)
         print(json.dumps(line), flush=True)
 
 

@@ -68,7 +68,15 @@ def test_every_line_is_json_with_the_request_trace_and_error_code(classify_serve
         headers={"X-Cloud-Trace-Context": f"{TRACES['cloud']}/1;o=1"},
     )
     assert (ok.status_code, missing.status_code, cloud.status_code) == (200, 404, 403)
-    wait_until(lambda: len(_access(entries(server.log))) >= 3, 10, "three access lines", server.log)
+    wanted = {f"projects/{PROJECT}/traces/{TRACES[name]}" for name in ("ok", "missing", "cloud")}
+
+    def traced_access_lines() -> bool:  # each request's line, not any three (a busy host
+        # may write the last one after other access lines)
+        return wanted <= {
+            e.get("logging.googleapis.com/trace") for e in _access(entries(server.log))
+        }
+
+    wait_until(traced_access_lines, 30, "the three requests' access lines", server.log)
     logged = entries(server.log)
     assert all(entry["severity"] in SEVERITIES and entry["message"] for entry in logged)
     traced_lines = [e for e in _access(logged) if "logging.googleapis.com/trace" in e]
@@ -88,6 +96,10 @@ def test_every_line_is_json_with_the_request_trace_and_error_code(classify_serve
         assert entry.get("code") == code
         assert entry["logging.googleapis.com/spanId"] == span_id
         assert entry["logging.googleapis.com/trace_sampled"] is True
+        # the model that served it, as an indexed label (a rollout's two revisions told apart)
+        labels = entry["logging.googleapis.com/labels"]
+        assert labels["model"].startswith("mobilenet_v2_onnx:"), labels
+        assert labels["runtime"] == "onnxruntime"
     assert any(entry["logger"].startswith("bentoml") for entry in logged)  # BentoML's own too
 
 

@@ -188,7 +188,10 @@ def test_no_body_makes_the_parser_fail_other_than_malformed(body):
             parse_event(headers, body)
 
 
-def test_json_progress_lines_are_structured_log_entries(capsys):
+def test_json_progress_lines_are_structured_log_entries(capsys, monkeypatch):
+    from common.logs import LABELS_FIELD, PROCESS_LABELS
+
+    monkeypatch.setitem(PROCESS_LABELS, "model", "mobilenet_v2_onnx:abc")  # Classifier.load's
     progress = JsonProgress("task 1/1")
     progress.start()
     progress.add_total(6)
@@ -200,6 +203,7 @@ def test_json_progress_lines_are_structured_log_entries(capsys):
     assert (
         lines[-1]["severity"] == "INFO" and lines[-1]["finished"] == 4 and lines[-1]["total"] == 10
     )
+    assert lines[-1][LABELS_FIELD] == {"model": "mobilenet_v2_onnx:abc"}
 
 
 def test_collect_writes_jsonl_and_csv_whole(tmp_path):
