@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +56,39 @@ def name_runtime_threads(name: str) -> Iterator[None]:
     yield
     for tid in thread_ids() - before:
         name_thread(tid, name)
+
+
+class BoundedSubmitter:
+    """Submits to `pool` with at most `limit` submissions unfinished: `submit` waits for a slot,
+    so work queued behind slow workers stays bounded, and no future is kept once its work is
+    done (the caller waits for the last ones by shutting the pool down). What the work raises
+    is logged to `log`, since no one reads its future."""
+
+    def __init__(self, pool: ThreadPoolExecutor, limit: int, log: logging.Logger) -> None:
+        self.pool, self.log = pool, log
+        self.slots = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self.unfinished = self.peak = 0  # gauges, for tests and debugging
+
+    def submit(self, work: Callable[..., Any], *args: Any) -> None:
+        self.slots.acquire()
+        with self._lock:
+            self.unfinished += 1
+            self.peak = max(self.peak, self.unfinished)
+        try:
+            future = self.pool.submit(work, *args)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future | None) -> None:
+        with self._lock:
+            self.unfinished -= 1
+        self.slots.release()
+        if future is not None and not future.cancelled() and future.exception() is not None:
+            error = future.exception()
+            self.log.error("%s", error, exc_info=error, extra={"code": "internal"})
 
 
 async def run_in(pool: ThreadPoolExecutor, work: Callable[..., T], *args: Any) -> T:

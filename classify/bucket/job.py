@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -42,7 +42,7 @@ from classify.settings import ClassifySettings
 from common.errors import AccessDenied, InvalidPath, ServiceError
 from common.schemas import ClassifyResponse, ResizeMode
 from common.storage import ObjectInfo, Storage
-from common.threads import in_window
+from common.threads import BoundedSubmitter, in_window
 
 LOG = logging.getLogger(__name__)
 INTERNAL = {"code": "internal"}  # a log line's code for a failure of ours (common/logs.py)
@@ -182,23 +182,23 @@ class Run:
         self, todo: Iterator[ObjectInfo], readers: ThreadPoolExecutor, writers: ThreadPoolExecutor
     ) -> None:
         """Read and decode in a window of twice the reading threads (decoded images in memory
-        at most, ~150 KB each), run the model on each full batch, write as answers come."""
-        writes: list[Future] = []
+        at most, ~150 KB each), run the model on each full batch, write as answers come: at
+        most four writes a writing thread queued, none remembered once done (the pools' exit
+        waits for the last), so nothing here grows with the bucket."""
+        writes = BoundedSubmitter(writers, 4 * self.options.write_threads, LOG)
         batch: list[tuple[ObjectInfo, np.ndarray]] = []
         window = 2 * self.options.read_threads
         for loaded in in_window(readers, self._load, todo, window, self.stop):
             info, pixels, error = loaded.result()
             if pixels is None:
-                writes.append(writers.submit(self._record_error, info, error))
+                writes.submit(self._record_error, info, error)
                 continue
             batch.append((info, pixels))
             if len(batch) >= self.options.batch_size:
-                writes += self._run_batch(batch, writers)
+                self._run_batch(batch, writes)
                 batch = []
         if batch:
-            writes += self._run_batch(batch, writers)
-        for write in writes:
-            write.result()  # each write is its own boundary (_store): this never raises
+            self._run_batch(batch, writes)
 
     def _load(self, info: ObjectInfo) -> tuple[ObjectInfo, np.ndarray | None, Exception | None]:
         """Read and decode one photo on a reading thread; an error is returned, not raised."""
@@ -212,8 +212,8 @@ class Run:
             return info, None, exc
 
     def _run_batch(
-        self, batch: list[tuple[ObjectInfo, np.ndarray]], writers: ThreadPoolExecutor
-    ) -> list[Future]:
+        self, batch: list[tuple[ObjectInfo, np.ndarray]], writes: BoundedSubmitter
+    ) -> None:
         try:
             answers = self.classifier.answers([pixels for _, pixels in batch], self.options.top_k)
         except Exception:  # the runtime failed: none of these is the photo's fault
@@ -221,11 +221,9 @@ class Run:
             LOG.exception("a model call failed; %d photos left for a retry", failed, extra=INTERNAL)
             for _ in batch:
                 self._count("transient")
-            return []
-        return [
-            writers.submit(self._record_answer, info, answer)
-            for (info, _), answer in zip(batch, answers, strict=True)
-        ]
+            return
+        for (info, _), answer in zip(batch, answers, strict=True):
+            writes.submit(self._record_answer, info, answer)
 
     def _record_answer(self, info: ObjectInfo, answer: ClassifyResponse) -> None:
         result = new_result(self._uri(info), info, self.target.gcs, self.mode, "job", answer=answer)
