@@ -73,7 +73,7 @@ class Manifest(BaseModel):
     model: str
     started_at: datetime
     duration_s: float
-    photos: int  # this task's share, before skipping
+    photos: int  # this task's share, before skipping (listed so far, if stopped while listing)
     done: int  # results written by this run
     skipped: int  # up to date already (an earlier run, a retry, a storage event)
     classified_again: int = 0  # of the skipped: read and classified before the result write
