@@ -269,37 +269,12 @@ def test_events_and_the_job_are_created_with_least_privilege(stubs):
 
 
 def test_run_job_executes_the_job_on_a_prefix(stubs):
-    result = run_script(
-        stubs,
-        "run-job",
-        "gs://demo-images/2019/",
-        "--tasks",
-        "8",
-        "--task-timeout",
-        "7200",
-        "--wait",
-    )
+    flags = ["--tasks", "8", "--task-timeout", "7200", "--wait"]
+    result = run_script(stubs, "run-job", "gs://demo-images/2019/", *flags)
     assert result.returncode == 0, result.stderr
-    assert recorded(stubs) == [
-        [
-            "gcloud",
-            "run",
-            "jobs",
-            "execute",
-            "classify-bucket",
-            "--region",
-            "europe-west1",
-            "--project",
-            "demo-project",
-            "--args",
-            "gs://demo-images/2019/",
-            "--tasks",
-            "8",
-            "--task-timeout",
-            "7200",
-            "--wait",
-        ]
-    ]
+    execute = ["gcloud", "run", "jobs", "execute", "classify-bucket"]
+    where = ["--region", "europe-west1", "--project", "demo-project"]
+    assert recorded(stubs) == [[*execute, *where, "--args", "gs://demo-images/2019/", *flags]]
     assert run_script(stubs, "run-job").returncode == 2  # no prefix: a usage error
 
 
