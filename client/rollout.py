@@ -59,6 +59,7 @@ class Comparison(BaseModel):
     """The report scripts/rollout promote reads (it refuses one that did not pass)."""
 
     compared_at: datetime
+    candidate_revision: str | None = None  # the Cloud Run revision the candidate's tag named
     photos: int
     labelled: int
     agreement: float | None  # over the photos both answered
@@ -211,6 +212,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("sample", nargs="+", type=Path, help="photos or folders")
     parser.add_argument("--current", required=True, help="the serving revision's URL")
     parser.add_argument("--candidate", required=True, help="the candidate's tag URL")
+    parser.add_argument("--candidate-revision", help="its revision, recorded for promote")
     parser.add_argument("--preprocess-url", required=True)
     parser.add_argument("--labels", type=Path, help="CSV rows: file,label (name or index)")
     parser.add_argument("--report", type=Path, default=Path("rollout-report.json"))
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             read_labels(args.labels),
             thresholds,
         )
+    result.candidate_revision = args.candidate_revision
     args.report.write_text(result.model_dump_json(indent=2))
     print_comparison(result, Console())
     return 0 if result.passed else 1

@@ -158,6 +158,7 @@ def test_a_candidate_that_agrees_is_compared_promoted_in_steps_and_rolled_back(
     assert compared.returncode == 0, compared.stdout + compared.stderr
     report = Comparison.model_validate_json((tmp_path / "rollout-report.json").read_text())
     assert report.passed and report.photos == 6 * (VIEWS_PER_PHOTO + 1) == report.labelled
+    assert report.candidate_revision == "classify-00002-new"  # what promote checks
     assert report.current.runtime == "onnxruntime" and report.candidate.runtime == "openvino"
     assert report.current.model != report.candidate.model  # each answer names its model
     assert report.agreement >= 0.95 and report.current.errors == report.candidate.errors == 0
@@ -187,12 +188,14 @@ def test_a_candidate_that_fails_is_refused_and_cannot_be_promoted(revisions, sam
     assert "outside_storage" in report.candidate.first_error and "refused" in compared.stdout
     promoted = rollout(tmp_path, revisions, "misconfigured", "promote")
     assert promoted.returncode == 1 and "comparison failed" in promoted.stderr
-    # a passing report of another revision does not promote this one
-    passing = report.model_copy(update={"passed": True, "failures": []})
-    passing.candidate.url = revisions["candidate"].url
+    # a passing report of another revision (an earlier candidate under the same tag, whose
+    # URL was the same) does not promote this one
+    passing = report.model_copy(
+        update={"passed": True, "failures": [], "candidate_revision": "classify-00001-earlier"}
+    )
     (tmp_path / "rollout-report.json").write_text(passing.model_dump_json())
     promoted = rollout(tmp_path, revisions, "misconfigured", "promote")
-    assert promoted.returncode == 1 and "compared" in promoted.stderr
+    assert promoted.returncode == 1 and "classify-00001-earlier" in promoted.stderr
     assert traffic_moves(tmp_path) == []
     forced = rollout(tmp_path, revisions, "misconfigured", "promote", "--force", "--percent", "5")
     assert forced.returncode == 0 and traffic_moves(tmp_path)[-1][-1] == "candidate=5"
