@@ -28,7 +28,9 @@ def _lines(files: list[Path]) -> int:
 
 
 def test_the_benchmarks_are_smaller_than_the_product():
-    benchmarks, product = _lines(_python("benchmarks")), _lines(_python(*PRODUCT))
+    """The services' and the client's packages alone, without the developer's tools in
+    scripts/ (the stricter reading of "the product")."""
+    benchmarks, product = _lines(_python("benchmarks")), _lines(_python(*PRODUCT[:-1]))
     assert benchmarks <= product, f"benchmarks/ {benchmarks} lines against {product}"
 
 
