@@ -10,6 +10,7 @@ needs only psutil, so the peers' own environments can import it too.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import platform
 import socket
@@ -183,8 +184,8 @@ class ServerUnderTest:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as ready:
                     if ready.status == 200:
                         break
-            except (OSError, urllib.error.URLError):
-                pass
+            except (OSError, urllib.error.URLError, http.client.HTTPException):
+                pass  # not listening yet, or not ours answering yet (the exit check decides)
             if self.popen.poll() is not None:
                 raise RuntimeError(f"server exited; see {self.log}")
             time.sleep(0.05)
